@@ -1,0 +1,115 @@
+//! The error table: every error patchbay reports has a stable `code` a script can match on,
+//! a `type` (the family), and an HTTP status. Declared once here; the server maps an
+//! [`Error`] to a response in exactly one place.
+
+use std::fmt;
+
+macro_rules! error_codes {
+    ($( $variant:ident => ($code:literal, $ty:literal, $status:literal, $doc:literal) ),* $(,)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode { $( #[doc = $doc] $variant ),* }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+            /// The stable, machine-matchable code.
+            pub fn as_str(self) -> &'static str { match self { $(ErrorCode::$variant => $code),* } }
+            /// The family: invalid_request, auth, not_found, conflict, precondition, internal.
+            pub fn error_type(self) -> &'static str { match self { $(ErrorCode::$variant => $ty),* } }
+            pub fn status(self) -> u16 { match self { $(ErrorCode::$variant => $status),* } }
+            pub fn description(self) -> &'static str { match self { $(ErrorCode::$variant => $doc),* } }
+        }
+    };
+}
+
+error_codes! {
+    InvalidJson => ("invalid_json", "invalid_request", 400, "The body is not well-formed JSON, or not a JSON object."),
+    InvalidField => ("invalid_field", "invalid_request", 400, "A body field is missing, unknown or has the wrong type; `field` holds its JSON pointer."),
+    InvalidName => ("invalid_name", "invalid_request", 400, "A name does not match [a-z0-9][a-z0-9._-]{0,62}."),
+    InvalidSetting => ("invalid_setting", "invalid_request", 400, "A setting or secret is unknown, ill-typed or out of range; `field` holds its JSON pointer."),
+    UnknownType => ("unknown_type", "invalid_request", 400, "The connector type is not in the catalog."),
+    InvalidQuery => ("invalid_query", "invalid_request", 400, "A query parameter is malformed (limit, cursor, filter)."),
+    UnsupportedMediaType => ("unsupported_media_type", "invalid_request", 415, "The Content-Type is not application/json (or application/merge-patch+json for PATCH)."),
+    PayloadTooLarge => ("payload_too_large", "invalid_request", 413, "The body exceeds 1 MiB."),
+    Unauthenticated => ("unauthenticated", "auth", 401, "No valid bearer token was presented."),
+    Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs."),
+    NotFound => ("not_found", "not_found", 404, "No such resource, or not visible to this token."),
+    MethodNotAllowed => ("method_not_allowed", "invalid_request", 405, "The resource does not support this HTTP method."),
+    NameTaken => ("name_taken", "conflict", 409, "Another resource in the same scope already has this name."),
+    VersionConflict => ("version_conflict", "precondition", 412, "If-Match names a version that is no longer current; the body holds `current_version`."),
+    PreconditionRequired => ("precondition_required", "precondition", 428, "Updates need an If-Match header with the ETag of the version being changed."),
+    Internal => ("internal", "internal", 500, "An unexpected server error; details are in the server log."),
+    Unavailable => ("unavailable", "internal", 503, "A dependency (database, key) is not ready."),
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user-facing error. Messages never contain submitted values: they name fields and rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    /// JSON pointer of the offending field, when one is to blame.
+    pub field: Option<String>,
+    /// For `version_conflict`: the version that is current now.
+    pub current_version: Option<i64>,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+            current_version: None,
+        }
+    }
+
+    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::new(code, message)
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the server log has the details",
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(field) = &self.field {
+            write!(f, " (at {field})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_statuses_are_http_errors() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+            assert!((400..600).contains(&c.status()));
+            assert_eq!(c.status() >= 500, c.error_type() == "internal", "{c}");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Domain records shared by the store and the server. Secret values never appear here:
+//! a connection knows only the *names* of its secret fields that are set.
+
+use serde_json::{Map, Value};
+
+use crate::permission::{Permission, PermissionSet};
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// A connection's non-secret view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    pub id: String,
+    pub workspace_id: String,
+    pub project_id: String,
+    pub name: String,
+    pub connector_type: String,
+    pub description: String,
+    pub environment: Option<String>,
+    pub tags: Vec<String>,
+    pub settings: Map<String, Value>,
+    /// Names of the secret fields that hold a value, sorted.
+    pub secrets_set: Vec<String>,
+    pub version: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Who is calling: resolved from a bearer token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub token_id: String,
+    pub token_name: String,
+    /// `None`: the token reaches every workspace; `Some(ws)`: only that one.
+    pub workspace_id: Option<String>,
+    pub permissions: PermissionSet,
+}
+
+impl Principal {
+    pub fn can(&self, p: Permission) -> bool {
+        self.permissions.contains(p)
+    }
+
+    /// Whether the workspace is visible at all. Invisible workspaces answer 404, never 403.
+    pub fn sees_workspace(&self, workspace_id: &str) -> bool {
+        self.workspace_id.as_deref().is_none_or(|w| w == workspace_id)
+    }
+
+    /// Label used in audit records.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token_id)
+    }
+}
+
+/// RFC 3339 rendering of a [`Millis`] timestamp (UTC, millisecond precision).
+pub fn format_rfc3339(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_rfc3339(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+    }
+}

@@ -1,0 +1,18 @@
+//! Secret material and its encryption.
+//!
+//! * [`SecretString`] / [`KeyBytes`]: values that must never leak. They implement neither
+//!   `Debug`, `Display` nor `Serialize` (a compile-fail test pins this) and are zeroized on
+//!   drop. The only way out is an explicit, greppable `expose_secret()`.
+//! * [`MasterKey`] (KEK) wraps per-workspace [`DataKey`]s (DEKs); data keys encrypt secret
+//!   fields with AES-256-GCM, a random 96-bit nonce and AAD that binds the ciphertext to its
+//!   row ([`SecretAad`]), so a ciphertext copied elsewhere fails to decrypt.
+//! * API tokens: [`generate_token`] and [`hash_token`] (tokens are stored as SHA-256 hashes;
+//!   they carry 256 bits of entropy, so a slow hash adds nothing).
+
+mod envelope;
+mod secret;
+mod token;
+
+pub use envelope::{CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey};
+pub use secret::{KeyBytes, SecretString};
+pub use token::{generate_token, hash_token, token_hashes_equal, TOKEN_PREFIX};

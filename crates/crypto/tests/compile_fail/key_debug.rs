@@ -1,0 +1,4 @@
+fn main() {
+    let k = patchbay_crypto::KeyBytes::random();
+    println!("{:?}", k);
+}
