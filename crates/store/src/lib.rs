@@ -1,1 +1,152 @@
-//! wip
+//! patchbay's persistence. One [`Store`] speaks to SQLite (the embedded default) or
+//! PostgreSQL (many replicas, one database) through sqlx's `Any` driver: the SQL is written
+//! once with `$N` placeholders, which both engines accept; only the DDL differs
+//! (`migrations/sqlite`, `migrations/postgres`).
+//!
+//! The store holds ciphertext only. Encryption happens above it; what it guarantees is that
+//! a change and its audit record commit together or not at all.
+
+mod connections;
+mod migrate;
+mod tokens;
+mod workspaces;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use connections::{ConnectionFilter, ConnectionPage, ConnectionWrite, SecretChange};
+pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
+pub use workspaces::StoredDataKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("name taken")]
+    NameTaken,
+    #[error("version conflict: current version is {current}")]
+    VersionConflict { current: i64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite allows one writer; taking this before each write transaction turns
+    /// "database is locked" failures into a short wait.
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Store {
+    /// Connects and applies pending migrations. `url` is `sqlite://PATH` or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                "database URL must start with sqlite: or postgres://".into(),
+            )));
+        };
+        let options: AnyConnectOptions = url.parse()?;
+        let mut pool = AnyPoolOptions::new().max_connections(match backend {
+            Backend::Sqlite => 8,
+            Backend::Postgres => 16,
+        });
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                         PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        let store = Self {
+            pool,
+            backend,
+            write_lock: Default::default(),
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations; a no-op when the schema is current.
+    pub async fn migrate(&self) -> Result<()> {
+        migrate::run(self).await
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Readiness: the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a write transaction (serialized on SQLite).
+    async fn write(&self) -> Result<WriteTx<'_>> {
+        let guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+}
+
+struct WriteTx<'a> {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl WriteTx<'_> {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn map_unique(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::NameTaken,
+        _ => StoreError::Database(e),
+    }
+}

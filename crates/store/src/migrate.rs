@@ -1,0 +1,44 @@
+//! Schema migrations, compiled in. Each backend has its own DDL; versions must match.
+
+use sqlx::Executor;
+
+use crate::{now_millis, Backend, Result, Store};
+
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+pub(crate) async fn run(store: &Store) -> Result<()> {
+    let migrations = match store.backend {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => POSTGRES,
+    };
+    let mut tx = store.write().await?;
+    if store.backend == Backend::Postgres {
+        // Replicas starting together: one migrates, the others wait here.
+        tx.tx
+            .execute("SELECT pg_advisory_xact_lock(7411207300)")
+            .await?;
+    }
+    tx.tx
+        .execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *tx.tx)
+        .await?;
+    for (version, sql) in migrations {
+        if applied.iter().any(|(v,)| v == version) {
+            continue;
+        }
+        tracing::info!(version, "applying migration");
+        sqlx::raw_sql(sql).execute(&mut *tx.tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(*version)
+            .bind(now_millis())
+            .execute(&mut *tx.tx)
+            .await?;
+    }
+    tx.commit().await
+}
