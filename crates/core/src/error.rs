@@ -113,3 +113,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::ErrorCode;
+
+    /// docs/errors.md is the user-facing copy of the table: it must list every code with
+    /// its status and type.
+    #[test]
+    fn the_error_docs_list_every_code() {
+        let doc = include_str!("../../../docs/errors.md");
+        for c in ErrorCode::ALL {
+            let row = format!("| `{}` | {} | {} |", c.as_str(), c.status(), c.error_type());
+            assert!(doc.contains(&row), "docs/errors.md lacks the row starting {row}");
+        }
+    }
+}

@@ -1,1 +1,211 @@
-//! wip
+//! The patchbay service: configuration, start-up (data directory, master key, database,
+//! first-start bootstrap) and the HTTP API.
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod keyring;
+pub mod service;
+pub mod state;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use patchbay_core::permission::PermissionSet;
+use patchbay_crypto::{generate_token, hash_token, MasterKey, SecretString};
+use patchbay_store::{new_id, AuditEntry, NewToken, Store, StoreError};
+
+use crate::keyring::KeyRing;
+use crate::state::AppState;
+
+/// Where the master key comes from.
+pub enum MasterKeySource {
+    /// A key file, created (0600) on first start when absent.
+    File(PathBuf),
+    /// The base64 key itself (from PATCHBAY_MASTER_KEY or its *_FILE variant).
+    Inline(SecretString),
+}
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: SQLite in the data directory.
+    pub database_url: Option<SecretString>,
+    pub master_key: MasterKeySource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error(transparent)]
+    Key(#[from] patchbay_crypto::CryptoError),
+    #[error("master key: {0}")]
+    KeyFormat(String),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// A started service: state plus its router, before binding (tests and benchmarks serve it
+/// on their own listeners).
+pub struct App {
+    pub state: AppState,
+}
+
+impl App {
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
+        restrict_dir(&config.data_dir);
+        let master = match &config.master_key {
+            MasterKeySource::File(path) => {
+                let (key, created) = MasterKey::load_or_create_file(path)?;
+                if created {
+                    tracing::info!(path = %path.display(), key_id = key.id(), "created master key file");
+                }
+                key
+            }
+            MasterKeySource::Inline(text) => {
+                MasterKey::from_encoded("env", text.expose_secret()).map_err(StartError::KeyFormat)?
+            }
+        };
+        let url = match &config.database_url {
+            Some(u) => u.expose_secret().to_owned(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                config.data_dir.join("patchbay.db").display()
+            ),
+        };
+        let store = Store::connect(&url).await?;
+        let state = AppState {
+            store,
+            keys: Arc::new(KeyRing::new(master)),
+            catalog: patchbay_catalog::Catalog::builtin(),
+        };
+        bootstrap(&state, &config.data_dir).await?;
+        Ok(Self { state })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+}
+
+/// Runs the service until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let app = App::start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen(config.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put TLS in front");
+    }
+    tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening");
+    axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| StartError::Listen(addr, e))?;
+    app.state.store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn restrict_dir(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+pub const INITIAL_TOKEN_FILE: &str = "initial-admin-token";
+
+/// First start on an empty database: workspace `default`, project `default`, and an admin
+/// token printed once to stderr and written to `<data dir>/initial-admin-token` (0600).
+/// Replicas racing on a shared PostgreSQL: the loser sees `name_taken` and leaves it.
+async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> {
+    if state.store.count_workspaces().await? > 0 {
+        return Ok(());
+    }
+    let system = |action: &str, kind: &str, id: &str| AuditEntry {
+        actor: "system:bootstrap".into(),
+        action: action.into(),
+        workspace_id: None,
+        target_kind: kind.into(),
+        target_id: id.into(),
+        details: serde_json::json!({}),
+    };
+    let ws_id = new_id();
+    let dek = state.keys.new_data_key(&ws_id);
+    match state
+        .store
+        .create_workspace(&ws_id, "default", &dek, &system("workspace.create", "workspace", &ws_id))
+        .await
+    {
+        Err(StoreError::NameTaken) => return Ok(()),
+        other => other?,
+    };
+    state
+        .store
+        .create_project(&ws_id, "default", &system("project.create", "project", ""))
+        .await?;
+    let token = generate_token();
+    let token_id = new_id();
+    state
+        .store
+        .create_token(
+            &NewToken {
+                id: token_id.clone(),
+                name: "initial-admin".into(),
+                token_hash: hash_token(token.expose_secret()),
+                workspace_id: None,
+                permissions: PermissionSet::all(),
+                expires_at: None,
+            },
+            &system("token.create", "token", &token_id),
+        )
+        .await?;
+    let path = data_dir.join(INITIAL_TOKEN_FILE);
+    write_private(&path, token.expose_secret())
+        .map_err(|e| StartError::Bootstrap(format!("{}: {e}", path.display())))?;
+    // Printed once, on purpose: this is how the operator receives the first token.
+    eprintln!(
+        "\npatchbay: created workspace `default`, project `default` and an admin API token:\n\n    {}\n\nIt is also in {} (mode 0600). Store it now; it is not shown again.\n",
+        token.expose_secret(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -34,6 +34,8 @@ pub struct ConnectionFilter {
     pub types: Option<Vec<String>>,
     pub environment: Option<String>,
     pub tag: Option<String>,
+    /// Exact name.
+    pub name: Option<String>,
     /// Case-insensitive substring of name or description.
     pub q: Option<String>,
 }
@@ -257,6 +259,9 @@ impl Store {
                 " AND EXISTS (SELECT 1 FROM connection_tags t WHERE t.connection_id = connections.id AND t.tag = {})",
                 next(&mut binds, tag.clone())
             );
+        }
+        if let Some(name) = &filter.name {
+            sql += &format!(" AND name = {}", next(&mut binds, name.clone()));
         }
         if let Some(q) = &filter.q {
             let p = next(&mut binds, like_pattern(q));

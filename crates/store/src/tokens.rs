@@ -23,6 +23,7 @@ pub struct TokenRecord {
     pub permissions: PermissionSet,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
 }
 
 /// One audit record to write. Plain rows for now; hash chaining comes with the audit work.
@@ -83,7 +84,7 @@ impl Store {
 
     pub async fn find_token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>> {
         let row = sqlx::query(
-            "SELECT id, name, token_hash, workspace_id, permissions, expires_at, revoked_at \
+            "SELECT id, name, token_hash, workspace_id, permissions, expires_at, revoked_at, last_used_at \
              FROM api_tokens WHERE token_hash = $1",
         )
         .bind(token_hash.to_vec())
@@ -99,6 +100,7 @@ impl Store {
             permissions: PermissionSet::from_storage(&permissions).map_err(StoreError::Corrupt)?,
             expires_at: row.try_get("expires_at")?,
             revoked_at: row.try_get("revoked_at")?,
+            last_used_at: row.try_get("last_used_at")?,
         }))
     }
 

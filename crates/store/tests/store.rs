@@ -259,7 +259,7 @@ async fn listing_filters_and_paginates_in_name_order(s: &Store) {
 
     let p = &p;
     let count = |f: ConnectionFilter| async move {
-        s.list_connections(&p, &f, 100, None)
+        s.list_connections(p, &f, 100, None)
             .await
             .unwrap()
             .items

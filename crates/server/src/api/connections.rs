@@ -1,0 +1,323 @@
+//! Connection endpoints. Handlers extract, call `service::connections`, shape the response.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use patchbay_core::model::{format_rfc3339, Connection};
+use patchbay_core::permission::Permission;
+use patchbay_core::ErrorCode;
+use patchbay_crypto::SecretString;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::auth::Auth;
+use crate::body::JsonObject;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::service::connections::{self as svc, Expected, ListFilter, ListQuery, MASK};
+use crate::state::AppState;
+
+/// A connection as the API shows it. `secrets` has a key for every secret field of the
+/// type: `null` when unset (and always in lists), the mask when set but not revealed, the
+/// value only for principals with connections:reveal on a single GET.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionOut {
+    pub id: String,
+    pub workspace_id: String,
+    pub project_id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub connector_type: String,
+    pub category: String,
+    pub description: String,
+    pub environment: Option<String>,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub settings: Map<String, Value>,
+    #[schema(value_type = Object)]
+    pub secrets: Map<String, Value>,
+    pub secrets_set: Vec<String>,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+enum SecretView {
+    /// Lists: every secret field null (seed 001's list rule).
+    Null,
+    Masked,
+    Revealed(BTreeMap<String, SecretString>),
+}
+
+impl ConnectionOut {
+    fn new(state: &AppState, c: Connection, view: SecretView) -> Self {
+        let ty = state.catalog.get(&c.connector_type);
+        let mut secrets = Map::new();
+        for field in ty.into_iter().flat_map(|t| t.secret_fields()) {
+            let set = c.secrets_set.iter().any(|s| s == field);
+            let v = match (&view, set) {
+                (_, false) | (SecretView::Null, _) => Value::Null,
+                (SecretView::Masked, true) => Value::String(MASK.into()),
+                // The one place a stored secret is written into a response.
+                (SecretView::Revealed(values), true) => values
+                    .get(field)
+                    .map(|s| Value::String(s.expose_secret().to_owned()))
+                    .unwrap_or(Value::Null),
+            };
+            secrets.insert(field.to_owned(), v);
+        }
+        Self {
+            category: ty.map(|t| t.category.clone()).unwrap_or_default(),
+            id: c.id,
+            workspace_id: c.workspace_id,
+            project_id: c.project_id,
+            name: c.name,
+            connector_type: c.connector_type,
+            description: c.description,
+            environment: c.environment,
+            tags: c.tags,
+            settings: c.settings,
+            secrets,
+            secrets_set: c.secrets_set,
+            version: c.version,
+            created_at: format_rfc3339(c.created_at),
+            updated_at: format_rfc3339(c.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionList {
+    pub items: Vec<ConnectionOut>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Documents the create/replace body (the server reads it field by field).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectionInput {
+    /// Unique in the project; `[a-z0-9][a-z0-9._-]{0,62}`, e.g. `prod-postgres-finance`.
+    name: String,
+    /// Connector type id from the catalog.
+    #[schema(rename = "type")]
+    connector_type: String,
+    description: Option<String>,
+    /// prod, staging, dev, …
+    environment: Option<String>,
+    tags: Option<Vec<String>>,
+    /// Non-secret settings, checked against the type's schema.
+    #[schema(value_type = Object)]
+    settings: Option<Map<String, Value>>,
+    /// Secret fields: a string sets, `null` clears, the mask `********` keeps.
+    #[schema(value_type = Object)]
+    secrets: Option<Map<String, Value>>,
+}
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
+}
+
+fn with_etag(status: StatusCode, out: ConnectionOut, revealed: bool) -> Response {
+    let version = out.version;
+    let mut resp = (status, Json(out)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, etag(version));
+    if revealed {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// `If-Match: "<version>"` (or `*`). Missing → 428; unparseable → 412.
+fn if_match(headers: &HeaderMap, required: bool) -> ApiResult<Option<Expected>> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return if required {
+            Err(ApiError::new(
+                ErrorCode::PreconditionRequired,
+                "send If-Match with the ETag from your last GET of this connection",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let v = v.to_str().unwrap_or("").trim();
+    if v == "*" {
+        return Ok(Some(None));
+    }
+    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+    v.parse::<i64>().map(|n| Some(Some(n))).map_err(|_| {
+        ApiError::new(
+            ErrorCode::VersionConflict,
+            "If-Match does not name a version of this connection",
+        )
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/connections", tag = "connections",
+    params(("project" = String, Path, description = "Project id"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-500 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's next_cursor"),
+        ("type" = Option<String>, Query), ("category" = Option<String>, Query),
+        ("environment" = Option<String>, Query), ("tag" = Option<String>, Query),
+        ("name" = Option<String>, Query, description = "Exact name"),
+        ("q" = Option<String>, Query, description = "Substring of name or description")),
+    responses((status = 200, body = ConnectionList), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(project): Path<String>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<ConnectionList>> {
+    let Query(mut q) = query
+        .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
+    let limit = match q.remove("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| {
+                ApiError::field(ErrorCode::InvalidQuery, "limit", "limit must be 1-500")
+            })?,
+    };
+    let after = match q.remove("cursor") {
+        None => None,
+        Some(c) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::field(ErrorCode::InvalidQuery, "cursor", "not a cursor from this API")
+                })?,
+        ),
+    };
+    let filter = ListFilter {
+        connector_type: q.remove("type"),
+        category: q.remove("category"),
+        environment: q.remove("environment"),
+        tag: q.remove("tag"),
+        name: q.remove("name"),
+        q: q.remove("q"),
+    };
+    let page = svc::list(&state, &auth.0, &project, ListQuery { filter, limit, after }).await?;
+    Ok(Json(ConnectionList {
+        next_cursor: page
+            .more_after
+            .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
+        items: page
+            .items
+            .into_iter()
+            .map(|c| ConnectionOut::new(&state, c, SecretView::Null))
+            .collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{project}/connections", tag = "connections",
+    params(("project" = String, Path, description = "Project id")),
+    request_body = ConnectionInput,
+    responses((status = 201, body = ConnectionOut, description = "Created; Location and ETag headers set"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(project): Path<String>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let c = svc::create(&state, &auth.0, &project, body).await?;
+    let location = format!("/api/v1/connections/{}", c.id);
+    let mut resp = with_etag(StatusCode::CREATED, ConnectionOut::new(&state, c, SecretView::Masked), false);
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("uuid path is a valid header"),
+    );
+    Ok(resp)
+}
+
+#[utoipa::path(get, path = "/api/v1/connections/{id}", tag = "connections",
+    params(("id" = String, Path),
+        ("reveal" = Option<bool>, Query, description = "Default true: principals with connections:reveal get secrets in full (audited); false masks them")),
+    responses((status = 200, body = ConnectionOut, description = "Secrets in full with connections:reveal (audited), masked otherwise"),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query
+        .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
+    let reveal = match q.get("reveal").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(ApiError::field(ErrorCode::InvalidQuery, "reveal", "reveal must be true or false"))
+        }
+    };
+    let c = svc::load(&state, &auth.0, &id).await?;
+    if reveal && auth.0.can(Permission::ConnectionsReveal) {
+        let values = svc::reveal(&state, &auth.0, &c).await?;
+        Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Revealed(values)), true))
+    } else {
+        Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Masked), false))
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/connections/{id}", tag = "connections",
+    params(("id" = String, Path), ("If-Match" = String, Header, description = "ETag of the version being replaced")),
+    request_body = ConnectionInput,
+    responses((status = 200, body = ConnectionOut), (status = 412, body = ErrorBody), (status = 428, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn replace(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers, true)?.flatten();
+    let c = svc::replace(&state, &auth.0, &id, expected, body).await?;
+    Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Masked), false))
+}
+
+#[utoipa::path(patch, path = "/api/v1/connections/{id}", tag = "connections",
+    params(("id" = String, Path), ("If-Match" = String, Header, description = "ETag of the version being changed")),
+    request_body(content = Object, content_type = "application/merge-patch+json",
+        description = "RFC 7396 merge patch over name, description, environment, tags, settings, secrets"),
+    responses((status = 200, body = ConnectionOut), (status = 412, body = ErrorBody), (status = 428, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn patch(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers, true)?.flatten();
+    let c = svc::patch(&state, &auth.0, &id, expected, body).await?;
+    Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Masked), false))
+}
+
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Optional: delete only this version")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let expected = if_match(&headers, false)?.flatten();
+    svc::delete(&state, &auth.0, &id, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

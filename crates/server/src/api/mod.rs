@@ -1,0 +1,173 @@
+//! The REST API: routes, the OpenAPI document, health, and the cross-cutting layers
+//! (body limit, request log, panic guard, security headers, JSON fallbacks).
+
+pub mod catalog;
+pub mod connections;
+pub mod workspaces;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use patchbay_core::ErrorCode;
+use serde_json::json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::body::MAX_BODY;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "patchbay", description = "Connection and credential manager: connections, connector catalog, workspaces."),
+    paths(
+        catalog::list, catalog::get, catalog::credential_kinds,
+        workspaces::list, workspaces::create, workspaces::list_projects, workspaces::create_project,
+        connections::list, connections::create, connections::get, connections::replace,
+        connections::patch, connections::delete,
+        health, ready,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200)))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers and the master key is loaded.
+#[utoipa::path(get, path = "/api/v1/ready", tag = "health",
+    responses((status = 200), (status = 503, body = ErrorBody)))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({
+            "status": "ready",
+            "database": format!("{:?}", state.store.backend()).to_lowercase(),
+            "master_key_id": state.keys.master_key_id(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::new(ErrorCode::Unavailable, "the database does not answer").into_response()
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use axum::routing::get as g;
+    let api = Router::new()
+        .route("/api/v1/health", g(health))
+        .route("/api/v1/ready", g(ready))
+        .route("/api/v1/connection-types", g(catalog::list))
+        .route("/api/v1/connection-types/{type}", g(catalog::get))
+        .route("/api/v1/credential-kinds", g(catalog::credential_kinds))
+        .route("/api/v1/workspaces", g(workspaces::list).post(workspaces::create))
+        .route(
+            "/api/v1/workspaces/{ws}/projects",
+            g(workspaces::list_projects).post(workspaces::create_project),
+        )
+        .route(
+            "/api/v1/projects/{project}/connections",
+            g(connections::list).post(connections::create),
+        )
+        .route(
+            "/api/v1/connections/{id}",
+            g(connections::get)
+                .put(connections::replace)
+                .patch(connections::patch)
+                .delete(connections::delete),
+        )
+        .route("/api/openapi.json", g(openapi_json))
+        .with_state(state);
+    api.merge(utoipa_swagger_ui::SwaggerUi::new("/api/docs").config(
+        utoipa_swagger_ui::Config::from("/api/openapi.json"),
+    ))
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+    .layer(middleware::from_fn(request_log))
+    .layer(middleware::from_fn(security_headers))
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this resource does not support that method",
+    )
+}
+
+/// A panic becomes a JSON 500; the payload is not echoed (it could quote data).
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError(patchbay_core::Error::internal()).into_response()
+}
+
+/// One line per request: method, route template, status, duration. Never headers, bodies
+/// or query strings.
+async fn request_log(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::warn!(%method, route, status = status.as_u16(), ms, "request");
+    } else {
+        tracing::info!(%method, route, status = status.as_u16(), ms, "request");
+    }
+    resp
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !resp.headers().contains_key(header::CONTENT_TYPE) {
+        return ApiError::new(ErrorCode::PayloadTooLarge, "the body exceeds 1 MiB").into_response();
+    }
+    resp
+}

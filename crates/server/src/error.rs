@@ -1,0 +1,114 @@
+//! The one place where errors become HTTP responses: `{code, type, message, field?,
+//! current_version?}` with the status from the error table in `patchbay_core::error`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use patchbay_core::{Error, ErrorCode};
+use patchbay_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every error body the API returns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable code to match on, e.g. `invalid_setting`, `version_conflict`.
+    pub code: &'static str,
+    /// Family: invalid_request, auth, not_found, conflict, precondition, internal.
+    #[serde(rename = "type")]
+    pub error_type: &'static str,
+    /// What went wrong and what to do, for a person. Never contains a submitted value.
+    pub message: String,
+    /// JSON pointer of the offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `version_conflict`: the current version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
+}
+
+/// Handlers return `Result<_, ApiError>`.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(Error::new(code, message))
+    }
+    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(Error::field(code, field, message))
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self(Error::not_found(what))
+    }
+    pub fn forbidden(permission: patchbay_core::permission::Permission) -> Self {
+        Self::new(
+            ErrorCode::Forbidden,
+            format!("this token lacks the {permission} permission"),
+        )
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::not_found("resource"),
+            StoreError::NameTaken => Self::field(
+                ErrorCode::NameTaken,
+                "/name",
+                "another resource in this scope already has this name",
+            ),
+            StoreError::VersionConflict { current } => {
+                let mut err = Error::new(
+                    ErrorCode::VersionConflict,
+                    format!("the resource changed since you read it; current version is {current}: reload and retry"),
+                );
+                err.current_version = Some(current);
+                Self(err)
+            }
+            StoreError::Corrupt(_) | StoreError::Database(_) => {
+                // The cause goes to the log (it names tables and SQL, never secret values:
+                // the store only ever sees ciphertext).
+                tracing::error!(error = %e, "store error");
+                Self(Error::internal())
+            }
+        }
+    }
+}
+
+impl From<patchbay_crypto::CryptoError> for ApiError {
+    fn from(e: patchbay_crypto::CryptoError) -> Self {
+        tracing::error!(error = %e, "crypto error");
+        Self(Error::internal())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status =
+            StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            code: e.code.as_str(),
+            error_type: e.code.error_type(),
+            message: e.message,
+            field: e.field,
+            current_version: e.current_version,
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"patchbay\""),
+            );
+        }
+        resp
+    }
+}

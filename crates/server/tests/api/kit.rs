@@ -1,0 +1,159 @@
+//! Test kit: a running service and a small HTTP client.
+
+use std::path::PathBuf;
+
+use patchbay_core::permission::{Permission, PermissionSet};
+use patchbay_server::{App, Config, MasterKeySource};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub const CANARY: &str = "canary-7f3a9c1e-secret";
+
+pub struct Service {
+    pub base: String,
+    pub token: String,
+    pub app_state: patchbay_server::state::AppState,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Service {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            database_url: None,
+            master_key: MasterKeySource::File(dir.path().join("data/master.key")),
+        };
+        let app = App::start(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = app.router();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let token = std::fs::read_to_string(config.data_dir.join("initial-admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            base: format!("http://{addr}"),
+            token,
+            app_state: app.state.clone(),
+            data_dir: config.data_dir.clone(),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Mints a token with exactly these permissions (optionally one workspace).
+    pub async fn token_with(&self, perms: &[Permission], workspace: Option<&str>) -> String {
+        let token = patchbay_crypto::generate_token();
+        let id = patchbay_store::new_id();
+        self.app_state
+            .store
+            .create_token(
+                &patchbay_store::NewToken {
+                    id: id.clone(),
+                    name: "test".into(),
+                    token_hash: patchbay_crypto::hash_token(token.expose_secret()),
+                    workspace_id: workspace.map(str::to_owned),
+                    permissions: perms.iter().copied().collect::<PermissionSet>(),
+                    expires_at: None,
+                },
+                &patchbay_store::AuditEntry {
+                    actor: "test".into(),
+                    action: "token.create".into(),
+                    workspace_id: None,
+                    target_kind: "token".into(),
+                    target_id: id,
+                    details: serde_json::json!({}),
+                },
+            )
+            .await
+            .unwrap();
+        token.expose_secret().to_owned()
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// JSON call as the admin.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        let token = self.token.clone();
+        self.raw(method, path, Some(&token), &h, body.map(|b| b.to_string().into_bytes()))
+            .await
+    }
+
+    pub async fn default_workspace(&self) -> String {
+        let ws = self.call(Method::GET, "/api/v1/workspaces", None, &[]).await;
+        ws.body["items"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn default_project(&self) -> String {
+        let ws_id = self.default_workspace().await;
+        let ps = self
+            .call(Method::GET, &format!("/api/v1/workspaces/{ws_id}/projects"), None, &[])
+            .await;
+        ps.body["items"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn create_pg(&self, project: &str, name: &str) -> Reply {
+        let body = serde_json::json!({
+            "name": name, "type": "postgresql", "environment": "prod", "tags": ["team:finance"],
+            "description": "Finance warehouse replica",
+            "settings": {"host": "127.0.0.1", "port": 5432, "database": "test", "username": "pb"},
+            "secrets": {"password": CANARY}
+        });
+        self.call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/connections"),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+}

@@ -1,0 +1,7 @@
+//! REST API behaviour, driven over real HTTP against the service started in-process on a
+//! free port with a fresh SQLite data directory (PostgreSQL parity is the store suite's
+//! job; the binary's end-to-end test runs this service on both).
+
+mod bad_requests;
+mod connections;
+mod kit;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Makes sure the real servers the tests talk to are running on 127.0.0.1. Idempotent:
+# starts only what is not answering. Today: PostgreSQL (pre-started on our machines; this
+# restarts it if it stopped) and the client tools the end-to-end tests call.
+set -euo pipefail
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+if ((${#need_apt[@]})); then
+  echo "peers: installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+if ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
+    echo "peers: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+  fi
+fi
+if pg_up; then
+  echo "peers: PostgreSQL ready on 127.0.0.1:5432"
+else
+  echo "peers: PostgreSQL is NOT available; its tests will SKIP (or fail under CI=true)"
+fi
