@@ -15,7 +15,6 @@ pub const CATEGORIES: &[&str] = &[
     "apis_webhooks",
     "notifications",
     "logging_monitoring",
-    "file_transfer",
     "directory",
     "remote_execution",
     "saas",
