@@ -1,7 +1,7 @@
 //! A thin REST client for the CLI. API errors keep their code so the CLI can print it and
 //! scripts can match on it.
 
-use reqwest::{header, Method, StatusCode};
+use reqwest::{header, Method};
 use serde_json::Value;
 
 pub struct Client {
@@ -13,7 +13,6 @@ pub struct Client {
 /// An error the API answered with, or a transport failure (code `connection_failed`).
 #[derive(Debug)]
 pub struct ApiFailure {
-    pub status: Option<StatusCode>,
     pub code: String,
     pub message: String,
     pub field: Option<String>,
@@ -69,7 +68,6 @@ impl Client {
             req = req.header(header::CONTENT_TYPE, ct).body(b.to_string());
         }
         let resp = req.send().await.map_err(|e| ApiFailure {
-            status: None,
             code: "connection_failed".into(),
             message: format!("could not reach {}: {}", self.base, e.without_url()),
             field: None,
@@ -91,7 +89,6 @@ impl Client {
         }
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
         Err(ApiFailure {
-            status: Some(status),
             code: s("code").unwrap_or_else(|| format!("http_{}", status.as_u16())),
             message: s("message").unwrap_or_else(|| status.to_string()),
             field: s("field"),

@@ -84,7 +84,6 @@ pub struct FieldArgs {
 
 fn usage(msg: String) -> ApiFailure {
     ApiFailure {
-        status: None,
         code: "invalid_argument".into(),
         message: msg,
         field: None,
@@ -197,7 +196,6 @@ async fn find(ctx: &Ctx, wanted: &str) -> Result<(Value, String), ApiFailure> {
         .and_then(|items| items.iter().find(|i| i["name"] == wanted))
         .cloned()
         .ok_or_else(|| ApiFailure {
-            status: None,
             code: "not_found".into(),
             message: format!("connection {wanted} not found in project {}", ctx.g.project),
             field: None,

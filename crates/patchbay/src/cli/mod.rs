@@ -134,7 +134,6 @@ fn find_by_name_or_id(list: &Value, wanted: &str, what: &str) -> Result<String, 
         .find(|i| i["name"] == wanted || i["id"] == wanted)
         .and_then(|i| i["id"].as_str().map(str::to_owned))
         .ok_or_else(|| ApiFailure {
-            status: None,
             code: "not_found".into(),
             message: format!("{what} {wanted} not found"),
             field: None,

@@ -1,7 +1,5 @@
 //! Test kit: a running service and a small HTTP client.
 
-use std::path::PathBuf;
-
 use patchbay_core::permission::{Permission, PermissionSet};
 use patchbay_server::{App, Config, MasterKeySource};
 use reqwest::{Method, StatusCode};
@@ -13,7 +11,6 @@ pub struct Service {
     pub base: String,
     pub token: String,
     pub app_state: patchbay_server::state::AppState,
-    pub data_dir: PathBuf,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -47,7 +44,6 @@ impl Service {
             base: format!("http://{addr}"),
             token,
             app_state: app.state.clone(),
-            data_dir: config.data_dir.clone(),
             http: reqwest::Client::new(),
             _dir: dir,
         }
@@ -130,7 +126,9 @@ impl Service {
 
     pub async fn default_workspace(&self) -> String {
         let ws = self.call(Method::GET, "/api/v1/workspaces", None, &[]).await;
-        ws.body["items"][0]["id"].as_str().unwrap().to_owned()
+        let items = ws.body["items"].as_array().unwrap();
+        let default = items.iter().find(|w| w["name"] == "default").unwrap();
+        default["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn default_project(&self) -> String {
