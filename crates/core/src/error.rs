@@ -125,7 +125,10 @@ mod docs_tests {
         let doc = include_str!("../../../docs/errors.md");
         for c in ErrorCode::ALL {
             let row = format!("| `{}` | {} | {} |", c.as_str(), c.status(), c.error_type());
-            assert!(doc.contains(&row), "docs/errors.md lacks the row starting {row}");
+            assert!(
+                doc.contains(&row),
+                "docs/errors.md lacks the row starting {row}"
+            );
         }
     }
 }

@@ -59,7 +59,9 @@ impl Principal {
 
     /// Whether the workspace is visible at all. Invisible workspaces answer 404, never 403.
     pub fn sees_workspace(&self, workspace_id: &str) -> bool {
-        self.workspace_id.as_deref().is_none_or(|w| w == workspace_id)
+        self.workspace_id
+            .as_deref()
+            .is_none_or(|w| w == workspace_id)
     }
 
     /// Label used in audit records.
@@ -100,6 +102,9 @@ mod tests {
     fn rfc3339_matches_known_instants() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(format_rfc3339(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+        assert_eq!(
+            format_rfc3339(1_795_000_000_000),
+            "2026-11-18T11:06:40.000Z"
+        );
     }
 }

@@ -89,10 +89,26 @@ mod tests {
 
     #[test]
     fn names_follow_the_documented_rule() {
-        for ok in ["prod-postgres-finance", "a", "0", "x.y_z-1", &"a".repeat(63)] {
+        for ok in [
+            "prod-postgres-finance",
+            "a",
+            "0",
+            "x.y_z-1",
+            &"a".repeat(63),
+        ] {
             assert!(check_name("/name", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", ".a", "A", "a b", "ä", "a/b", &"a".repeat(64), "_a"] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "A",
+            "a b",
+            "ä",
+            "a/b",
+            &"a".repeat(64),
+            "_a",
+        ] {
             let e = check_name("/name", bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidName, "{bad}");
             assert_eq!(e.field.as_deref(), Some("/name"));

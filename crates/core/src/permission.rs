@@ -62,7 +62,10 @@ impl PermissionSet {
 
     /// Space-separated, as stored.
     pub fn to_storage(&self) -> String {
-        self.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
+        self.iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn from_storage(s: &str) -> Result<Self, String> {

@@ -171,7 +171,10 @@ impl ConnectorType {
     }
 
     pub fn is_secret(&self, field: &str) -> bool {
-        self.settings.properties.get(field).is_some_and(|f| f.secret)
+        self.settings
+            .properties
+            .get(field)
+            .is_some_and(|f| f.secret)
     }
 }
 

@@ -86,7 +86,11 @@ pub fn check_required(
 ) -> Result<(), Error> {
     let present = |f: &str| settings.contains_key(f) || secrets_set.contains(f);
     let pointer_of = |f: &str| {
-        let section = if ty.is_secret(f) { "secrets" } else { "settings" };
+        let section = if ty.is_secret(f) {
+            "secrets"
+        } else {
+            "settings"
+        };
         format!("/{section}/{}", pointer_segment(f))
     };
     if let Some(missing) = ty.settings.required.iter().find(|f| !present(f)) {
@@ -127,7 +131,12 @@ fn type_name(t: FieldType) -> &'static str {
 }
 
 fn check_value(pointer: &str, schema: &FieldSchema, value: &Value) -> Result<(), Error> {
-    let wrong_type = || invalid(pointer.to_owned(), format!("must be {}", type_name(schema.ty)));
+    let wrong_type = || {
+        invalid(
+            pointer.to_owned(),
+            format!("must be {}", type_name(schema.ty)),
+        )
+    };
     match schema.ty {
         FieldType::String => {
             let s = value.as_str().ok_or_else(wrong_type)?;
@@ -186,7 +195,11 @@ fn check_value(pointer: &str, schema: &FieldSchema, value: &Value) -> Result<(),
         if !allowed.contains(value) {
             let listed: Vec<String> = allowed
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect();
             return Err(invalid(
                 pointer.to_owned(),
@@ -200,12 +213,18 @@ fn check_value(pointer: &str, schema: &FieldSchema, value: &Value) -> Result<(),
 fn check_range(pointer: &str, schema: &FieldSchema, n: f64) -> Result<(), Error> {
     if let Some(min) = schema.minimum {
         if n < min {
-            return Err(invalid(pointer.to_owned(), format!("must be at least {min}")));
+            return Err(invalid(
+                pointer.to_owned(),
+                format!("must be at least {min}"),
+            ));
         }
     }
     if let Some(max) = schema.maximum {
         if n > max {
-            return Err(invalid(pointer.to_owned(), format!("must be at most {max}")));
+            return Err(invalid(
+                pointer.to_owned(),
+                format!("must be at most {max}"),
+            ));
         }
     }
     Ok(())
@@ -330,7 +349,10 @@ mod tests {
             (json!({"host": "canary v"}), "/settings/host"),
             (json!({"url": "canary-v"}), "/settings/url"),
             (json!({"tls": "canary-v"}), "/settings/tls"),
-            (json!({"staging": {"bucket": "b", "x/y": 1}}), "/settings/staging/x~1y"),
+            (
+                json!({"staging": {"bucket": "b", "x/y": 1}}),
+                "/settings/staging/x~1y",
+            ),
             (json!({"staging": {}}), "/settings/staging/bucket"),
             (json!({"brokers": ["a", 2]}), "/settings/brokers/1"),
             (json!({"password": "canary-v"}), "/settings/password"),

@@ -37,7 +37,10 @@ pub struct SecretAad<'a> {
 
 impl SecretAad<'_> {
     fn to_bytes(&self) -> Vec<u8> {
-        aad(b"patchbay/secret/v1", &[self.workspace_id, self.owner_id, self.field])
+        aad(
+            b"patchbay/secret/v1",
+            &[self.workspace_id, self.owner_id, self.field],
+        )
     }
 }
 
@@ -55,7 +58,13 @@ fn seal(key: &KeyBytes, plaintext: &[u8], aad: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("AES-GCM encryption cannot fail for in-memory buffers below 64 GiB");
     (nonce.to_vec(), ct)
 }
@@ -170,13 +179,12 @@ impl MasterKey {
             });
         }
         let aad = aad(b"patchbay/dek/v1", &[workspace_id, dek_id]);
-        let raw = zeroize::Zeroizing::new(open(
-            &self.key,
-            &wrapped.nonce,
-            &wrapped.ciphertext,
-            &aad,
-        )?);
-        let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
+        let raw =
+            zeroize::Zeroizing::new(open(&self.key, &wrapped.nonce, &wrapped.ciphertext, &aad)?);
+        let bytes: [u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Decrypt)?;
         Ok(DataKey {
             id: dek_id.to_owned(),
             key: KeyBytes::new(bytes),
@@ -213,7 +221,8 @@ impl DataKey {
     }
 
     pub fn encrypt(&self, value: &SecretString, aad: &SecretAad<'_>) -> EncryptedValue {
-        let (nonce, ciphertext) = seal(&self.key, value.expose_secret().as_bytes(), &aad.to_bytes());
+        let (nonce, ciphertext) =
+            seal(&self.key, value.expose_secret().as_bytes(), &aad.to_bytes());
         EncryptedValue {
             key_id: self.id.clone(),
             nonce,
@@ -268,7 +277,10 @@ mod tests {
     #[test]
     fn a_ciphertext_moved_to_another_row_fails_to_decrypt() {
         let dek = DataKey::generate();
-        let ev = dek.encrypt(&SecretString::new("s".into()), &aad("ws1", "conn1", "password"));
+        let ev = dek.encrypt(
+            &SecretString::new("s".into()),
+            &aad("ws1", "conn1", "password"),
+        );
         for other in [
             aad("ws2", "conn1", "password"),
             aad("ws1", "conn2", "password"),
@@ -276,7 +288,10 @@ mod tests {
             // length prefixes keep ("ws1c", "onn1") distinct from ("ws1", "conn1")
             aad("ws1c", "onn1", "password"),
         ] {
-            assert!(matches!(dek.decrypt(&ev, &other), Err(CryptoError::Decrypt)));
+            assert!(matches!(
+                dek.decrypt(&ev, &other),
+                Err(CryptoError::Decrypt)
+            ));
         }
     }
 
@@ -302,9 +317,16 @@ mod tests {
         assert_eq!(wrapped.kek_id, kek.id());
         let back = kek.unwrap(&wrapped, "ws1", dek.id()).unwrap();
         let ev = dek.encrypt(&SecretString::new("v".into()), &aad("ws1", "c", "f"));
-        assert_eq!(back.decrypt(&ev, &aad("ws1", "c", "f")).unwrap().expose_secret(), "v");
+        assert_eq!(
+            back.decrypt(&ev, &aad("ws1", "c", "f"))
+                .unwrap()
+                .expose_secret(),
+            "v"
+        );
         assert!(kek.unwrap(&wrapped, "ws2", dek.id()).is_err());
-        assert!(MasterKey::generate("test").unwrap(&wrapped, "ws1", dek.id()).is_err());
+        assert!(MasterKey::generate("test")
+            .unwrap(&wrapped, "ws1", dek.id())
+            .is_err());
     }
 
     #[test]

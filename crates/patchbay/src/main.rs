@@ -12,7 +12,12 @@ use patchbay_crypto::SecretString;
 use patchbay_server::{Config, MasterKeySource};
 
 #[derive(Parser)]
-#[command(name = "patchbay", version, about = "Connection and credential manager", propagate_version = true)]
+#[command(
+    name = "patchbay",
+    version,
+    about = "Connection and credential manager",
+    propagate_version = true
+)]
 struct Cli {
     #[command(flatten)]
     global: cli::Global,
@@ -55,7 +60,9 @@ fn env_or_file(name: &str) -> anyhow::Result<Option<SecretString>> {
         Ok(path) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| anyhow::anyhow!("{name}_FILE={path}: {e}"))?;
-            Ok(Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_owned())))
+            Ok(Some(SecretString::new(
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            )))
         }
         Err(_) => Ok(None),
     }
@@ -84,7 +91,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database_url,
         master_key,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(patchbay_server::serve(config))?;
     Ok(())
 }

@@ -26,7 +26,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(data_dir: &Path, database_url: Option<&str>) -> Server {
@@ -61,22 +65,39 @@ fn start(data_dir: &Path, database_url: Option<&str>) -> Server {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(out) = cli_raw(&url, None, &["workspaces", "list", "-o", "json"]) {
-            if out.status.code() != Some(1) || !String::from_utf8_lossy(&out.stderr).contains("connection_failed") {
+            if out.status.code() != Some(1)
+                || !String::from_utf8_lossy(&out.stderr).contains("connection_failed")
+            {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "server did not start: {}", log.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "server did not start: {}",
+            log.lock().unwrap()
+        );
         if let Ok(Some(status)) = child.try_wait() {
             panic!("server exited with {status}: {}", log.lock().unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Server { child, url, data_dir: data_dir.to_owned(), log }
+    Server {
+        child,
+        url,
+        data_dir: data_dir.to_owned(),
+        log,
+    }
 }
 
-fn cli_raw(url: &str, data_dir: Option<&Path>, args: &[&str]) -> std::io::Result<std::process::Output> {
+fn cli_raw(
+    url: &str,
+    data_dir: Option<&Path>,
+    args: &[&str],
+) -> std::io::Result<std::process::Output> {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env("PATCHBAY_URL", url).env_remove("PATCHBAY_TOKEN");
+    cmd.args(args)
+        .env("PATCHBAY_URL", url)
+        .env_remove("PATCHBAY_TOKEN");
     if let Some(d) = data_dir {
         cmd.env("PATCHBAY_DATA_DIR", d);
     }
@@ -121,7 +142,11 @@ fn files_contain(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         let p = entry.unwrap().path();
         if p.is_dir() {
             hits.extend(files_contain(&p, needle));
-        } else if std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle) {
+        } else if std::fs::read(&p)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
             hits.push(p);
         }
     }
@@ -145,7 +170,9 @@ fn journey(s: &Server) -> String {
         s,
         "POST",
         &format!("/api/v1/projects/{}/connections", project_id(s)),
-        Some(&format!(r#"{{"name":"prod-postgres-finance","type":"postgresql","settings":{{"host":"127.0.0.1","database":"test","username":"pb"}},"secrets":{{"password":"{CANARY}"}}}}"#)),
+        Some(&format!(
+            r#"{{"name":"prod-postgres-finance","type":"postgresql","settings":{{"host":"127.0.0.1","database":"test","username":"pb"}},"secrets":{{"password":"{CANARY}"}}}}"#
+        )),
         &[],
     );
     assert_eq!(code, 201, "{created}");
@@ -156,14 +183,28 @@ fn journey(s: &Server) -> String {
         format!(r#"{{"name":"x","type":"postgresql","settings":{{"password":"{CANARY}"}}}}"#),
         format!(r#"{{"name":"{CANARY} x","type":"postgresql"}}"#),
         format!(r#"{{"name":"x","type":"postgresql","tags":"{CANARY}"}}"#),
-        format!(r#"{{"name":"x","type":"postgresql","secrets":{{"password":"{CANARY}"}},"oops":1}}"#),
+        format!(
+            r#"{{"name":"x","type":"postgresql","secrets":{{"password":"{CANARY}"}},"oops":1}}"#
+        ),
         format!(r#"{{"name":"x", "secrets": "{CANARY}"#),
     ] {
-        let (code, body) = http(s, "POST", &format!("/api/v1/projects/{}/connections", project_id(s)), Some(&bad), &[]);
+        let (code, body) = http(
+            s,
+            "POST",
+            &format!("/api/v1/projects/{}/connections", project_id(s)),
+            Some(&bad),
+            &[],
+        );
         assert_eq!(code, 400, "{body}");
         seen += &body;
     }
-    let (code, list) = http(s, "GET", &format!("/api/v1/projects/{}/connections", project_id(s)), None, &[]);
+    let (code, list) = http(
+        s,
+        "GET",
+        &format!("/api/v1/projects/{}/connections", project_id(s)),
+        None,
+        &[],
+    );
     assert_eq!(code, 200);
     assert!(list.contains(r#""password":null"#), "{list}");
     seen += &list;
@@ -171,22 +212,75 @@ fn journey(s: &Server) -> String {
     // CLI: create with a secret read from a file, list, get, update, delete.
     let secret_file = s.data_dir.join("../mysql-password");
     std::fs::write(&secret_file, format!("{CANARY}-cli\n")).unwrap();
-    let created = cli(s, &["connections", "create", "dev-mysql", "--type", "mysql", "--environment", "dev",
-        "--set", "host=127.0.0.1", "--set", "port=3306", "--set", "database=test", "--set", "username=root",
-        "--secret", &format!("password=@{}", secret_file.display()), "-o", "json"], &mut seen);
+    let created = cli(
+        s,
+        &[
+            "connections",
+            "create",
+            "dev-mysql",
+            "--type",
+            "mysql",
+            "--environment",
+            "dev",
+            "--set",
+            "host=127.0.0.1",
+            "--set",
+            "port=3306",
+            "--set",
+            "database=test",
+            "--set",
+            "username=root",
+            "--secret",
+            &format!("password=@{}", secret_file.display()),
+            "-o",
+            "json",
+        ],
+        &mut seen,
+    );
     let v: serde_json::Value = serde_json::from_str(&created).unwrap();
     assert_eq!(v["settings"]["port"], 3306, "typed by the schema");
     assert_eq!(v["secrets"]["password"], "********");
     let table = cli(s, &["connections", "list"], &mut seen);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("dev-mysql") && table.contains("prod-postgres-finance"), "{table}");
-    let yaml = cli(s, &["connections", "list", "-o", "yaml", "--environment", "dev"], &mut seen);
-    assert!(yaml.contains("name: dev-mysql") && !yaml.contains("prod-postgres"), "{yaml}");
-    let got = cli(s, &["connections", "get", "dev-mysql", "-o", "json"], &mut seen);
+    assert!(
+        table.contains("dev-mysql") && table.contains("prod-postgres-finance"),
+        "{table}"
+    );
+    let yaml = cli(
+        s,
+        &["connections", "list", "-o", "yaml", "--environment", "dev"],
+        &mut seen,
+    );
+    assert!(
+        yaml.contains("name: dev-mysql") && !yaml.contains("prod-postgres"),
+        "{yaml}"
+    );
+    let got = cli(
+        s,
+        &["connections", "get", "dev-mysql", "-o", "json"],
+        &mut seen,
+    );
     assert!(got.contains("********"), "{got}");
-    let updated = cli(s, &["connections", "update", "dev-mysql", "--set", "port=3307", "--tag", "team:data", "-o", "json"], &mut seen);
+    let updated = cli(
+        s,
+        &[
+            "connections",
+            "update",
+            "dev-mysql",
+            "--set",
+            "port=3307",
+            "--tag",
+            "team:data",
+            "-o",
+            "json",
+        ],
+        &mut seen,
+    );
     let v: serde_json::Value = serde_json::from_str(&updated).unwrap();
-    assert_eq!((v["version"].as_i64(), v["settings"]["port"].as_i64()), (Some(2), Some(3307)));
+    assert_eq!(
+        (v["version"].as_i64(), v["settings"]["port"].as_i64()),
+        (Some(2), Some(3307))
+    );
     assert_eq!(v["secrets_set"], serde_json::json!(["password"]));
     // An explicit reveal shows the secret: the one place it may appear.
     let revealed = Command::new(BIN)
@@ -197,7 +291,22 @@ fn journey(s: &Server) -> String {
         .unwrap();
     assert!(String::from_utf8_lossy(&revealed.stdout).contains(&format!("{CANARY}-cli")));
     // Failures exit non-zero with the API error code.
-    let out = cli_raw(&s.url, Some(&s.data_dir), &["connections", "create", "dev-mysql", "--type", "mysql", "--set", "host=h", "--set", "database=d"]).unwrap();
+    let out = cli_raw(
+        &s.url,
+        Some(&s.data_dir),
+        &[
+            "connections",
+            "create",
+            "dev-mysql",
+            "--type",
+            "mysql",
+            "--set",
+            "host=h",
+            "--set",
+            "database=d",
+        ],
+    )
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("name_taken"));
     let out = cli_raw(&s.url, Some(&s.data_dir), &["connections", "get", "nope"]).unwrap();
@@ -225,7 +334,11 @@ fn sqlite_default_first_start_crud_and_canary() {
     let s = start(&data, None);
     // First start: key file and admin token exist, private.
     let token_file = data.join("initial-admin-token");
-    assert!(token_file.exists() && data.join("master.key").exists() && data.join("patchbay.db").exists());
+    assert!(
+        token_file.exists()
+            && data.join("master.key").exists()
+            && data.join("patchbay.db").exists()
+    );
     #[cfg(unix)]
     {
         assert_eq!(mode(&token_file), 0o600);
@@ -234,24 +347,51 @@ fn sqlite_default_first_start_crud_and_canary() {
     let (code, health) = http(&s, "GET", "/api/v1/health", None, &[]);
     assert_eq!((code, health.as_str()), (200, r#"{"status":"ok"}"#));
     let token = std::fs::read_to_string(&token_file).unwrap();
-    assert!(s.log.lock().unwrap().contains(token.trim()), "token printed once at first start");
+    assert!(
+        s.log.lock().unwrap().contains(token.trim()),
+        "token printed once at first start"
+    );
 
     let seen = journey(&s);
-    assert!(!seen.contains(CANARY), "a response or CLI output carries the canary");
+    assert!(
+        !seen.contains(CANARY),
+        "a response or CLI output carries the canary"
+    );
     let log = s.log.lock().unwrap().clone();
     assert!(!log.contains(CANARY), "the server log carries the canary");
-    assert!(files_contain(&data, CANARY.as_bytes()).is_empty(), "the data directory holds the plaintext");
+    assert!(
+        files_contain(&data, CANARY.as_bytes()).is_empty(),
+        "the data directory holds the plaintext"
+    );
 
     // Restart on the same data: no second bootstrap, data still decrypts.
     drop(s);
     let s = start(&data, None);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!s.log.lock().unwrap().contains("admin API token"), "bootstrap ran twice");
-    let (code, body) = http(&s, "GET", &format!("/api/v1/projects/{}/connections?name=prod-postgres-finance", project_id(&s)), None, &[]);
+    assert!(
+        !s.log.lock().unwrap().contains("admin API token"),
+        "bootstrap ran twice"
+    );
+    let (code, body) = http(
+        &s,
+        "GET",
+        &format!(
+            "/api/v1/projects/{}/connections?name=prod-postgres-finance",
+            project_id(&s)
+        ),
+        None,
+        &[],
+    );
     assert_eq!(code, 200);
-    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["items"][0]["id"].as_str().unwrap().to_owned();
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (_, got) = http(&s, "GET", &format!("/api/v1/connections/{id}"), None, &[]);
-    assert!(got.contains(CANARY), "reveal after restart decrypts with the same key");
+    assert!(
+        got.contains(CANARY),
+        "reveal after restart decrypts with the same key"
+    );
 }
 
 #[test]
@@ -260,7 +400,14 @@ fn postgres_backend_crud_and_canary() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let db = format!("pb_e2e_{}", std::process::id());
     let created = Command::new("psql")
-        .args([admin.as_str(), "-q", "-c", &format!("DROP DATABASE IF EXISTS {db}"), "-c", &format!("CREATE DATABASE {db}")])
+        .args([
+            admin.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {db}"),
+            "-c",
+            &format!("CREATE DATABASE {db}"),
+        ])
         .output();
     match created {
         Ok(o) if o.status.success() => {}
@@ -283,12 +430,34 @@ fn postgres_backend_crud_and_canary() {
     let seen = journey(&s);
     assert!(!seen.contains(CANARY));
     assert!(!s.log.lock().unwrap().contains(CANARY));
-    let dump = Command::new("pg_dump").args([url.as_str(), "--data-only"]).output().expect("pg_dump");
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = Command::new("pg_dump")
+        .args([url.as_str(), "--data-only"])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dump = String::from_utf8_lossy(&dump.stdout);
-    assert!(dump.contains("prod-postgres-finance"), "the dump has the data");
-    assert!(!dump.contains(CANARY), "a PostgreSQL table holds the plaintext");
-    assert!(!files_contain(&tmp.path().join("data"), CANARY.as_bytes()).iter().any(|_| true));
+    assert!(
+        dump.contains("prod-postgres-finance"),
+        "the dump has the data"
+    );
+    assert!(
+        !dump.contains(CANARY),
+        "a PostgreSQL table holds the plaintext"
+    );
+    assert!(!files_contain(&tmp.path().join("data"), CANARY.as_bytes())
+        .iter()
+        .any(|_| true));
     drop(s);
-    let _ = Command::new("psql").args([admin.as_str(), "-q", "-c", &format!("DROP DATABASE IF EXISTS {db}")]).output();
+    let _ = Command::new("psql")
+        .args([
+            admin.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {db}"),
+        ])
+        .output();
 }

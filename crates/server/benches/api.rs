@@ -26,12 +26,16 @@ struct Figure {
 }
 
 async fn load(url: String, token: Option<String>, concurrency: usize, secs: f64) -> Figure {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let count = Arc::new(AtomicU64::new(0));
     let mut tasks = vec![];
     for _ in 0..concurrency {
-        let (client, url, token, count) = (client.clone(), url.clone(), token.clone(), count.clone());
+        let (client, url, token, count) =
+            (client.clone(), url.clone(), token.clone(), count.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
             while Instant::now() < stop {
@@ -56,14 +60,33 @@ async fn load(url: String, token: Option<String>, concurrency: usize, secs: f64)
     }
     let seconds = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
-    Figure { name: "", requests: count.load(Ordering::Relaxed), seconds, p50_us: pct(0.50), p99_us: pct(0.99) }
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Figure {
+        name: "",
+        requests: count.load(Ordering::Relaxed),
+        seconds,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
 }
 
 fn main() {
-    let secs: f64 = std::env::var("PATCHBAY_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    let concurrency: usize = std::env::var("PATCHBAY_BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let secs: f64 = std::env::var("PATCHBAY_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let concurrency: usize = std::env::var("PATCHBAY_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {

@@ -46,11 +46,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidJson,
-                format!(
-                    "malformed JSON at line {} column {}",
-                    e.line(),
-                    e.column()
-                ),
+                format!("malformed JSON at line {} column {}", e.line(), e.column()),
             )
         })?;
         match value {
@@ -69,7 +65,11 @@ pub struct Fields {
 }
 
 fn wrong(field: &str, what: &str) -> ApiError {
-    ApiError::field(ErrorCode::InvalidField, format!("/{field}"), format!("must be {what}"))
+    ApiError::field(
+        ErrorCode::InvalidField,
+        format!("/{field}"),
+        format!("must be {what}"),
+    )
 }
 
 impl Fields {

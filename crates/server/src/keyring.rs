@@ -49,7 +49,11 @@ impl KeyRing {
     }
 
     fn cached(&self, id: &str) -> Option<Arc<DataKey>> {
-        self.data_keys.read().expect("key cache lock").get(id).cloned()
+        self.data_keys
+            .read()
+            .expect("key cache lock")
+            .get(id)
+            .cloned()
     }
 
     fn unwrap(&self, stored: &StoredDataKey) -> ApiResult<Arc<DataKey>> {

@@ -72,9 +72,8 @@ impl App {
                 }
                 key
             }
-            MasterKeySource::Inline(text) => {
-                MasterKey::from_encoded("env", text.expose_secret()).map_err(StartError::KeyFormat)?
-            }
+            MasterKeySource::Inline(text) => MasterKey::from_encoded("env", text.expose_secret())
+                .map_err(StartError::KeyFormat)?,
         };
         let url = match &config.database_url {
             Some(u) => u.expose_secret().to_owned(),
@@ -104,7 +103,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Listen(config.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(config.listen, e))?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put TLS in front");
     }
@@ -161,7 +162,12 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
     let dek = state.keys.new_data_key(&ws_id);
     match state
         .store
-        .create_workspace(&ws_id, "default", &dek, &system("workspace.create", "workspace", &ws_id))
+        .create_workspace(
+            &ws_id,
+            "default",
+            &dek,
+            &system("workspace.create", "workspace", &ws_id),
+        )
         .await
     {
         Err(StoreError::NameTaken) => return Ok(()),

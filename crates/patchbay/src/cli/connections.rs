@@ -93,7 +93,12 @@ fn usage(msg: String) -> ApiFailure {
 fn split_kv(s: &str) -> Result<(&str, &str), ApiFailure> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| usage(format!("expected KEY=VALUE, got `{}`", s.split('=').next().unwrap_or(""))))
+        .ok_or_else(|| {
+            usage(format!(
+                "expected KEY=VALUE, got `{}`",
+                s.split('=').next().unwrap_or("")
+            ))
+        })
 }
 
 /// Types a command-line value by the schema property it lands on.
@@ -111,7 +116,9 @@ fn set_path(settings: &mut Map<String, Value>, type_schema: &Value, key: &str, r
     let mut schema = type_schema.pointer("/settings");
     let mut target = settings;
     for (i, part) in parts.iter().enumerate() {
-        schema = schema.and_then(|s| s.get("properties")).and_then(|p| p.get(*part));
+        schema = schema
+            .and_then(|s| s.get("properties"))
+            .and_then(|p| p.get(*part));
         if i == parts.len() - 1 {
             target.insert((*part).to_owned(), typed(schema, raw));
         } else {
@@ -181,7 +188,12 @@ async fn find(ctx: &Ctx, wanted: &str) -> Result<(Value, String), ApiFailure> {
     if looks_like_id(wanted) {
         let reply = ctx
             .client
-            .call(Method::GET, &format!("/api/v1/connections/{}?reveal=false", enc(wanted)), None, &[])
+            .call(
+                Method::GET,
+                &format!("/api/v1/connections/{}?reveal=false", enc(wanted)),
+                None,
+                &[],
+            )
             .await?;
         let etag = reply.etag.unwrap_or_default();
         return Ok((reply.body, etag));
@@ -189,7 +201,11 @@ async fn find(ctx: &Ctx, wanted: &str) -> Result<(Value, String), ApiFailure> {
     let project = ctx.project_id().await?;
     let list = ctx
         .client
-        .get(&format!("/api/v1/projects/{}/connections?name={}", enc(&project), enc(wanted)))
+        .get(&format!(
+            "/api/v1/projects/{}/connections?name={}",
+            enc(&project),
+            enc(wanted)
+        ))
         .await?;
     let item = list["items"]
         .as_array()
@@ -220,16 +236,32 @@ fn show(ctx: &Ctx, v: &Value) {
 
 pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
     match cmd {
-        ConnectionsCommand::List { connector_type, category, environment, tag, query } => {
+        ConnectionsCommand::List {
+            connector_type,
+            category,
+            environment,
+            tag,
+            query,
+        } => {
             let project = ctx.project_id().await?;
             let mut qs = vec!["limit=500".to_owned()];
-            for (k, v) in [("type", connector_type), ("category", category), ("environment", environment), ("tag", tag), ("q", query)] {
+            for (k, v) in [
+                ("type", connector_type),
+                ("category", category),
+                ("environment", environment),
+                ("tag", tag),
+                ("q", query),
+            ] {
                 if let Some(v) = v {
                     qs.push(format!("{k}={}", enc(&v)));
                 }
             }
             let mut items = Vec::new();
-            let base = format!("/api/v1/projects/{}/connections?{}", enc(&project), qs.join("&"));
+            let base = format!(
+                "/api/v1/projects/{}/connections?{}",
+                enc(&project),
+                qs.join("&")
+            );
             let mut page = ctx.client.get(&base).await?;
             loop {
                 items.extend(page["items"].as_array().cloned().unwrap_or_default());
@@ -247,11 +279,18 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             let path = format!("/api/v1/connections/{}?reveal={reveal}", enc(&id));
             show(&ctx, &ctx.client.get(&path).await?);
         }
-        ConnectionsCommand::Create { name, connector_type, fields } => {
+        ConnectionsCommand::Create {
+            name,
+            connector_type,
+            fields,
+        } => {
             let project = ctx.project_id().await?;
             let schema = ctx
                 .client
-                .get(&format!("/api/v1/connection-types/{}", enc(&connector_type)))
+                .get(&format!(
+                    "/api/v1/connection-types/{}",
+                    enc(&connector_type)
+                ))
                 .await
                 .unwrap_or(Value::Null);
             let mut body = Map::new();
@@ -260,12 +299,23 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             fields.apply(&mut body, &schema)?;
             let v = ctx
                 .client
-                .call(Method::POST, &format!("/api/v1/projects/{}/connections", enc(&project)), Some(&Value::Object(body)), &[])
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/projects/{}/connections", enc(&project)),
+                    Some(&Value::Object(body)),
+                    &[],
+                )
                 .await?
                 .body;
             show(&ctx, &v);
         }
-        ConnectionsCommand::Update { connection, rename, unset, clear_secret, fields } => {
+        ConnectionsCommand::Update {
+            connection,
+            rename,
+            unset,
+            clear_secret,
+            fields,
+        } => {
             let (current, etag) = find(&ctx, &connection).await?;
             let ty = current["type"].as_str().unwrap_or_default();
             let schema = ctx
@@ -287,7 +337,12 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             let id = current["id"].as_str().unwrap_or_default();
             let v = ctx
                 .client
-                .call(Method::PATCH, &format!("/api/v1/connections/{}", enc(id)), Some(&Value::Object(patch)), &[("If-Match", etag)])
+                .call(
+                    Method::PATCH,
+                    &format!("/api/v1/connections/{}", enc(id)),
+                    Some(&Value::Object(patch)),
+                    &[("If-Match", etag)],
+                )
                 .await?
                 .body;
             show(&ctx, &v);
@@ -296,9 +351,17 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             let (current, _) = find(&ctx, &connection).await?;
             let id = current["id"].as_str().unwrap_or_default();
             ctx.client
-                .call(Method::DELETE, &format!("/api/v1/connections/{}", enc(id)), None, &[])
+                .call(
+                    Method::DELETE,
+                    &format!("/api/v1/connections/{}", enc(id)),
+                    None,
+                    &[],
+                )
                 .await?;
-            eprintln!("deleted connection {}", current["name"].as_str().unwrap_or(id));
+            eprintln!(
+                "deleted connection {}",
+                current["name"].as_str().unwrap_or(id)
+            );
         }
     }
     Ok(())

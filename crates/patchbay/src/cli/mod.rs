@@ -16,16 +16,31 @@ pub use output::Format;
 #[derive(Args, Clone)]
 pub struct Global {
     /// Server URL.
-    #[arg(long, global = true, env = "PATCHBAY_URL", default_value = "http://127.0.0.1:8420")]
+    #[arg(
+        long,
+        global = true,
+        env = "PATCHBAY_URL",
+        default_value = "http://127.0.0.1:8420"
+    )]
     pub url: String,
     /// API token (or PATCHBAY_TOKEN_FILE; default: <PATCHBAY_DATA_DIR>/initial-admin-token if readable).
     #[arg(long, global = true, env = "PATCHBAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Workspace name or id.
-    #[arg(long, global = true, env = "PATCHBAY_WORKSPACE", default_value = "default")]
+    #[arg(
+        long,
+        global = true,
+        env = "PATCHBAY_WORKSPACE",
+        default_value = "default"
+    )]
     pub workspace: String,
     /// Project name or id (names are looked up in --workspace).
-    #[arg(long, global = true, env = "PATCHBAY_PROJECT", default_value = "default")]
+    #[arg(
+        long,
+        global = true,
+        env = "PATCHBAY_PROJECT",
+        default_value = "default"
+    )]
     pub project: String,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
@@ -47,9 +62,7 @@ pub enum ClientCommand {
     #[command(subcommand)]
     Projects(NamedCommand),
     /// Print a shell completion script.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -63,17 +76,13 @@ pub enum TypesCommand {
         query: Option<String>,
     },
     /// Show one type with its settings schema.
-    Show {
-        id: String,
-    },
+    Show { id: String },
 }
 
 #[derive(Subcommand)]
 pub enum NamedCommand {
     List,
-    Create {
-        name: String,
-    },
+    Create { name: String },
 }
 
 pub struct Ctx {
@@ -84,11 +93,8 @@ pub struct Ctx {
 impl Ctx {
     fn new(g: Global) -> Self {
         let token = g.token.clone().or_else(|| {
-            let from_file = |p: String| {
-                std::fs::read_to_string(p)
-                    .ok()
-                    .map(|t| t.trim().to_owned())
-            };
+            let from_file =
+                |p: String| std::fs::read_to_string(p).ok().map(|t| t.trim().to_owned());
             std::env::var("PATCHBAY_TOKEN_FILE")
                 .ok()
                 .and_then(from_file)
@@ -175,10 +181,18 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
                 .get(&format!("/api/v1/connection-types?{}", qs.join("&")))
                 .await?;
             let rows = v["items"].as_array().cloned().unwrap_or_default();
-            output::print(ctx.g.output, &v, Some(&rows), &[
-                ("ID", "/id"), ("NAME", "/name"), ("CATEGORY", "/category"),
-                ("KIND", "/genericity"), ("SECRETS", "/secret_fields"),
-            ]);
+            output::print(
+                ctx.g.output,
+                &v,
+                Some(&rows),
+                &[
+                    ("ID", "/id"),
+                    ("NAME", "/name"),
+                    ("CATEGORY", "/category"),
+                    ("KIND", "/genericity"),
+                    ("SECRETS", "/secret_fields"),
+                ],
+            );
             Ok(())
         }
         ClientCommand::Types(TypesCommand::Show { id }) => {
@@ -194,7 +208,12 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
             let ctx = Ctx::new(g);
             let v = ctx.client.get("/api/v1/workspaces").await?;
             let rows = v["items"].as_array().cloned().unwrap_or_default();
-            output::print(ctx.g.output, &v, Some(&rows), &[("NAME", "/name"), ("ID", "/id"), ("CREATED", "/created_at")]);
+            output::print(
+                ctx.g.output,
+                &v,
+                Some(&rows),
+                &[("NAME", "/name"), ("ID", "/id"), ("CREATED", "/created_at")],
+            );
             Ok(())
         }
         ClientCommand::Workspaces(NamedCommand::Create { name }) => {
@@ -202,10 +221,20 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
             let body = serde_json::json!({ "name": name });
             let v = ctx
                 .client
-                .call(reqwest::Method::POST, "/api/v1/workspaces", Some(&body), &[])
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/workspaces",
+                    Some(&body),
+                    &[],
+                )
                 .await?
                 .body;
-            output::print(ctx.g.output, &v, Some(std::slice::from_ref(&v)), &[("NAME", "/name"), ("ID", "/id")]);
+            output::print(
+                ctx.g.output,
+                &v,
+                Some(std::slice::from_ref(&v)),
+                &[("NAME", "/name"), ("ID", "/id")],
+            );
             Ok(())
         }
         ClientCommand::Projects(cmd) => {
@@ -225,7 +254,11 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
                 }
                 Some(name) => {
                     let body = serde_json::json!({ "name": name });
-                    let v = ctx.client.call(reqwest::Method::POST, &path, Some(&body), &[]).await?.body;
+                    let v = ctx
+                        .client
+                        .call(reqwest::Method::POST, &path, Some(&body), &[])
+                        .await?
+                        .body;
                     output::print(ctx.g.output, &v, Some(std::slice::from_ref(&v)), &cols);
                 }
             }

@@ -12,7 +12,10 @@ pub enum Format {
 /// Prints `value`; for tables, `columns` are (header, JSON pointer) over `rows`.
 pub fn print(format: Format, value: &Value, rows: Option<&[Value]>, columns: &[(&str, &str)]) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
         Format::Yaml => print!("{}", to_yaml(value)),
         Format::Table => match rows {
             Some(rows) => print!("{}", table(rows, columns)),
@@ -111,7 +114,11 @@ fn yaml_into(out: &mut String, v: &Value, indent: usize, in_list: bool) {
         Value::Object(o) if !o.is_empty() => {
             for (i, (k, val)) in o.iter().enumerate() {
                 let key = scalar(&Value::String(k.clone()));
-                let prefix = if in_list && i == 0 { String::new() } else { pad.clone() };
+                let prefix = if in_list && i == 0 {
+                    String::new()
+                } else {
+                    pad.clone()
+                };
                 match val {
                     Value::Object(m) if !m.is_empty() => {
                         out.push_str(&format!("{prefix}{key}:\n"));
@@ -159,7 +166,10 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let rows = [json!({"n": "a", "t": "postgresql"}), json!({"n": "longer", "t": null})];
+        let rows = [
+            json!({"n": "a", "t": "postgresql"}),
+            json!({"n": "longer", "t": null}),
+        ];
         assert_eq!(
             table(&rows, &[("NAME", "/n"), ("TYPE", "/t")]),
             "NAME    TYPE\na       postgresql\nlonger  -\n"

@@ -175,8 +175,8 @@ pub async fn list(
     Path(project): Path<String>,
     query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ConnectionList>> {
-    let Query(mut q) = query
-        .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
+    let Query(mut q) =
+        query.map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
     let limit = match q.remove("limit") {
         None => 100,
         Some(l) => l
@@ -195,7 +195,11 @@ pub async fn list(
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| {
-                    ApiError::field(ErrorCode::InvalidQuery, "cursor", "not a cursor from this API")
+                    ApiError::field(
+                        ErrorCode::InvalidQuery,
+                        "cursor",
+                        "not a cursor from this API",
+                    )
                 })?,
         ),
     };
@@ -207,7 +211,17 @@ pub async fn list(
         name: q.remove("name"),
         q: q.remove("q"),
     };
-    let page = svc::list(&state, &auth.0, &project, ListQuery { filter, limit, after }).await?;
+    let page = svc::list(
+        &state,
+        &auth.0,
+        &project,
+        ListQuery {
+            filter,
+            limit,
+            after,
+        },
+    )
+    .await?;
     Ok(Json(ConnectionList {
         next_cursor: page
             .more_after
@@ -234,7 +248,11 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let c = svc::create(&state, &auth.0, &project, body).await?;
     let location = format!("/api/v1/connections/{}", c.id);
-    let mut resp = with_etag(StatusCode::CREATED, ConnectionOut::new(&state, c, SecretView::Masked), false);
+    let mut resp = with_etag(
+        StatusCode::CREATED,
+        ConnectionOut::new(&state, c, SecretView::Masked),
+        false,
+    );
     resp.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&location).expect("uuid path is a valid header"),
@@ -254,21 +272,33 @@ pub async fn get(
     Path(id): Path<String>,
     query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = query
-        .map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
+    let Query(q) =
+        query.map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
     let reveal = match q.get("reveal").map(String::as_str) {
         None | Some("true") => true,
         Some("false") => false,
         Some(_) => {
-            return Err(ApiError::field(ErrorCode::InvalidQuery, "reveal", "reveal must be true or false"))
+            return Err(ApiError::field(
+                ErrorCode::InvalidQuery,
+                "reveal",
+                "reveal must be true or false",
+            ))
         }
     };
     let c = svc::load(&state, &auth.0, &id).await?;
     if reveal && auth.0.can(Permission::ConnectionsReveal) {
         let values = svc::reveal(&state, &auth.0, &c).await?;
-        Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Revealed(values)), true))
+        Ok(with_etag(
+            StatusCode::OK,
+            ConnectionOut::new(&state, c, SecretView::Revealed(values)),
+            true,
+        ))
     } else {
-        Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Masked), false))
+        Ok(with_etag(
+            StatusCode::OK,
+            ConnectionOut::new(&state, c, SecretView::Masked),
+            false,
+        ))
     }
 }
 
@@ -286,7 +316,11 @@ pub async fn replace(
 ) -> ApiResult<Response> {
     let expected = if_match(&headers, true)?.flatten();
     let c = svc::replace(&state, &auth.0, &id, expected, body).await?;
-    Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Masked), false))
+    Ok(with_etag(
+        StatusCode::OK,
+        ConnectionOut::new(&state, c, SecretView::Masked),
+        false,
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/v1/connections/{id}", tag = "connections",
@@ -304,7 +338,11 @@ pub async fn patch(
 ) -> ApiResult<Response> {
     let expected = if_match(&headers, true)?.flatten();
     let c = svc::patch(&state, &auth.0, &id, expected, body).await?;
-    Ok(with_etag(StatusCode::OK, ConnectionOut::new(&state, c, SecretView::Masked), false))
+    Ok(with_etag(
+        StatusCode::OK,
+        ConnectionOut::new(&state, c, SecretView::Masked),
+        false,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",

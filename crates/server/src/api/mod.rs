@@ -80,7 +80,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/connection-types", g(catalog::list))
         .route("/api/v1/connection-types/{type}", g(catalog::get))
         .route("/api/v1/credential-kinds", g(catalog::credential_kinds))
-        .route("/api/v1/workspaces", g(workspaces::list).post(workspaces::create))
+        .route(
+            "/api/v1/workspaces",
+            g(workspaces::list).post(workspaces::create),
+        )
         .route(
             "/api/v1/workspaces/{ws}/projects",
             g(workspaces::list_projects).post(workspaces::create_project),
@@ -98,13 +101,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/openapi.json", g(openapi_json))
         .with_state(state);
-    api.merge(utoipa_swagger_ui::SwaggerUi::new("/api/docs").config(
-        utoipa_swagger_ui::Config::from("/api/openapi.json"),
-    ))
+    api.merge(
+        utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+            .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
+    )
     .fallback(not_found)
     .method_not_allowed_fallback(method_not_allowed)
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-    .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
     .layer(middleware::from_fn(request_log))
     .layer(middleware::from_fn(security_headers))
 }
@@ -166,7 +172,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !resp.headers().contains_key(header::CONTENT_TYPE) {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && !resp.headers().contains_key(header::CONTENT_TYPE)
+    {
         return ApiError::new(ErrorCode::PayloadTooLarge, "the body exceeds 1 MiB").into_response();
     }
     resp

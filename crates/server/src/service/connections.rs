@@ -11,8 +11,7 @@ use patchbay_core::names::{check_description, check_environment, check_name, che
 use patchbay_core::permission::Permission;
 use patchbay_core::schema::ConnectorType;
 use patchbay_core::validate::{
-    check_required, check_secret_length, pointer_segment, validate_secret_names,
-    validate_settings,
+    check_required, check_secret_length, pointer_segment, validate_secret_names, validate_settings,
 };
 use patchbay_core::ErrorCode;
 use patchbay_crypto::{SecretAad, SecretString};
@@ -205,7 +204,14 @@ pub async fn create(
     );
     Ok(state
         .store
-        .create_connection(&id, &project.workspace_id, &project.id, &w, &encrypted, &entry)
+        .create_connection(
+            &id,
+            &project.workspace_id,
+            &project.id,
+            &w,
+            &encrypted,
+            &entry,
+        )
         .await?)
 }
 
@@ -335,7 +341,16 @@ pub async fn replace(
         settings: strip_nulls(f.optional_object("settings")?.unwrap_or_default()),
     };
     let secrets = parse_secrets(f.optional_object("secrets")?.unwrap_or_default())?;
-    save(state, p, &current, expected, w, secrets, "connection.update").await
+    save(
+        state,
+        p,
+        &current,
+        expected,
+        w,
+        secrets,
+        "connection.update",
+    )
+    .await
 }
 
 /// RFC 7396 JSON merge patch.
@@ -374,9 +389,15 @@ pub async fn patch(
     let mut f = Fields::new(body, WRITABLE, READ_ONLY)?;
     check_type_unchanged(&current, &mut f)?;
     if f.is_null("name") {
-        return Err(ApiError::field(ErrorCode::InvalidField, "/name", "required"));
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "/name",
+            "required",
+        ));
     }
-    let name = f.optional_string("name")?.unwrap_or_else(|| current.name.clone());
+    let name = f
+        .optional_string("name")?
+        .unwrap_or_else(|| current.name.clone());
     let description = if f.has("description") {
         f.optional_string("description")?.unwrap_or_default()
     } else {
@@ -418,10 +439,24 @@ pub async fn patch(
         tags,
         settings,
     };
-    save(state, p, &current, expected, w, secrets, "connection.update").await
+    save(
+        state,
+        p,
+        &current,
+        expected,
+        w,
+        secrets,
+        "connection.update",
+    )
+    .await
 }
 
-pub async fn delete(state: &AppState, p: &Principal, id: &str, expected: Expected) -> ApiResult<()> {
+pub async fn delete(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Expected,
+) -> ApiResult<()> {
     let current = load(state, p, id).await?;
     if !p.can(Permission::ConnectionsWrite) {
         return Err(ApiError::forbidden(Permission::ConnectionsWrite));

@@ -13,7 +13,10 @@ use crate::state::AppState;
 
 pub async fn list(state: &AppState, p: &Principal) -> ApiResult<Vec<Workspace>> {
     let all = state.store.list_workspaces().await?;
-    Ok(all.into_iter().filter(|w| p.sees_workspace(&w.id)).collect())
+    Ok(all
+        .into_iter()
+        .filter(|w| p.sees_workspace(&w.id))
+        .collect())
 }
 
 /// Looks a workspace up by id or by name.
@@ -36,8 +39,18 @@ pub async fn create(state: &AppState, p: &Principal, name: &str) -> ApiResult<Wo
     check_name("/name", name)?;
     let id = new_id();
     let dek = state.keys.new_data_key(&id);
-    let entry = audit(p, "workspace.create", Some(&id), "workspace", &id, json!({"name": name, "data_key": dek.id}));
-    Ok(state.store.create_workspace(&id, name, &dek, &entry).await?)
+    let entry = audit(
+        p,
+        "workspace.create",
+        Some(&id),
+        "workspace",
+        &id,
+        json!({"name": name, "data_key": dek.id}),
+    );
+    Ok(state
+        .store
+        .create_workspace(&id, name, &dek, &entry)
+        .await?)
 }
 
 pub async fn list_projects(state: &AppState, p: &Principal, ws: &str) -> ApiResult<Vec<Project>> {
@@ -48,13 +61,25 @@ pub async fn list_projects(state: &AppState, p: &Principal, ws: &str) -> ApiResu
     Ok(state.store.list_projects(&ws.id).await?)
 }
 
-pub async fn create_project(state: &AppState, p: &Principal, ws: &str, name: &str) -> ApiResult<Project> {
+pub async fn create_project(
+    state: &AppState,
+    p: &Principal,
+    ws: &str,
+    name: &str,
+) -> ApiResult<Project> {
     let ws = get(state, p, ws).await?;
     if !p.can(Permission::WorkspaceAdmin) {
         return Err(ApiError::forbidden(Permission::WorkspaceAdmin));
     }
     check_name("/name", name)?;
-    let entry = audit(p, "project.create", Some(&ws.id), "project", "", json!({"name": name}));
+    let entry = audit(
+        p,
+        "project.create",
+        Some(&ws.id),
+        "project",
+        "",
+        json!({"name": name}),
+    );
     Ok(state.store.create_project(&ws.id, name, &entry).await?)
 }
 

@@ -120,12 +120,20 @@ impl Service {
         let mut h = vec![("content-type", "application/json")];
         h.extend_from_slice(headers);
         let token = self.token.clone();
-        self.raw(method, path, Some(&token), &h, body.map(|b| b.to_string().into_bytes()))
-            .await
+        self.raw(
+            method,
+            path,
+            Some(&token),
+            &h,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn default_workspace(&self) -> String {
-        let ws = self.call(Method::GET, "/api/v1/workspaces", None, &[]).await;
+        let ws = self
+            .call(Method::GET, "/api/v1/workspaces", None, &[])
+            .await;
         let items = ws.body["items"].as_array().unwrap();
         let default = items.iter().find(|w| w["name"] == "default").unwrap();
         default["id"].as_str().unwrap().to_owned()
@@ -134,7 +142,12 @@ impl Service {
     pub async fn default_project(&self) -> String {
         let ws_id = self.default_workspace().await;
         let ps = self
-            .call(Method::GET, &format!("/api/v1/workspaces/{ws_id}/projects"), None, &[])
+            .call(
+                Method::GET,
+                &format!("/api/v1/workspaces/{ws_id}/projects"),
+                None,
+                &[],
+            )
             .await;
         ps.body["items"][0]["id"].as_str().unwrap().to_owned()
     }
