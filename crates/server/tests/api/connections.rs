@@ -304,10 +304,7 @@ async fn principals_without_reveal_see_masks_and_other_workspaces_do_not_exist()
         .await;
     assert_eq!(other.status, StatusCode::CREATED, "{}", other.text);
     let outsider = s
-        .token_with(
-            Permission::ALL,
-            Some(other.body["id"].as_str().unwrap()),
-        )
+        .token_with(Permission::ALL, Some(other.body["id"].as_str().unwrap()))
         .await;
     let hidden = s
         .raw(
