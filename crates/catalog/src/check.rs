@@ -12,90 +12,36 @@ use serde_json::Value;
 use crate::CatalogError;
 
 /// Protocol families a type's `probe.kind` may name.
+#[rustfmt::skip]
 pub const PROBE_KINDS: &[&str] = &[
-    "postgres",
-    "mysql",
-    "sqlserver",
-    "oracle",
-    "clickhouse",
-    "cassandra",
-    "mongodb",
-    "duckdb",
-    "redis",
-    "kafka",
-    "amqp",
-    "mqtt",
-    "nats",
-    "stomp",
-    "pulsar",
-    "smtp",
-    "ftp",
-    "sftp",
-    "ssh_exec",
-    "ldap",
-    "snmp",
-    "syslog",
-    "gelf",
-    "logback",
-    "http",
-    "s3",
-    "gcs",
-    "azure_blob",
-    "athena",
-    "snowflake",
-    "bigquery",
-    "kinesis",
-    "jdbc",
-    "tcp",
+    "postgres", "mysql", "sqlserver", "oracle", "clickhouse", "cassandra", "mongodb", "duckdb",
+    "redis", "kafka", "amqp", "mqtt", "nats", "stomp", "pulsar", "smtp", "ftp", "sftp",
+    "ssh_exec", "ldap", "snmp", "syslog", "gelf", "logback", "http", "s3", "gcs", "azure_blob",
+    "athena", "snowflake", "bigquery", "kinesis", "jdbc", "tcp",
 ];
 
 /// What a connector type can be used for.
+#[rustfmt::skip]
 pub const CAPABILITIES: &[&str] = &[
-    "source",
-    "destination",
-    "http",
-    "notify",
-    "execute",
-    "storage",
-    "stream",
-    "lookup",
-    "log",
+    "source", "destination", "http", "notify", "execute", "storage", "stream", "lookup", "log",
 ];
 
 /// Form groups a field may be placed in.
+#[rustfmt::skip]
 pub const GROUPS: &[&str] = &[
-    "connection",
-    "authentication",
-    "tls",
-    "staging",
-    "pagination",
-    "schema_registry",
-    "message",
-    "execution",
-    "advanced",
+    "connection", "authentication", "tls", "staging", "pagination", "schema_registry", "message",
+    "execution", "advanced",
 ];
 
 /// HTTP methods an `http` probe may use.
 const PROBE_METHODS: &[&str] = &["GET", "HEAD", "POST", "OPTIONS"];
 
 /// Name fragments that mark a field as secret-bearing.
+#[rustfmt::skip]
 const SECRET_MARKERS: &[&str] = &[
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "private_key",
-    "community",
-    "auth_key",
-    "priv_key",
-    "access_key",
-    "account_key",
-    "connection_string",
-    "service_account_json",
-    "credentials_json",
+    "password", "passwd", "passphrase", "secret", "token", "api_key", "apikey", "private_key",
+    "community", "auth_key", "priv_key", "access_key", "account_key", "connection_string",
+    "service_account_json", "credentials_json",
 ];
 
 /// Markers that only count as a whole `_`-separated word (`sas_token`, not `sasl_mechanism`).

@@ -8,6 +8,8 @@
 
 mod check;
 #[cfg(test)]
+mod check_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;

@@ -1,90 +1,180 @@
-use super::*;
+use patchbay_core::schema::{FieldType, CATEGORIES};
+use serde_json::json;
+
+use crate::Catalog;
+
+const SEED_001: &[&str] = &[
+    "email",
+    "kafka",
+    "elasticsearch",
+    "rabbitmq",
+    "ftp",
+    "graylog",
+    "syslog",
+    "webhook",
+    "logback",
+    "activemq",
+    "snmp",
+    "linux-script",
+    "database",
+    "ldap",
+];
+const SEED_002: &[&str] = &[
+    "athena",
+    "s3",
+    "databricks",
+    "bigquery",
+    "mongodb",
+    "mysql",
+    "postgresql",
+    "redshift",
+    "snowflake",
+];
+const OTHERS: &[&str] = &[
+    "sqlserver",
+    "oracle",
+    "mariadb",
+    "clickhouse",
+    "cassandra",
+    "duckdb",
+    "synapse",
+    "azure-blob",
+    "gcs",
+    "r2",
+    "minio",
+    "sftp",
+    "redis",
+    "mqtt",
+    "nats",
+    "kinesis",
+    "pulsar",
+    "rest",
+    "graphql",
+    "odata",
+    "salesforce",
+    "github",
+    "slack",
+    "stripe",
+    "hubspot",
+    "jira",
+    "zendesk",
+    "shopify",
+    "openai",
+    "anthropic",
+    "gemini",
+    "azure-openai",
+    "mistral",
+];
+
+fn builtin() -> &'static Catalog {
+    Catalog::builtin()
+}
 
 #[test]
-fn the_builtin_catalog_loads_with_every_category_and_the_seed_types() {
-    let c = Catalog::builtin();
-    assert!(c.types().len() >= 45, "{} types", c.types().len());
+fn the_builtin_catalog_loads_with_enough_types_in_every_category() {
+    let c = builtin();
+    assert!(c.types().len() >= 55, "{} types", c.types().len());
     for cat in CATEGORIES {
         assert!(
             c.types().iter().any(|t| t.category == *cat),
             "no type in {cat}"
         );
     }
-    let seed_001 = [
-        "email",
-        "kafka",
-        "elasticsearch",
-        "rabbitmq",
-        "ftp",
-        "graylog",
-        "syslog",
-        "webhook",
-        "logback",
-        "activemq",
-        "snmp",
-        "linux-script",
-        "database",
-        "ldap",
-    ];
-    let seed_002 = [
-        "athena",
-        "s3",
-        "databricks",
-        "bigquery",
-        "mongodb",
-        "mysql",
-        "postgresql",
-        "redshift",
-        "snowflake",
-    ];
-    let seed_000 = [
-        "sqlserver",
-        "oracle",
-        "mariadb",
-        "clickhouse",
-        "cassandra",
-        "duckdb",
-        "azure-blob",
-        "gcs",
-        "r2",
-        "minio",
-        "sftp",
-        "redis",
-        "mqtt",
-        "nats",
-        "kinesis",
-        "pulsar",
-        "rest",
-        "graphql",
-        "odata",
-        "salesforce",
-        "github",
-        "slack",
-        "stripe",
-        "openai",
-        "anthropic",
-        "gemini",
-    ];
-    for id in seed_001.iter().chain(&seed_002).chain(&seed_000) {
+    for id in SEED_001.iter().chain(SEED_002).chain(OTHERS) {
         assert!(c.get(id).is_some(), "missing type {id}");
     }
-    for t in c.types().iter().filter(|t| t.category == "warehouses") {
+    assert!(c.get("nope").is_none());
+}
+
+#[test]
+fn types_are_sorted_by_category_then_name_and_kinds_by_id() {
+    let c = builtin();
+    let pos = |cat: &str| CATEGORIES.iter().position(|x| *x == cat).unwrap();
+    let keys: Vec<_> = c
+        .types()
+        .iter()
+        .map(|t| (pos(&t.category), t.name.to_lowercase()))
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+    let ids: Vec<_> = c.credential_kinds().iter().map(|k| k.id.as_str()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn all_credential_kinds_exist_and_are_used() {
+    let c = builtin();
+    for id in [
+        "username_password",
+        "api_key",
+        "bearer_token",
+        "basic",
+        "aws_access_key",
+        "aws_assume_role",
+        "azure_service_principal",
+        "gcp_service_account",
+        "oauth2",
+        "ssh_key",
+        "tls_client_cert",
+        "kafka_sasl",
+        "sap",
+        "snmp_v3",
+        "snmp_community",
+        "none",
+    ] {
+        let kind = c
+            .credential_kind(id)
+            .unwrap_or_else(|| panic!("missing kind {id}"));
+        assert!(
+            c.types()
+                .iter()
+                .any(|t| t.credential_kinds.contains(&kind.id)),
+            "{id} unused"
+        );
+    }
+    assert!(c.credential_kind("none").unwrap().fields.is_empty());
+    assert!(
+        c.credential_kind("oauth2")
+            .unwrap()
+            .fields
+            .get("client_secret")
+            .unwrap()
+            .secret
+    );
+}
+
+#[test]
+fn the_postgresql_type_matches_the_documented_example() {
+    let pg = builtin().get("postgresql").unwrap();
+    assert_eq!(pg.secret_fields().collect::<Vec<_>>(), ["password"]);
+    assert_eq!(pg.settings.required, ["host", "database"]);
+    assert_eq!(
+        pg.settings.properties.get("port").unwrap().default,
+        Some(json!(5432))
+    );
+}
+
+#[test]
+fn warehouses_stage_and_generic_apis_paginate() {
+    let c = builtin();
+    let warehouses: Vec<_> = c
+        .types()
+        .iter()
+        .filter(|t| t.category == "warehouses")
+        .collect();
+    assert!(warehouses.len() >= 5);
+    for t in warehouses {
         let staging = t.settings.properties.get("staging");
         assert!(
-            staging.is_some_and(|s| s.ty == patchbay_core::schema::FieldType::Object),
-            "{} lacks staging",
+            staging.is_some_and(|f| f.ty == FieldType::Object),
+            "{} has no staging object",
             t.id
         );
     }
     for id in ["rest", "graphql", "odata"] {
+        let p = c.get(id).unwrap().settings.properties.get("pagination");
         assert!(
-            c.get(id)
-                .unwrap()
-                .settings
-                .properties
-                .get("pagination")
-                .is_some(),
-            "{id}"
+            p.is_some_and(|f| f.ty == FieldType::Object),
+            "{id} has no pagination object"
         );
     }
     let kafka = c
@@ -92,116 +182,83 @@ fn the_builtin_catalog_loads_with_every_category_and_the_seed_types() {
         .unwrap()
         .settings
         .properties
-        .get("schema_registry")
-        .unwrap();
-    let reg = kafka.properties.as_ref().unwrap().get("type").unwrap();
-    assert_eq!(
-        reg.enumeration.as_ref().unwrap().len(),
-        3,
-        "none, confluent, glue"
-    );
-    assert_eq!(
-        c.get("postgresql")
-            .unwrap()
-            .secret_fields()
-            .collect::<Vec<_>>(),
-        ["password"]
-    );
-    assert!(c.credential_kind("kafka_sasl").is_some());
-}
-
-fn pg(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Catalog, CatalogError> {
-    let mut v: serde_json::Value = serde_json::from_str(
-        files::CONNECTOR_FILES
-            .iter()
-            .find(|(f, _)| *f == "postgresql.json")
-            .unwrap()
-            .1,
-    )
-    .unwrap();
-    edit(&mut v);
-    let text = v.to_string();
-    Catalog::from_files(&[("postgresql.json", &text)], files::CREDENTIAL_KIND_FILES)
-}
-
-fn rejected(edit: impl FnOnce(&mut serde_json::Value), needle: &str) {
-    let e = pg(edit).err().expect("should be rejected");
-    assert_eq!(e.file, "postgresql.json");
-    assert!(e.message.contains(needle), "{e}");
+        .get("schema_registry");
+    assert!(kafka.is_some_and(|f| f.ty == FieldType::Object));
 }
 
 #[test]
-fn each_semantic_check_rejects_a_bad_definition() {
-    assert!(pg(|_| {}).is_ok());
-    rejected(
-        |v| {
-            v["settings"]["properties"]["password"]
-                .as_object_mut()
-                .unwrap()
-                .remove("secret");
-        },
-        "not marked",
-    );
-    rejected(
-        |v| {
-            v["settings"]["properties"]["db_password"] =
-                serde_json::json!({"type": "string", "title": "x"})
-        },
-        "not marked",
-    );
-    rejected(|v| v["category"] = "toys".into(), "unknown category");
-    rejected(
-        |v| v["credential_kinds"] = serde_json::json!(["magic"]),
-        "unknown credential kind",
-    );
-    rejected(
-        |v| v["probe"] = serde_json::json!({"kind": "telepathy"}),
-        "unknown probe kind",
-    );
-    rejected(
-        |v| v["probe"] = serde_json::json!({"kind": "http"}),
-        "http probes need",
-    );
-    rejected(|v| v["id"] = "other".into(), "file name");
-    rejected(
-        |v| v["settings"]["properties"]["port"]["default"] = 70000.into(),
-        "default",
-    );
-    rejected(
-        |v| v["settings"]["properties"]["port"]["minimum"] = 100000.into(),
-        "is greater than maximum",
-    );
-    rejected(
-        |v| v["settings"]["required"] = serde_json::json!(["nope"]),
-        "`nope` is not a property",
-    );
-    rejected(
-        |v| v["settings"]["oneOf"] = serde_json::json!([{"title": "x", "required": ["nope"]}]),
-        "oneOf",
-    );
-    rejected(
-        |v| {
-            v["settings"]["properties"]["x"] = serde_json::json!({"type": "object", "title": "x",
-        "properties": {"token": {"type": "string", "title": "t", "secret": true}}})
-        },
-        "must be top-level",
-    );
-    rejected(
-        |v| v["settings"]["properties"]["sslmode"]["enum"] = serde_json::json!([]),
-        "enum",
-    );
-    rejected(|v| v["surprise"] = true.into(), "unknown field");
-    rejected(|v| v["docs_url"] = "http://x".into(), "https");
-    let text = files::CONNECTOR_FILES
-        .iter()
-        .find(|(f, _)| *f == "postgresql.json")
-        .unwrap()
-        .1;
-    let e = Catalog::from_files(
-        &[("postgresql.json", text), ("postgresql.json", text)],
-        files::CREDENTIAL_KIND_FILES,
-    )
-    .err()
-    .unwrap();
-    assert!(e.message.contains("duplicate connector type id"), "{e}");
+fn every_type_names_a_probe_and_http_probes_declare_auth() {
+    for t in builtin().types() {
+        assert!(
+            crate::PROBE_KINDS.contains(&t.probe.kind.as_str()),
+            "{}",
+            t.id
+        );
+        if t.probe.kind == "http" {
+            assert!(
+                t.probe.params.contains_key("auth"),
+                "{} http probe without auth",
+                t.id
+            );
+            assert!(
+                t.probe.params.contains_key("base_url"),
+                "{} http probe without base_url",
+                t.id
+            );
+        }
+    }
+}
+
+#[test]
+fn secret_names_are_secret_in_the_builtin_catalog() {
+    let c = builtin();
+    for (ty, field) in [
+        ("snmp", "community"),
+        ("snmp", "auth_key"),
+        ("snmp", "priv_key"),
+        ("webhook", "signing_secret"),
+        ("webhook", "auth_header_value"),
+        ("azure-blob", "sas_token"),
+        ("azure-blob", "connection_string"),
+        ("mongodb", "connection_string"),
+        ("linux-script", "passphrase"),
+        ("ftp", "private_key"),
+        ("kafka", "schema_registry_password"),
+        ("slack", "incoming_webhook_url"),
+        ("anthropic", "api_key"),
+    ] {
+        assert!(
+            c.get(ty).unwrap().is_secret(field),
+            "{ty}.{field} is not secret"
+        );
+    }
+    assert!(!c.get("s3").unwrap().is_secret("access_key_id"));
+}
+
+#[test]
+fn secret_name_heuristic() {
+    use crate::check::secret_marker;
+    for name in [
+        "password",
+        "sasl_password",
+        "api_key",
+        "apiKey",
+        "sas_token",
+        "hmac_secret",
+        "auth_key",
+        "community",
+    ] {
+        assert!(secret_marker(name).is_some(), "{name}");
+    }
+    for name in [
+        "username",
+        "secret_arn",
+        "oauth2_token_url",
+        "access_key_id",
+        "key_id",
+        "sasl_mechanism",
+        "host",
+    ] {
+        assert!(secret_marker(name).is_none(), "{name}");
+    }
 }
