@@ -227,6 +227,26 @@ pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connec
     }
 }
 
+/// A connection the principal can see and change.
+async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
+    let current = load(state, p, id).await?;
+    if !p.can(Permission::ConnectionsWrite) {
+        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
+    }
+    Ok(current)
+}
+
+/// 412 unless `expected` (from If-Match; `None` is `*`) is the current version.
+fn check_version(current: &Connection, expected: Expected) -> ApiResult<i64> {
+    match expected {
+        Some(v) if v != current.version => Err(StoreError::VersionConflict {
+            current: current.version,
+        }
+        .into()),
+        _ => Ok(current.version),
+    }
+}
+
 /// Decrypts every secret of the connection and records the reveal. The only path by which
 /// stored secret values leave the server.
 pub async fn reveal(
@@ -273,13 +293,7 @@ async fn save(
     secrets: BTreeMap<String, SecretInput>,
     action: &str,
 ) -> ApiResult<Connection> {
-    let expected = expected.unwrap_or(current.version);
-    if expected != current.version {
-        return Err(StoreError::VersionConflict {
-            current: current.version,
-        }
-        .into());
-    }
+    let expected = check_version(current, expected)?;
     let ty = connector(state, &current.connector_type)?;
     let changes = prepare(
         state,
@@ -326,10 +340,7 @@ pub async fn replace(
     expected: Expected,
     body: Map<String, Value>,
 ) -> ApiResult<Connection> {
-    let current = load(state, p, id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
+    let current = load_for_write(state, p, id).await?;
     let mut f = Fields::new(body, WRITABLE, READ_ONLY)?;
     check_type_unchanged(&current, &mut f)?;
     let w = ConnectionWrite {
@@ -382,10 +393,7 @@ pub async fn patch(
     expected: Expected,
     body: Map<String, Value>,
 ) -> ApiResult<Connection> {
-    let current = load(state, p, id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
+    let current = load_for_write(state, p, id).await?;
     let mut f = Fields::new(body, WRITABLE, READ_ONLY)?;
     check_type_unchanged(&current, &mut f)?;
     if f.is_null("name") {
@@ -457,18 +465,8 @@ pub async fn delete(
     id: &str,
     expected: Expected,
 ) -> ApiResult<()> {
-    let current = load(state, p, id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
-    if let Some(v) = expected {
-        if v != current.version {
-            return Err(StoreError::VersionConflict {
-                current: current.version,
-            }
-            .into());
-        }
-    }
+    let current = load_for_write(state, p, id).await?;
+    check_version(&current, expected)?;
     let entry = audit(
         p,
         "connection.delete",
