@@ -29,17 +29,44 @@ const NONCE_LEN: usize = 12;
 
 /// Binds a secret ciphertext to the row it belongs to. Fields are length-prefixed so no two
 /// different bindings serialize to the same bytes.
+///
+/// `version` is the credential version the value belongs to. Version 0 is the binding of
+/// the first release, where secrets belonged to a connection (`owner_id`) directly; it is
+/// read only to upgrade such rows into credentials.
 pub struct SecretAad<'a> {
     pub workspace_id: &'a str,
     pub owner_id: &'a str,
+    pub version: i64,
     pub field: &'a str,
 }
 
-impl SecretAad<'_> {
+impl<'a> SecretAad<'a> {
+    /// The binding of a field of a credential version.
+    pub fn credential(
+        workspace_id: &'a str,
+        credential_id: &'a str,
+        version: i64,
+        field: &'a str,
+    ) -> Self {
+        Self {
+            workspace_id,
+            owner_id: credential_id,
+            version,
+            field,
+        }
+    }
+
     fn to_bytes(&self) -> Vec<u8> {
+        if self.version == 0 {
+            return aad(
+                b"patchbay/secret/v1",
+                &[self.workspace_id, self.owner_id, self.field],
+            );
+        }
+        let version = self.version.to_string();
         aad(
-            b"patchbay/secret/v1",
-            &[self.workspace_id, self.owner_id, self.field],
+            b"patchbay/secret/v2",
+            &[self.workspace_id, self.owner_id, &version, self.field],
         )
     }
 }
@@ -253,11 +280,7 @@ mod tests {
     use super::*;
 
     fn aad<'a>(ws: &'a str, owner: &'a str, field: &'a str) -> SecretAad<'a> {
-        SecretAad {
-            workspace_id: ws,
-            owner_id: owner,
-            field,
-        }
+        SecretAad::credential(ws, owner, 1, field)
     }
 
     #[test]
@@ -287,6 +310,11 @@ mod tests {
             aad("ws1", "conn1", "api_key"),
             // length prefixes keep ("ws1c", "onn1") distinct from ("ws1", "conn1")
             aad("ws1c", "onn1", "password"),
+            SecretAad::credential("ws1", "conn1", 2, "password"),
+            SecretAad {
+                version: 0,
+                ..aad("ws1", "conn1", "password")
+            },
         ] {
             assert!(matches!(
                 dek.decrypt(&ev, &other),

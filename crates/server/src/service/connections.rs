@@ -143,6 +143,7 @@ async fn prepare(
                 let aad = SecretAad {
                     workspace_id,
                     owner_id: connection_id,
+                    version: 0,
                     field,
                 };
                 changes.push((field.clone(), SecretChange::Set(key.encrypt(value, &aad))));
@@ -264,6 +265,7 @@ pub async fn reveal(
         let aad = SecretAad {
             workspace_id: &c.workspace_id,
             owner_id: &c.id,
+            version: 0,
             field,
         };
         out.insert(field.clone(), key.decrypt(ev, &aad)?);
