@@ -39,6 +39,7 @@ pub mod kms;
 pub mod provision;
 pub mod secrets_manager;
 pub mod sigv4;
+pub mod vault;
 
 pub use aws::{AwsConfig, AwsJsonClient};
 pub use error::{ExternalError, Result};
@@ -47,3 +48,4 @@ pub use kms::KmsClient;
 pub use reqwest::Url;
 pub use secrets_manager::{SecretRef, SecretsManagerClient};
 pub use sigv4::Credentials;
+pub use vault::{KvSecret, VaultAuth, VaultClient, VaultConfig};
