@@ -34,6 +34,11 @@ error_codes! {
     Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs."),
     NotFound => ("not_found", "not_found", 404, "No such resource, or not visible to this token."),
     MethodNotAllowed => ("method_not_allowed", "invalid_request", 405, "The resource does not support this HTTP method."),
+    CredentialKindMismatch => ("credential_kind_mismatch", "invalid_request", 400, "The credential's kind is not one the connector type accepts; `field` is /credential."),
+    UnknownCredentialKind => ("unknown_credential_kind", "invalid_request", 400, "The credential kind is not in the catalog; GET /api/v1/credential-kinds lists them."),
+    InUse => ("in_use", "conflict", 409, "The credential is used by connections (listed in `details.connections`); detach them first."),
+    InvalidState => ("invalid_state", "conflict", 409, "The operation does not apply in the resource's current state (e.g. revoking the current version)."),
+    CredentialVersionUnavailable => ("credential_version_unavailable", "conflict", 409, "The credential version a connection needs was revoked or destroyed, or its grace period ended."),
     NameTaken => ("name_taken", "conflict", 409, "Another resource in the same scope already has this name."),
     VersionConflict => ("version_conflict", "precondition", 412, "If-Match names a version that is no longer current; the body holds `current_version`."),
     PreconditionRequired => ("precondition_required", "precondition", 428, "Updates need an If-Match header with the ETag of the version being changed."),
@@ -56,6 +61,9 @@ pub struct Error {
     pub field: Option<String>,
     /// For `version_conflict`: the version that is current now.
     pub current_version: Option<i64>,
+    /// Structured context, e.g. the connections using a credential for `in_use`. Never
+    /// secret values.
+    pub details: Option<serde_json::Value>,
 }
 
 impl Error {
@@ -65,6 +73,7 @@ impl Error {
             message: message.into(),
             field: None,
             current_version: None,
+            details: None,
         }
     }
 

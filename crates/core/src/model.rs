@@ -37,9 +37,107 @@ pub struct Connection {
     pub settings: Map<String, Value>,
     /// Names of the secret fields that hold a value, sorted.
     pub secrets_set: Vec<String>,
+    /// Where the secrets come from: the connection's own credential, a shared one, or none.
+    pub credential: Option<ConnectionCredential>,
     pub version: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// The credential a connection takes its secrets from, as the connection sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionCredential {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    /// The connection's own credential (its inline secrets), not a shared one.
+    pub owned: bool,
+    /// `Some(n)`: the connection is pinned to version n; `None`: it follows the current one.
+    pub pinned_version: Option<i64>,
+    pub current_version: i64,
+    /// Proxies to an external secret manager.
+    pub external: bool,
+    /// Secret field names of the version in effect (pinned or current), sorted.
+    pub secret_fields: Vec<String>,
+    /// Non-secret field values of the version in effect.
+    pub public_fields: Map<String, Value>,
+}
+
+impl ConnectionCredential {
+    /// The version a decrypt for this connection uses.
+    pub fn effective_version(&self) -> i64 {
+        self.pinned_version.unwrap_or(self.current_version)
+    }
+}
+
+/// A credential: a typed, versioned secret bundle (metadata only; values stay encrypted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub kind: String,
+    pub description: String,
+    /// Set when this credential holds a connection's inline secrets.
+    pub owner_connection_id: Option<String>,
+    /// Reference to an external secret manager (no secret values in it).
+    pub external: Option<Value>,
+    pub current_version: i64,
+    /// Bumped by every metadata change and rotation (the ETag).
+    pub revision: i64,
+    /// Secret field names set in the current version, sorted.
+    pub secret_fields: Vec<String>,
+    /// Non-secret field values of the current version.
+    pub public_fields: Map<String, Value>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// State of one credential version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// The version new decrypts use.
+    Current,
+    /// Replaced by a rotation; still usable until `grace_until`.
+    Previous,
+    /// Withdrawn by hand; its ciphertext is gone.
+    Revoked,
+    /// Its grace period ended; its ciphertext is gone.
+    Destroyed,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Previous => "previous",
+            Self::Revoked => "revoked",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "current" => Self::Current,
+            "previous" => Self::Previous,
+            "revoked" => Self::Revoked,
+            "destroyed" => Self::Destroyed,
+            _ => return None,
+        })
+    }
+}
+
+/// Metadata of one credential version; never values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialVersion {
+    pub version: i64,
+    pub state: VersionState,
+    pub secret_fields: Vec<String>,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub grace_until: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub destroyed_at: Option<Millis>,
 }
 
 /// Who is calling: resolved from a bearer token.

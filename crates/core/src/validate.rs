@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorCode};
-use crate::schema::{ConnectorType, FieldSchema, FieldType, Format};
+use crate::schema::{ConnectorType, CredentialKind, FieldSchema, FieldType, Format};
 
 /// Longest accepted string setting (PEM bundles and scripts fit comfortably).
 pub const MAX_STRING: usize = 64 * 1024;
@@ -117,6 +117,49 @@ pub fn check_required(
         ));
     }
     Ok(())
+}
+
+/// Field values sent for a credential version, under `/secrets`: every key a field of the
+/// kind, secret ones strings of bounded length (never looked at), the others well-typed.
+/// `null` (clear the field) passes.
+pub fn validate_credential_values(
+    kind: &CredentialKind,
+    values: &Map<String, Value>,
+) -> Result<(), Error> {
+    for (key, value) in values {
+        let pointer = format!("/secrets/{}", pointer_segment(key));
+        let Some(schema) = kind.fields.get(key) else {
+            return Err(invalid(
+                pointer,
+                format!("unknown field for credential kind {}", kind.id),
+            ));
+        };
+        match value {
+            Value::Null => {}
+            Value::String(s) if schema.secret && s.len() > MAX_STRING => {
+                return Err(invalid(pointer, format!("longer than {MAX_STRING} bytes")))
+            }
+            Value::String(_) if schema.secret => {}
+            _ if schema.secret => return Err(invalid(pointer, "must be a string")),
+            _ => check_value(&pointer, schema, value)?,
+        }
+    }
+    Ok(())
+}
+
+/// Every required field of the kind is among `present`.
+pub fn check_credential_required<'a>(
+    kind: &CredentialKind,
+    present: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let present: BTreeSet<&str> = present.into_iter().collect();
+    match kind.required.iter().find(|f| !present.contains(f.as_str())) {
+        Some(missing) => Err(invalid(
+            format!("/secrets/{}", pointer_segment(missing)),
+            "required",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn type_name(t: FieldType) -> &'static str {

@@ -6,6 +6,7 @@ mod cli;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use patchbay_crypto::SecretString;
@@ -49,6 +50,36 @@ struct ServeArgs {
     /// Default: <data-dir>/master.key.
     #[arg(long, env = "PATCHBAY_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// How long a credential version replaced by a rotation stays usable (e.g. 24h, 90m, 30s).
+    #[arg(long, env = "PATCHBAY_CREDENTIAL_GRACE", default_value = "24h", value_parser = parse_duration)]
+    credential_grace: Duration,
+    /// How often versions past their grace period are destroyed.
+    #[arg(long, env = "PATCHBAY_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    sweep_interval: Duration,
+    /// How long a value fetched from an external secret manager is reused.
+    #[arg(long, env = "PATCHBAY_EXTERNAL_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    external_cache_ttl: Duration,
+}
+
+/// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m or 24h"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h, d)")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// Reads `NAME` from the environment, or the content of the file named by `NAME_FILE`.
@@ -90,6 +121,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         database_url,
         master_key,
+        settings: patchbay_server::state::Settings {
+            credential_grace_ms: i64::try_from(args.credential_grace.as_millis())
+                .unwrap_or(i64::MAX),
+            sweep_interval: args.sweep_interval.max(Duration::from_millis(100)),
+            external_cache_ttl: args.external_cache_ttl,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -94,6 +94,7 @@ fn main() {
             data_dir: dir.path().join("data"),
             database_url: None,
             master_key: MasterKeySource::File(dir.path().join("data/master.key")),
+            settings: Default::default(),
         };
         let app = App::start(&config).await.unwrap();
         let token = std::fs::read_to_string(config.data_dir.join("initial-admin-token")).unwrap().trim().to_owned();

@@ -24,6 +24,10 @@ pub struct ErrorBody {
     /// For `version_conflict`: the current version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// Structured context, e.g. `{"connections": [...]}` for `in_use`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Handlers return `Result<_, ApiError>`.
@@ -73,6 +77,27 @@ impl From<StoreError> for ApiError {
                 err.current_version = Some(current);
                 Self(err)
             }
+            StoreError::InUse(users) => {
+                let mut err = Error::new(
+                    ErrorCode::InUse,
+                    format!(
+                        "{} connection(s) use this credential; point them at another credential first",
+                        users.len()
+                    ),
+                );
+                err.details = Some(serde_json::json!({
+                    "connections": users
+                        .iter()
+                        .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
+                        .collect::<Vec<_>>()
+                }));
+                Self(err)
+            }
+            StoreError::VersionUnavailable { version, state } => Self::new(
+                ErrorCode::CredentialVersionUnavailable,
+                format!("credential version {version} is {state}; unpin the connection or pin a current version"),
+            ),
+            StoreError::Conflict(message) => Self::new(ErrorCode::InvalidState, message),
             StoreError::Corrupt(_) | StoreError::Database(_) => {
                 // The cause goes to the log (it names tables and SQL, never secret values:
                 // the store only ever sees ciphertext).
@@ -101,6 +126,7 @@ impl IntoResponse for ApiError {
             message: e.message,
             field: e.field,
             current_version: e.current_version,
+            details: e.details,
         };
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -35,6 +35,7 @@ pub struct Config {
     /// `None`: SQLite in the data directory.
     pub database_url: Option<SecretString>,
     pub master_key: MasterKeySource,
+    pub settings: state::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +88,17 @@ impl App {
             store,
             keys: Arc::new(KeyRing::new(master)),
             catalog: patchbay_catalog::Catalog::builtin(),
+            settings: Arc::new(config.settings.clone()),
         };
         bootstrap(&state, &config.data_dir).await?;
+        service::connections::upgrade_legacy_secrets(&state)
+            .await
+            .map_err(|e| {
+                StartError::Bootstrap(format!(
+                    "moving inline secrets into credentials: {}",
+                    e.0.message
+                ))
+            })?;
         Ok(Self { state })
     }
 
@@ -110,6 +120,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put TLS in front");
     }
     tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening");
+    tokio::spawn(service::credentials::sweep_forever(
+        app.state.clone(),
+        app.state.settings.sweep_interval,
+    ));
     axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -12,4 +12,26 @@ pub struct AppState {
     pub store: Store,
     pub keys: Arc<KeyRing>,
     pub catalog: &'static Catalog,
+    pub settings: Arc<Settings>,
+}
+
+/// Tunables read once at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a credential version replaced by a rotation stays usable.
+    pub credential_grace_ms: i64,
+    /// How often versions past their grace period are destroyed.
+    pub sweep_interval: std::time::Duration,
+    /// How long a value fetched from an external secret manager is reused.
+    pub external_cache_ttl: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            credential_grace_ms: 24 * 3600 * 1000,
+            sweep_interval: std::time::Duration::from_secs(60),
+            external_cache_ttl: std::time::Duration::from_secs(60),
+        }
+    }
 }

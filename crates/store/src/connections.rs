@@ -2,11 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use patchbay_core::model::Connection;
+use patchbay_core::model::{Connection, ConnectionCredential};
 use patchbay_crypto::EncryptedValue;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
+use crate::credentials::{
+    add_version, insert_credential, json_list, json_map, remove_credential, NewCredential,
+    NewVersion,
+};
 use crate::tokens::{insert_audit, AuditEntry};
 use crate::{map_unique, now_millis, Result, Store, StoreError, WriteTx};
 
@@ -21,13 +25,30 @@ pub struct ConnectionWrite {
     pub settings: Map<String, Value>,
 }
 
-/// What happens to one secret field in an update. Fields not mentioned keep their value.
-#[derive(Debug, Clone)]
-pub enum SecretChange {
-    Set(EncryptedValue),
-    Clear,
+/// Where a new connection's secrets come from.
+pub enum CredentialLink {
+    /// It has none.
+    None,
+    /// A shared credential of the same workspace, following its current version or pinned.
+    Shared {
+        id: String,
+        pinned_version: Option<i64>,
+    },
+    /// Its inline secrets, as a credential owned by the connection.
+    Owned(NewCredential),
 }
 
+/// What an update does to a connection's credential.
+pub enum LinkChange {
+    Keep,
+    /// Inline secrets changed: a new version of the connection's own credential.
+    RotateOwned {
+        credential_id: String,
+        version: NewVersion,
+    },
+    /// A different source; a previously owned credential is deleted with its versions.
+    Replace(CredentialLink),
+}
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionFilter {
     /// Any of these types (a category filter arrives here as its types).
@@ -48,7 +69,8 @@ pub struct ConnectionPage {
 }
 
 const COLUMNS: &str = "id, workspace_id, project_id, name, type, description, environment, \
-                       tags, settings, version, created_at, updated_at";
+                       tags, settings, version, created_at, updated_at, credential_id, \
+                       credential_version";
 
 fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
     let tags: String = row.try_get("tags")?;
@@ -65,6 +87,7 @@ fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
         tags: serde_json::from_str(&tags).map_err(corrupt)?,
         settings: serde_json::from_str(&settings).map_err(corrupt)?,
         secrets_set: Vec::new(),
+        credential: None,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -101,21 +124,37 @@ async fn write_tags(tx: &mut WriteTx<'_>, id: &str, tags: &[String]) -> Result<(
     Ok(())
 }
 
-async fn put_secret(tx: &mut WriteTx<'_>, id: &str, field: &str, v: &EncryptedValue) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO connection_secrets (connection_id, field, key_id, nonce, ciphertext) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (connection_id, field) DO UPDATE SET \
-         key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext",
-    )
-    .bind(id)
-    .bind(field)
-    .bind(&v.key_id)
-    .bind(v.nonce.clone())
-    .bind(v.ciphertext.clone())
-    .execute(&mut *tx.tx)
-    .await?;
+/// Inserts what `link` needs and points the connection at it.
+async fn write_link(
+    tx: &mut WriteTx<'_>,
+    connection_id: &str,
+    link: &CredentialLink,
+) -> Result<()> {
+    let (cred, pinned) = match link {
+        CredentialLink::None => (None, None),
+        CredentialLink::Shared { id, pinned_version } => (Some(id.clone()), *pinned_version),
+        CredentialLink::Owned(c) => {
+            insert_credential(tx, c).await?;
+            (Some(c.id.clone()), None)
+        }
+    };
+    sqlx::query("UPDATE connections SET credential_id = $1, credential_version = $2 WHERE id = $3")
+        .bind(cred)
+        .bind(pinned)
+        .bind(connection_id)
+        .execute(&mut *tx.tx)
+        .await?;
     Ok(())
+}
+
+/// The id of the credential the connection owns, if any.
+async fn owned_credential(tx: &mut WriteTx<'_>, connection_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM credentials WHERE owner_connection_id = $1")
+            .bind(connection_id)
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+    Ok(row.map(|(id,)| id))
 }
 
 impl Store {
@@ -127,7 +166,7 @@ impl Store {
         workspace_id: &str,
         project_id: &str,
         w: &ConnectionWrite,
-        secrets: &[(String, EncryptedValue)],
+        link: &CredentialLink,
         audit: &AuditEntry,
     ) -> Result<Connection> {
         let now = now_millis();
@@ -151,9 +190,7 @@ impl Store {
         .await
         .map_err(map_unique)?;
         write_tags(&mut tx, id, &w.tags).await?;
-        for (field, v) in secrets {
-            put_secret(&mut tx, id, field, v).await?;
-        }
+        write_link(&mut tx, id, link).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         self.get_connection(id).await
@@ -166,7 +203,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         let mut c = row_to_connection(&row)?;
-        self.fill_secrets_set(std::slice::from_mut(&mut c)).await?;
+        self.fill_credentials(std::slice::from_mut(&mut c)).await?;
         Ok(c)
     }
 
@@ -181,48 +218,91 @@ impl Store {
         self.get_connection(&id).await
     }
 
-    /// The encrypted secret fields of a connection, by field name.
-    pub async fn connection_secrets(&self, id: &str) -> Result<BTreeMap<String, EncryptedValue>> {
+    /// Legacy (first release) secret rows: ciphertext owned by a connection directly, to be
+    /// moved into a credential owned by it ([`Store::adopt_legacy_secrets`]).
+    pub async fn legacy_connection_secrets(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<(String, EncryptedValue)>>> {
         let rows = sqlx::query(
-            "SELECT field, key_id, nonce, ciphertext FROM connection_secrets WHERE connection_id = $1",
+            "SELECT connection_id, field, key_id, nonce, ciphertext FROM connection_secrets \
+             ORDER BY connection_id, field",
         )
-        .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("field")?,
-                    EncryptedValue {
-                        key_id: r.try_get("key_id")?,
-                        nonce: r.try_get("nonce")?,
-                        ciphertext: r.try_get("ciphertext")?,
-                    },
-                ))
-            })
-            .collect()
+        let mut out: BTreeMap<String, Vec<(String, EncryptedValue)>> = BTreeMap::new();
+        for r in &rows {
+            out.entry(r.try_get("connection_id")?).or_default().push((
+                r.try_get("field")?,
+                EncryptedValue {
+                    key_id: r.try_get("key_id")?,
+                    nonce: r.try_get("nonce")?,
+                    ciphertext: r.try_get("ciphertext")?,
+                },
+            ));
+        }
+        Ok(out)
     }
 
-    async fn fill_secrets_set(&self, items: &mut [Connection]) -> Result<()> {
-        if items.is_empty() {
+    /// Moves a connection's legacy secret rows into the credential `c` (owned by it and
+    /// holding the same values, re-encrypted for their new binding), in one transaction.
+    pub async fn adopt_legacy_secrets(&self, connection_id: &str, c: &NewCredential) -> Result<()> {
+        let mut tx = self.write().await?;
+        insert_credential(&mut tx, c).await?;
+        sqlx::query(
+            "UPDATE connections SET credential_id = $1, credential_version = NULL WHERE id = $2",
+        )
+        .bind(&c.id)
+        .bind(connection_id)
+        .execute(&mut *tx.tx)
+        .await?;
+        sqlx::query("DELETE FROM connection_secrets WHERE connection_id = $1")
+            .bind(connection_id)
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Fills `credential` and `secrets_set` of each connection from its credential's version
+    /// in effect (pinned or current).
+    async fn fill_credentials(&self, items: &mut [Connection]) -> Result<()> {
+        let ids: Vec<String> = items.iter().map(|c| c.id.clone()).collect();
+        if ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (1..=items.len()).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT connection_id, field FROM connection_secrets WHERE connection_id IN ({}) \
-             ORDER BY field",
+            "SELECT k.id AS connection_id, c.id, c.name, c.kind, c.owner_connection_id, \
+             c.external, c.current_version, k.credential_version, v.secret_fields, \
+             v.public_fields FROM connections k JOIN credentials c ON c.id = k.credential_id \
+             JOIN credential_versions v ON v.credential_id = c.id \
+             AND v.version = COALESCE(k.credential_version, c.current_version) \
+             WHERE k.id IN ({})",
             placeholders.join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for c in items.iter() {
-            q = q.bind(c.id.clone());
+        for id in ids {
+            q = q.bind(id);
         }
         for row in q.fetch_all(&self.pool).await? {
             let id: String = row.try_get("connection_id")?;
-            let field: String = row.try_get("field")?;
-            if let Some(c) = items.iter_mut().find(|c| c.id == id) {
-                c.secrets_set.push(field);
-            }
+            let Some(conn) = items.iter_mut().find(|c| c.id == id) else {
+                continue;
+            };
+            let owner: Option<String> = row.try_get("owner_connection_id")?;
+            let external: Option<String> = row.try_get("external")?;
+            let cred = ConnectionCredential {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                kind: row.try_get("kind")?,
+                owned: owner.as_deref() == Some(id.as_str()),
+                pinned_version: row.try_get("credential_version")?,
+                current_version: row.try_get("current_version")?,
+                external: external.is_some(),
+                secret_fields: json_list(&row, "secret_fields")?,
+                public_fields: json_map(&row, "public_fields")?,
+            };
+            conn.secrets_set = cred.secret_fields.clone();
+            conn.credential = Some(cred);
         }
         Ok(())
     }
@@ -288,7 +368,7 @@ impl Store {
         } else {
             None
         };
-        self.fill_secrets_set(&mut items).await?;
+        self.fill_credentials(&mut items).await?;
         Ok(ConnectionPage { items, more_after })
     }
 
@@ -299,7 +379,7 @@ impl Store {
         id: &str,
         expected_version: i64,
         w: &ConnectionWrite,
-        changes: &[(String, SecretChange)],
+        link: &LinkChange,
         audit: &AuditEntry,
     ) -> Result<Connection> {
         let mut tx = self.write().await?;
@@ -331,17 +411,17 @@ impl Store {
             });
         }
         write_tags(&mut tx, id, &w.tags).await?;
-        for (field, change) in changes {
-            match change {
-                SecretChange::Set(v) => put_secret(&mut tx, id, field, v).await?,
-                SecretChange::Clear => {
-                    sqlx::query(
-                        "DELETE FROM connection_secrets WHERE connection_id = $1 AND field = $2",
-                    )
-                    .bind(id)
-                    .bind(field)
-                    .execute(&mut *tx.tx)
-                    .await?;
+        match link {
+            LinkChange::Keep => {}
+            LinkChange::RotateOwned {
+                credential_id,
+                version,
+            } => add_version(&mut tx, credential_id, None, version).await?,
+            LinkChange::Replace(new) => {
+                let old = owned_credential(&mut tx, id).await?;
+                write_link(&mut tx, id, new).await?;
+                if let Some(old) = old {
+                    remove_credential(&mut tx, &old).await?;
                 }
             }
         }
@@ -352,8 +432,12 @@ impl Store {
 
     pub async fn delete_connection(&self, id: &str, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write().await?;
+        if let Some(owned) = owned_credential(&mut tx, id).await? {
+            remove_credential(&mut tx, &owned).await?;
+        }
         for sql in [
             "DELETE FROM connection_secrets WHERE connection_id = $1",
+            "DELETE FROM credential_uses WHERE connection_id = $1",
             "DELETE FROM connection_tags WHERE connection_id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx.tx).await?;

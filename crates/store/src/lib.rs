@@ -7,6 +7,7 @@
 //! a change and its audit record commit together or not at all.
 
 mod connections;
+mod credentials;
 mod migrate;
 mod tokens;
 mod workspaces;
@@ -16,7 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use connections::{ConnectionFilter, ConnectionPage, ConnectionWrite, SecretChange};
+pub use connections::{
+    ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink, LinkChange,
+};
+pub use credentials::{CredentialPage, CredentialUse, NewCredential, NewVersion};
 pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
 pub use workspaces::StoredDataKey;
 
@@ -28,6 +32,12 @@ pub enum StoreError {
     NameTaken,
     #[error("version conflict: current version is {current}")]
     VersionConflict { current: i64 },
+    #[error("in use by {} connection(s)", .0.len())]
+    InUse(Vec<(String, String)>),
+    #[error("credential version {version} is {state}")]
+    VersionUnavailable { version: i64, state: String },
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database: {0}")]

@@ -10,7 +10,10 @@ const SQLITE: &[(i64, &str)] = &[
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../migrations/postgres/0002_credentials.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_credentials.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -6,8 +6,8 @@
 use patchbay_core::permission::{Permission, PermissionSet};
 use patchbay_crypto::{EncryptedValue, WrappedKey};
 use patchbay_store::{
-    AuditEntry, ConnectionFilter, ConnectionWrite, NewToken, SecretChange, Store, StoreError,
-    StoredDataKey,
+    AuditEntry, ConnectionFilter, ConnectionWrite, CredentialLink, LinkChange, NewCredential,
+    NewToken, NewVersion, Store, StoreError, StoredDataKey,
 };
 use serde_json::json;
 
@@ -58,6 +58,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     workspaces_projects_and_names_are_unique,
     connection_lifecycle_with_versions_and_secrets,
+    shared_credentials_rotate_expire_and_refuse_deletion_while_used,
     listing_filters_and_paginates_in_name_order,
     a_failed_change_writes_no_audit_record,
     tokens_are_found_by_hash_only,
@@ -145,16 +146,60 @@ async fn workspaces_projects_and_names_are_unique(s: &Store) {
     ));
 }
 
+fn owned(id: &str, ws: &str, conn: &str, fields: &[(&str, u8)]) -> NewCredential {
+    NewCredential {
+        id: id.into(),
+        workspace_id: ws.into(),
+        name: format!("connection/{conn}"),
+        kind: "inline".into(),
+        description: String::new(),
+        owner_connection_id: Some(conn.into()),
+        external: None,
+        public_fields: Default::default(),
+        secrets: fields
+            .iter()
+            .map(|(f, b)| (f.to_string(), ev(*b)))
+            .collect(),
+        created_by: "test".into(),
+    }
+}
+
+fn shared(id: &str, ws: &str, name: &str, b: u8) -> NewCredential {
+    NewCredential {
+        id: id.into(),
+        workspace_id: ws.into(),
+        name: name.into(),
+        kind: "username_password".into(),
+        description: String::new(),
+        owner_connection_id: None,
+        external: None,
+        public_fields: json!({"username": "svc"}).as_object().unwrap().clone(),
+        secrets: vec![("password".into(), ev(b))],
+        created_by: "test".into(),
+    }
+}
+
+fn version(n: i64, b: u8, grace_until: i64) -> NewVersion {
+    NewVersion {
+        version: n,
+        public_fields: json!({"username": "svc"}).as_object().unwrap().clone(),
+        secrets: vec![("password".into(), ev(b))],
+        created_by: "test".into(),
+        grace_until,
+    }
+}
+
 async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
     let id = patchbay_store::new_id();
+    let cred = patchbay_store::new_id();
     let c = s
         .create_connection(
             &id,
             &ws,
             &p,
             &write("prod-pg", "postgresql"),
-            &[("password".into(), ev(7))],
+            &CredentialLink::Owned(owned(&cred, &ws, &id, &[("password", 7)])),
             &audit("create", &id),
         )
         .await
@@ -163,13 +208,16 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         (c.version, c.secrets_set.clone()),
         (1, vec!["password".to_string()])
     );
+    let link = c.credential.clone().unwrap();
+    assert!(link.owned);
+    assert_eq!((link.id.as_str(), link.current_version), (cred.as_str(), 1));
     let dup = s
         .create_connection(
             "id2",
             &ws,
             &p,
             &write("prod-pg", "mysql"),
-            &[],
+            &CredentialLink::None,
             &audit("create", "id2"),
         )
         .await;
@@ -179,35 +227,45 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         id
     );
 
+    // Changing an inline secret is a rotation of the connection's own credential.
     let mut w = write("prod-pg", "postgresql");
     w.tags = vec!["a".into(), "b".into()];
     w.environment = Some("prod".into());
-    let changes = [
-        ("password".to_string(), SecretChange::Clear),
-        ("private_key".to_string(), SecretChange::Set(ev(9))),
-    ];
+    let mut v2 = version(2, 9, patchbay_store::now_millis() + 60_000);
+    v2.secrets = vec![("private_key".into(), ev(9))];
     let c = s
-        .update_connection(&id, 1, &w, &changes, &audit("update", &id))
+        .update_connection(
+            &id,
+            1,
+            &w,
+            &LinkChange::RotateOwned {
+                credential_id: cred.clone(),
+                version: v2,
+            },
+            &audit("update", &id),
+        )
         .await
         .unwrap();
     assert_eq!(c.version, 2);
     assert_eq!(c.secrets_set, vec!["private_key".to_string()]);
     assert_eq!(c.tags, vec!["a".to_string(), "b".to_string()]);
-    let secrets = s.connection_secrets(&id).await.unwrap();
+    let secrets = s.credential_secrets(&cred, 2).await.unwrap();
     assert_eq!(secrets["private_key"].nonce, vec![9; 12]);
+    assert_eq!(s.credential_secrets(&cred, 1).await.unwrap().len(), 1);
 
     let stale = s
-        .update_connection(&id, 1, &w, &[], &audit("update", &id))
+        .update_connection(&id, 1, &w, &LinkChange::Keep, &audit("update", &id))
         .await;
     assert!(matches!(
         stale,
         Err(StoreError::VersionConflict { current: 2 })
     ));
     let missing = s
-        .update_connection("nope", 1, &w, &[], &audit("update", "nope"))
+        .update_connection("nope", 1, &w, &LinkChange::Keep, &audit("update", "nope"))
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)));
 
+    // Deleting the connection deletes its own credential with every version.
     s.delete_connection(&id, &audit("delete", &id))
         .await
         .unwrap();
@@ -215,9 +273,158 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         s.get_connection(&id).await,
         Err(StoreError::NotFound)
     ));
-    assert!(s.connection_secrets(&id).await.unwrap().is_empty());
+    assert!(matches!(
+        s.get_credential(&cred).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.credential_versions(&cred).await.unwrap().is_empty());
     assert!(matches!(
         s.delete_connection(&id, &audit("delete", &id)).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Store) {
+    let (ws, p) = workspace_and_project(s).await;
+    let cred = patchbay_store::new_id();
+    let c = s
+        .create_credential(&shared(&cred, &ws, "svc-login", 1), &audit("cred", &cred))
+        .await
+        .unwrap();
+    assert_eq!((c.current_version, c.revision), (1, 1));
+    assert_eq!(c.secret_fields, ["password"]);
+    assert_eq!(c.public_fields["username"], "svc");
+    assert!(matches!(
+        s.create_credential(&shared("x", &ws, "svc-login", 1), &audit("cred", "x"))
+            .await,
+        Err(StoreError::NameTaken)
+    ));
+    let mut users = Vec::new();
+    for (i, pin) in [None, None, Some(1)].into_iter().enumerate() {
+        let id = patchbay_store::new_id();
+        s.create_connection(
+            &id,
+            &ws,
+            &p,
+            &write(&format!("user-{i}"), "postgresql"),
+            &CredentialLink::Shared {
+                id: cred.clone(),
+                pinned_version: pin,
+            },
+            &audit("create", &id),
+        )
+        .await
+        .unwrap();
+        users.push(id);
+    }
+    // Rotation: followers see version 2 at once; the pinned one keeps 1 until its grace ends.
+    let now = patchbay_store::now_millis();
+    let stale = s
+        .rotate_credential(
+            &cred,
+            Some(7),
+            &version(2, 2, now + 50),
+            &audit("rotate", &cred),
+        )
+        .await;
+    assert!(matches!(
+        stale,
+        Err(StoreError::VersionConflict { current: 1 })
+    ));
+    let c = s
+        .rotate_credential(
+            &cred,
+            Some(1),
+            &version(2, 2, now + 50),
+            &audit("rotate", &cred),
+        )
+        .await
+        .unwrap();
+    assert_eq!((c.current_version, c.revision), (2, 2));
+    let racing = s
+        .rotate_credential(
+            &cred,
+            None,
+            &version(2, 3, now + 50),
+            &audit("rotate", &cred),
+        )
+        .await;
+    assert!(matches!(racing, Err(StoreError::VersionConflict { .. })));
+    for (i, id) in users.iter().enumerate() {
+        let conn = s.get_connection(id).await.unwrap();
+        let link = conn.credential.unwrap();
+        assert!(!link.owned);
+        assert_eq!(link.effective_version(), if i == 2 { 1 } else { 2 });
+    }
+    assert_eq!(
+        s.credential_secrets(&cred, 1).await.unwrap()["password"].nonce,
+        vec![1; 12]
+    );
+    assert_eq!(
+        s.credential_secrets(&cred, 2).await.unwrap()["password"].nonce,
+        vec![2; 12]
+    );
+    assert!(matches!(
+        s.revoke_credential_version(&cred, 2, &audit("revoke", &cred))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // The grace period ends: version 1 is destroyed, its ciphertext gone, the event recorded.
+    assert!(s.destroy_expired_versions(now).await.unwrap().is_empty());
+    let destroyed = s.destroy_expired_versions(now + 51).await.unwrap();
+    assert_eq!(destroyed, vec![(cred.clone(), 1)]);
+    assert!(matches!(
+        s.credential_secrets(&cred, 1).await,
+        Err(StoreError::VersionUnavailable { version: 1, .. })
+    ));
+    let versions = s.credential_versions(&cred).await.unwrap();
+    let states: Vec<(i64, &str)> = versions
+        .iter()
+        .map(|v| (v.version, v.state.as_str()))
+        .collect();
+    assert_eq!(states, [(2, "current"), (1, "destroyed")]);
+    assert!(s
+        .audit_for_target(&cred)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.entry.action == "credential.version.destroy"));
+
+    // Revoking a previous version deletes its ciphertext at once.
+    s.rotate_credential(
+        &cred,
+        None,
+        &version(3, 3, now + 60_000),
+        &audit("rotate", &cred),
+    )
+    .await
+    .unwrap();
+    s.revoke_credential_version(&cred, 2, &audit("revoke", &cred))
+        .await
+        .unwrap();
+    assert!(s.credential_secrets(&cred, 2).await.is_err());
+
+    // Usage lists every connection; deletion is refused while any uses it.
+    s.record_credential_use(&cred, &users[0], "token:t1")
+        .await
+        .unwrap();
+    let usage = s.credential_usage(&cred).await.unwrap();
+    assert_eq!(usage.len(), 3);
+    let first = usage.iter().find(|u| u.connection_id == users[0]).unwrap();
+    assert_eq!(first.last_used_by.as_deref(), Some("token:t1"));
+    match s.delete_credential(&cred, &audit("delete", &cred)).await {
+        Err(StoreError::InUse(list)) => assert_eq!(list.len(), 3),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    for id in &users {
+        s.delete_connection(id, &audit("delete", id)).await.unwrap();
+    }
+    s.delete_credential(&cred, &audit("delete", &cred))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.get_credential(&cred).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -241,9 +448,16 @@ async fn listing_filters_and_paginates_in_name_order(s: &Store) {
             String::new()
         };
         let id = patchbay_store::new_id();
-        s.create_connection(&id, &ws, &p, &w, &[], &audit("create", &id))
-            .await
-            .unwrap();
+        s.create_connection(
+            &id,
+            &ws,
+            &p,
+            &w,
+            &CredentialLink::None,
+            &audit("create", &id),
+        )
+        .await
+        .unwrap();
     }
     let all = ConnectionFilter::default();
     let page1 = s.list_connections(&p, &all, 3, None).await.unwrap();
@@ -340,7 +554,7 @@ async fn a_failed_change_writes_no_audit_record(s: &Store) {
         &ws,
         &p,
         &write("c", "postgresql"),
-        &[],
+        &CredentialLink::None,
         &audit("create", &id),
     )
     .await
@@ -350,7 +564,7 @@ async fn a_failed_change_writes_no_audit_record(s: &Store) {
             &id,
             99,
             &write("c", "postgresql"),
-            &[],
+            &LinkChange::Keep,
             &audit("update", &id),
         )
         .await;
@@ -360,7 +574,7 @@ async fn a_failed_change_writes_no_audit_record(s: &Store) {
             &ws,
             &p,
             &write("c", "postgresql"),
-            &[],
+            &CredentialLink::None,
             &audit("create", "id2"),
         )
         .await;

@@ -6,7 +6,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use patchbay_core::model::{format_rfc3339, Connection};
 use patchbay_core::permission::Permission;
 use patchbay_core::ErrorCode;
@@ -15,10 +14,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::{etag, if_match};
 use crate::auth::Auth;
 use crate::body::JsonObject;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::service::connections::{self as svc, Expected, ListFilter, ListQuery, MASK};
+use crate::service::connections::{self as svc, ListFilter, ListQuery, MASK};
 use crate::state::AppState;
 
 /// A connection as the API shows it. `secrets` has a key for every secret field of the
@@ -41,9 +41,24 @@ pub struct ConnectionOut {
     #[schema(value_type = Object)]
     pub secrets: Map<String, Value>,
     pub secrets_set: Vec<String>,
+    /// The credential the secrets come from; `null` when the connection has no secrets.
+    pub credential: Option<CredentialRefOut>,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A connection's credential: its own (`owned`, holding the inline secrets) or a shared one.
+#[derive(Serialize, ToSchema)]
+pub struct CredentialRefOut {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub owned: bool,
+    /// The pinned version, or `null` when the connection follows the current version.
+    pub version: Option<i64>,
+    pub current_version: i64,
+    pub external: bool,
 }
 
 enum SecretView {
@@ -83,6 +98,15 @@ impl ConnectionOut {
             settings: c.settings,
             secrets,
             secrets_set: c.secrets_set,
+            credential: c.credential.map(|k| CredentialRefOut {
+                id: k.id,
+                name: k.name,
+                kind: k.kind,
+                owned: k.owned,
+                version: k.pinned_version,
+                current_version: k.current_version,
+                external: k.external,
+            }),
             version: c.version,
             created_at: format_rfc3339(c.created_at),
             updated_at: format_rfc3339(c.updated_at),
@@ -114,13 +138,14 @@ pub struct ConnectionInput {
     /// Non-secret settings, checked against the type's schema.
     #[schema(value_type = Object)]
     settings: Option<Map<String, Value>>,
-    /// Secret fields: a string sets, `null` clears, the mask `********` keeps.
+    /// Secret fields: a string sets, `null` clears, the mask `********` keeps. Stored as a
+    /// credential owned by the connection.
     #[schema(value_type = Object)]
     secrets: Option<Map<String, Value>>,
-}
-
-fn etag(version: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
+    /// Instead of `secrets`: a shared credential, `{"id": …}` or `{"name": …}`, with
+    /// `"version": n` to pin one version. `null` detaches it.
+    #[schema(value_type = Option<Object>)]
+    credential: Option<Value>,
 }
 
 fn with_etag(status: StatusCode, out: ConnectionOut, revealed: bool) -> Response {
@@ -132,31 +157,6 @@ fn with_etag(status: StatusCode, out: ConnectionOut, revealed: bool) -> Response
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
-}
-
-/// `If-Match: "<version>"` (or `*`). Missing → 428; unparseable → 412.
-fn if_match(headers: &HeaderMap, required: bool) -> ApiResult<Option<Expected>> {
-    let Some(v) = headers.get(header::IF_MATCH) else {
-        return if required {
-            Err(ApiError::new(
-                ErrorCode::PreconditionRequired,
-                "send If-Match with the ETag from your last GET of this connection",
-            ))
-        } else {
-            Ok(None)
-        };
-    };
-    let v = v.to_str().unwrap_or("").trim();
-    if v == "*" {
-        return Ok(Some(None));
-    }
-    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
-    v.parse::<i64>().map(|n| Some(Some(n))).map_err(|_| {
-        ApiError::new(
-            ErrorCode::VersionConflict,
-            "If-Match does not name a version of this connection",
-        )
-    })
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{project}/connections", tag = "connections",
@@ -177,32 +177,7 @@ pub async fn list(
 ) -> ApiResult<Json<ConnectionList>> {
     let Query(mut q) =
         query.map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
-    let limit = match q.remove("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=500).contains(l))
-            .ok_or_else(|| {
-                ApiError::field(ErrorCode::InvalidQuery, "limit", "limit must be 1-500")
-            })?,
-    };
-    let after = match q.remove("cursor") {
-        None => None,
-        Some(c) => Some(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(c.as_bytes())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    ApiError::field(
-                        ErrorCode::InvalidQuery,
-                        "cursor",
-                        "not a cursor from this API",
-                    )
-                })?,
-        ),
-    };
+    let (limit, after) = super::page_params(&mut q)?;
     let filter = ListFilter {
         connector_type: q.remove("type"),
         category: q.remove("category"),
@@ -223,9 +198,7 @@ pub async fn list(
     )
     .await?;
     Ok(Json(ConnectionList {
-        next_cursor: page
-            .more_after
-            .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
+        next_cursor: page.more_after.map(|n| super::cursor(&n)),
         items: page
             .items
             .into_iter()

@@ -3,22 +3,24 @@
 
 pub mod catalog;
 pub mod connections;
+pub mod credentials;
 pub mod workspaces;
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use base64::Engine;
 use patchbay_core::ErrorCode;
 use serde_json::json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::body::MAX_BODY;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,6 +31,9 @@ use crate::state::AppState;
         workspaces::list, workspaces::create, workspaces::list_projects, workspaces::create_project,
         connections::list, connections::create, connections::get, connections::replace,
         connections::patch, connections::delete,
+        credentials::list, credentials::create, credentials::get, credentials::patch,
+        credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
+        credentials::usage,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -72,6 +77,76 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Expected version from If-Match: `None` is `*` (any version).
+pub type Expected = Option<i64>;
+
+pub(crate) fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
+}
+
+/// `If-Match: "<version>"` (or `*`). Missing → 428; unparseable → 412.
+pub(crate) fn if_match(headers: &HeaderMap, required: bool) -> ApiResult<Option<Expected>> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return if required {
+            Err(ApiError::new(
+                ErrorCode::PreconditionRequired,
+                "send If-Match with the ETag from your last GET of this resource",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let v = v.to_str().unwrap_or("").trim();
+    if v == "*" {
+        return Ok(Some(None));
+    }
+    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+    v.parse::<i64>().map(|n| Some(Some(n))).map_err(|_| {
+        ApiError::new(
+            ErrorCode::VersionConflict,
+            "If-Match does not name a version of this resource",
+        )
+    })
+}
+
+/// `?limit=` (1-500, default 100) and `?cursor=` of a list endpoint, taken out of `q`.
+pub(crate) fn page_params(
+    q: &mut std::collections::BTreeMap<String, String>,
+) -> ApiResult<(u32, Option<String>)> {
+    let limit = match q.remove("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| {
+                ApiError::field(ErrorCode::InvalidQuery, "limit", "limit must be 1-500")
+            })?,
+    };
+    let after = match q.remove("cursor") {
+        None => None,
+        Some(c) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c.as_bytes())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::field(
+                        ErrorCode::InvalidQuery,
+                        "cursor",
+                        "not a cursor from this API",
+                    )
+                })?,
+        ),
+    };
+    Ok((limit, after))
+}
+
+/// The opaque cursor for "after this name".
+pub(crate) fn cursor(after_name: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(after_name)
+}
+
 pub fn router(state: AppState) -> Router {
     use axum::routing::get as g;
     let api = Router::new()
@@ -99,6 +174,25 @@ pub fn router(state: AppState) -> Router {
                 .patch(connections::patch)
                 .delete(connections::delete),
         )
+        .route(
+            "/api/v1/workspaces/{ws}/credentials",
+            g(credentials::list).post(credentials::create),
+        )
+        .route(
+            "/api/v1/credentials/{id}",
+            g(credentials::get)
+                .patch(credentials::patch)
+                .delete(credentials::delete),
+        )
+        .route(
+            "/api/v1/credentials/{id}/versions",
+            g(credentials::versions).post(credentials::rotate),
+        )
+        .route(
+            "/api/v1/credentials/{id}/versions/{version}/revoke",
+            axum::routing::post(credentials::revoke),
+        )
+        .route("/api/v1/credentials/{id}/usage", g(credentials::usage))
         .route("/api/openapi.json", g(openapi_json))
         .with_state(state);
     api.merge(

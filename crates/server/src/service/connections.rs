@@ -1,25 +1,28 @@
 //! Connections: create, read (masked or revealed), replace, merge-patch, delete, list.
 //!
-//! Secret values arrive in `secrets`, are moved into [`SecretString`]s as the body is read,
-//! encrypted with the workspace's active data key (AAD: workspace, connection, field) and
-//! handed to the store as ciphertext. They leave again only through [`reveal`].
+//! A connection takes its secrets from a credential: either one it owns (its inline
+//! `secrets`, stored and rotated exactly like a shared credential) or a shared credential of
+//! its workspace (`"credential": {"id": …, "version"?: n}`). Secret values arrive in
+//! `secrets`, move into [`SecretString`]s as the body is read, and are encrypted by
+//! [`credentials::encrypt_version`]. They leave again only through [`reveal`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use patchbay_core::model::{Connection, Principal};
+use patchbay_core::model::{Connection, ConnectionCredential, Credential, Principal};
 use patchbay_core::names::{check_description, check_environment, check_name, check_tags};
 use patchbay_core::permission::Permission;
-use patchbay_core::schema::ConnectorType;
-use patchbay_core::validate::{
-    check_required, check_secret_length, pointer_segment, validate_secret_names, validate_settings,
-};
+use patchbay_core::schema::{ConnectorType, CredentialKind};
+use patchbay_core::validate::{check_required, validate_secret_names, validate_settings};
 use patchbay_core::ErrorCode;
-use patchbay_crypto::{SecretAad, SecretString};
+use patchbay_crypto::SecretString;
 use patchbay_store::{
-    new_id, ConnectionFilter, ConnectionPage, ConnectionWrite, SecretChange, StoreError,
+    new_id, now_millis, ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink,
+    LinkChange, NewCredential, NewVersion, StoreError,
 };
 use serde_json::{json, Map, Value};
 
+use super::credentials::{self, VersionValues, INLINE_KIND};
 use super::{audit, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
@@ -37,6 +40,7 @@ const WRITABLE: &[&str] = &[
     "tags",
     "settings",
     "secrets",
+    "credential",
 ];
 /// Read-only fields of the representation, accepted and ignored so a GET body can be edited
 /// and sent back.
@@ -51,36 +55,74 @@ const READ_ONLY: &[&str] = &[
     "updated_at",
 ];
 
-/// One entry of a body's `secrets` object.
-pub enum SecretInput {
-    Set(SecretString),
-    /// The mask was sent back: keep the stored value.
-    Keep,
-    /// `null`: clear the stored value.
-    Clear,
+/// The body's `credential` member.
+enum CredentialInput {
+    /// Not sent: keep the connection's current source.
+    Absent,
+    /// `null`: stop using a shared credential (inline `secrets` follow).
+    Detach,
+    /// `{"id": …}` or `{"name": …}`, optionally `"version": n` to pin.
+    Ref {
+        id_or_name: String,
+        version: Option<i64>,
+    },
 }
 
-fn parse_secrets(map: Map<String, Value>) -> ApiResult<BTreeMap<String, SecretInput>> {
-    map.into_iter()
-        .map(|(k, v)| {
-            let input = match v {
-                Value::Null => SecretInput::Clear,
-                Value::String(s) if s == MASK => SecretInput::Keep,
-                Value::String(s) => {
-                    check_secret_length(&k, s.len())?;
-                    SecretInput::Set(SecretString::new(s))
-                }
+fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
+    let bad = |msg: &str| ApiError::field(ErrorCode::InvalidField, "/credential", msg);
+    match f.take("credential") {
+        None => Ok(CredentialInput::Absent),
+        Some(Value::Null) => Ok(CredentialInput::Detach),
+        Some(Value::Object(mut m)) => {
+            // A GET representation sent back: the connection's own credential means "keep
+            // the inline secrets as they are".
+            if m.get("owned") == Some(&Value::Bool(true)) {
+                return Ok(CredentialInput::Absent);
+            }
+            let id = match (m.remove("id"), m.remove("name")) {
+                (Some(Value::String(id)), _) | (None, Some(Value::String(id))) => id,
                 _ => {
-                    return Err(ApiError::field(
-                        ErrorCode::InvalidSetting,
-                        format!("/secrets/{}", pointer_segment(&k)),
-                        "must be a string, or null to clear",
+                    return Err(bad(
+                        "must be {\"id\": …} or {\"name\": …}, with an optional \"version\"",
                     ))
                 }
             };
-            Ok((k, input))
-        })
-        .collect()
+            let version = match m.remove("version") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
+                    ApiError::field(
+                        ErrorCode::InvalidField,
+                        "/credential/version",
+                        "must be a positive integer",
+                    )
+                })?),
+            };
+            // Members a GET shows, accepted and ignored so a representation can be sent back.
+            m.retain(|k, _| {
+                !["kind", "owned", "current_version", "external"].contains(&k.as_str())
+            });
+            if let Some(k) = m.keys().next() {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidField,
+                    format!("/credential/{k}"),
+                    "unknown field",
+                ));
+            }
+            Ok(CredentialInput::Ref {
+                id_or_name: id,
+                version,
+            })
+        }
+        Some(_) => Err(bad("must be an object or null")),
+    }
+}
+
+/// The body's `secrets`, with masks (keep the value) dropped. `None` when not sent.
+fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
+    Ok(f.optional_object("secrets")?.map(|mut m| {
+        m.retain(|_, v| v.as_str() != Some(MASK));
+        m
+    }))
 }
 
 fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
@@ -93,6 +135,25 @@ fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
     })
 }
 
+/// The pseudo-kind of a connection's own credential: the type's secret fields, none required
+/// (the type's own rules decide what is required).
+fn inline_kind(ty: &ConnectorType) -> CredentialKind {
+    CredentialKind {
+        id: INLINE_KIND.into(),
+        name: format!("{} inline secrets", ty.name),
+        description: String::new(),
+        fields: patchbay_core::schema::indexmap_like::Properties(
+            ty.settings
+                .properties
+                .iter()
+                .filter(|(_, f)| f.secret)
+                .map(|(k, f)| (k.clone(), f.clone()))
+                .collect(),
+        ),
+        required: Vec::new(),
+    }
+}
+
 fn check_metadata(w: &ConnectionWrite) -> ApiResult<()> {
     check_name("/name", &w.name)?;
     check_description("/description", &w.description)?;
@@ -103,58 +164,265 @@ fn check_metadata(w: &ConnectionWrite) -> ApiResult<()> {
     Ok(())
 }
 
-/// Validates the state a write would leave and encrypts the secrets it sets.
-async fn prepare(
+/// A shared credential a connection of type `ty` in `workspace_id` may reference.
+async fn shared_credential(
     state: &AppState,
+    p: &Principal,
+    ty: &ConnectorType,
+    workspace_id: &str,
+    id_or_name: &str,
+    version: Option<i64>,
+) -> ApiResult<Credential> {
+    if !p.can(Permission::CredentialsUse) {
+        return Err(ApiError::forbidden(Permission::CredentialsUse));
+    }
+    let found = match state.store.get_credential(id_or_name).await {
+        Err(StoreError::NotFound) => {
+            state
+                .store
+                .get_credential_by_name(workspace_id, id_or_name)
+                .await
+        }
+        other => other,
+    };
+    let cred = match found {
+        Ok(c) if c.workspace_id == workspace_id && c.owner_connection_id.is_none() => c,
+        Ok(_) | Err(StoreError::NotFound) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "/credential",
+                "no shared credential with this id or name in the connection's workspace",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !ty.credential_kinds.contains(&cred.kind) {
+        return Err(ApiError::field(
+            ErrorCode::CredentialKindMismatch,
+            "/credential",
+            format!(
+                "type {} accepts credentials of kind {}; this one is {}",
+                ty.id,
+                ty.credential_kinds.join(", "),
+                cred.kind
+            ),
+        ));
+    }
+    if let Some(v) = version {
+        let usable = state
+            .store
+            .credential_versions(&cred.id)
+            .await?
+            .iter()
+            .any(|x| {
+                x.version == v
+                    && matches!(
+                        x.state,
+                        patchbay_core::model::VersionState::Current
+                            | patchbay_core::model::VersionState::Previous
+                    )
+            });
+        if !usable {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "/credential/version",
+                "no usable version with this number (it may be revoked or destroyed)",
+            ));
+        }
+    }
+    Ok(cred)
+}
+
+/// What a write does to the connection's secrets, and the field names the result provides.
+struct Plan {
+    change: LinkChange,
+    /// Secret fields the connection will have.
+    secret_fields: BTreeSet<String>,
+    /// Non-secret credential fields that fill settings by name.
+    public_fields: Map<String, Value>,
+    /// For the audit record: names of the secret fields set or cleared, or the credential.
+    audit: Value,
+}
+
+/// Validates the state a write would leave and encrypts the secrets it sets.
+#[allow(clippy::too_many_arguments)]
+async fn plan(
+    state: &AppState,
+    p: &Principal,
     ty: &ConnectorType,
     workspace_id: &str,
     connection_id: &str,
     w: &ConnectionWrite,
-    stored_secrets: &[String],
-    secrets: &BTreeMap<String, SecretInput>,
-) -> ApiResult<Vec<(String, SecretChange)>> {
+    current: Option<&ConnectionCredential>,
+    credential: CredentialInput,
+    secrets: Option<Map<String, Value>>,
+) -> ApiResult<Plan> {
     check_metadata(w)?;
     validate_settings(ty, &w.settings)?;
-    validate_secret_names(ty, secrets.keys().map(String::as_str))?;
-    let mut final_set: BTreeSet<String> = stored_secrets.iter().cloned().collect();
-    for (k, v) in secrets {
-        match v {
-            SecretInput::Set(_) => {
-                final_set.insert(k.clone());
-            }
-            SecretInput::Clear => {
-                final_set.remove(k);
-            }
-            SecretInput::Keep => {}
+    let has_secrets = secrets.as_ref().is_some_and(|m| !m.is_empty());
+    let shared_now = current.filter(|c| !c.owned);
+    let plan = match credential {
+        CredentialInput::Ref { .. } if has_secrets => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "/secrets",
+                "`secrets` and `credential` are alternatives: send one",
+            ))
         }
-    }
-    check_required(ty, &w.settings, &final_set)?;
-    let mut changes = Vec::new();
-    let needs_key = secrets.values().any(|v| matches!(v, SecretInput::Set(_)));
-    let key = if needs_key {
-        Some(state.keys.active_key(&state.store, workspace_id).await?)
-    } else {
-        None
-    };
-    for (field, input) in secrets {
-        match input {
-            SecretInput::Set(value) => {
-                let key = key.as_ref().expect("fetched above");
-                let aad = SecretAad {
-                    workspace_id,
-                    owner_id: connection_id,
-                    version: 0,
-                    field,
+        CredentialInput::Ref {
+            id_or_name,
+            version,
+        } => {
+            let cred = shared_credential(state, p, ty, workspace_id, &id_or_name, version).await?;
+            let unchanged =
+                shared_now.is_some_and(|c| c.id == cred.id && c.pinned_version == version);
+            let (secret_fields, public_fields) = match version {
+                Some(v) if v != cred.current_version => {
+                    let versions = state.store.credential_versions(&cred.id).await?;
+                    let fields = versions
+                        .into_iter()
+                        .find(|x| x.version == v)
+                        .map(|x| x.secret_fields)
+                        .unwrap_or_default();
+                    (
+                        fields,
+                        state.store.credential_public_fields(&cred.id, v).await?,
+                    )
+                }
+                _ => (cred.secret_fields.clone(), cred.public_fields.clone()),
+            };
+            Plan {
+                change: if unchanged {
+                    LinkChange::Keep
+                } else {
+                    LinkChange::Replace(CredentialLink::Shared {
+                        id: cred.id.clone(),
+                        pinned_version: version,
+                    })
+                },
+                secret_fields: secret_fields.into_iter().collect(),
+                public_fields,
+                audit: json!({"credential": {"id": cred.id, "version": version}}),
+            }
+        }
+        CredentialInput::Absent if shared_now.is_some() => {
+            if has_secrets {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidField,
+                    "/secrets",
+                    "this connection takes its secrets from a shared credential: rotate that credential, or send \"credential\": null to use inline secrets",
+                ));
+            }
+            let c = shared_now.expect("checked above");
+            Plan {
+                change: LinkChange::Keep,
+                secret_fields: c.secret_fields.iter().cloned().collect(),
+                public_fields: c.public_fields.clone(),
+                audit: json!({}),
+            }
+        }
+        CredentialInput::Absent | CredentialInput::Detach => {
+            let owned = current.filter(|c| c.owned);
+            let changes = secrets.unwrap_or_default();
+            validate_secret_names(ty, changes.keys().map(String::as_str))?;
+            let detaching = shared_now.is_some();
+            if changes.is_empty() && !detaching {
+                Plan {
+                    change: LinkChange::Keep,
+                    secret_fields: owned
+                        .map(|c| c.secret_fields.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    public_fields: Map::new(),
+                    audit: json!({"secrets_changed": []}),
+                }
+            } else {
+                let kind = inline_kind(ty);
+                let mut values = match owned {
+                    Some(c) => {
+                        credentials::current_values(
+                            state,
+                            workspace_id,
+                            &c.id,
+                            c.current_version,
+                            &c.public_fields,
+                        )
+                        .await?
+                    }
+                    None => VersionValues::empty(),
                 };
-                changes.push((field.clone(), SecretChange::Set(key.encrypt(value, &aad))));
+                let changed: Vec<String> = changes.keys().cloned().collect();
+                values.apply(&kind, changes)?;
+                let secret_fields: BTreeSet<String> = values.secrets.keys().cloned().collect();
+                let change =
+                    owned_change(state, p, workspace_id, connection_id, owned, values).await?;
+                Plan {
+                    change,
+                    secret_fields,
+                    public_fields: Map::new(),
+                    audit: json!({"secrets_changed": changed, "detached_credential": shared_now.map(|c| &c.id)}),
+                }
             }
-            SecretInput::Clear if stored_secrets.contains(field) => {
-                changes.push((field.clone(), SecretChange::Clear));
-            }
-            SecretInput::Clear | SecretInput::Keep => {}
+        }
+    };
+    // What the stored connection will provide: its settings, its secret fields, and the
+    // credential's non-secret fields that match a setting by name.
+    let mut settings = w.settings.clone();
+    for (k, v) in &plan.public_fields {
+        if ty.settings.properties.get(k).is_some() && !settings.contains_key(k) {
+            settings.insert(k.clone(), v.clone());
         }
     }
-    Ok(changes)
+    check_required(ty, &settings, &plan.secret_fields)?;
+    Ok(plan)
+}
+
+/// The change to a connection's own credential that leaves it holding `values`.
+async fn owned_change(
+    state: &AppState,
+    p: &Principal,
+    workspace_id: &str,
+    connection_id: &str,
+    owned: Option<&ConnectionCredential>,
+    values: VersionValues,
+) -> ApiResult<LinkChange> {
+    if values.secrets.is_empty() {
+        return Ok(LinkChange::Replace(CredentialLink::None));
+    }
+    Ok(match owned {
+        Some(c) => {
+            let version = c.current_version + 1;
+            let secrets =
+                credentials::encrypt_version(state, workspace_id, &c.id, version, &values.secrets)
+                    .await?;
+            LinkChange::RotateOwned {
+                credential_id: c.id.clone(),
+                version: NewVersion {
+                    version,
+                    public_fields: Map::new(),
+                    secrets,
+                    created_by: p.actor(),
+                    grace_until: now_millis() + state.settings.credential_grace_ms,
+                },
+            }
+        }
+        None => {
+            let id = new_id();
+            let secrets =
+                credentials::encrypt_version(state, workspace_id, &id, 1, &values.secrets).await?;
+            LinkChange::Replace(CredentialLink::Owned(NewCredential {
+                name: format!("connection/{connection_id}"),
+                id,
+                workspace_id: workspace_id.to_owned(),
+                kind: INLINE_KIND.into(),
+                description: String::new(),
+                owner_connection_id: Some(connection_id.to_owned()),
+                external: None,
+                public_fields: Map::new(),
+                secrets,
+                created_by: p.actor(),
+            }))
+        }
+    })
 }
 
 fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
@@ -184,35 +452,40 @@ pub async fn create(
         tags: f.optional_string_list("tags")?.unwrap_or_default(),
         settings: strip_nulls(f.optional_object("settings")?.unwrap_or_default()),
     };
-    let secrets = parse_secrets(f.optional_object("secrets")?.unwrap_or_default())?;
+    let credential = credential_input(&mut f)?;
+    let secrets = secrets_input(&mut f)?;
     let id = new_id();
-    let changes = prepare(state, ty, &project.workspace_id, &id, &w, &[], &secrets).await?;
-    let encrypted: Vec<_> = changes
-        .into_iter()
-        .filter_map(|(k, c)| match c {
-            SecretChange::Set(v) => Some((k, v)),
-            SecretChange::Clear => None,
-        })
-        .collect();
-    let fields: Vec<&str> = encrypted.iter().map(|(k, _)| k.as_str()).collect();
+    let plan = plan(
+        state,
+        p,
+        ty,
+        &project.workspace_id,
+        &id,
+        &w,
+        None,
+        credential,
+        secrets,
+    )
+    .await?;
+    let link = match plan.change {
+        LinkChange::Replace(link) => link,
+        LinkChange::Keep | LinkChange::RotateOwned { .. } => CredentialLink::None,
+    };
+    let mut details = json!({"name": w.name, "type": w.connector_type, "project_id": project.id, "secrets_set": plan.secret_fields});
+    if let (Some(d), Some(extra)) = (details.as_object_mut(), plan.audit.as_object()) {
+        d.extend(extra.clone());
+    }
     let entry = audit(
         p,
         "connection.create",
         Some(&project.workspace_id),
         "connection",
         &id,
-        json!({"name": w.name, "type": w.connector_type, "project_id": project.id, "secrets_set": fields}),
+        details,
     );
     Ok(state
         .store
-        .create_connection(
-            &id,
-            &project.workspace_id,
-            &project.id,
-            &w,
-            &encrypted,
-            &entry,
-        )
+        .create_connection(&id, &project.workspace_id, &project.id, &w, &link, &entry)
         .await?)
 }
 
@@ -248,8 +521,8 @@ fn check_version(current: &Connection, expected: Expected) -> ApiResult<i64> {
     }
 }
 
-/// Decrypts every secret of the connection and records the reveal. The only path by which
-/// stored secret values leave the server.
+/// Decrypts the secrets of the connection (from the credential version in effect) and
+/// records the reveal. The only path by which stored secret values leave the server.
 pub async fn reveal(
     state: &AppState,
     p: &Principal,
@@ -258,18 +531,11 @@ pub async fn reveal(
     if !p.can(Permission::ConnectionsReveal) {
         return Err(ApiError::forbidden(Permission::ConnectionsReveal));
     }
-    let stored = state.store.connection_secrets(&c.id).await?;
-    let mut out = BTreeMap::new();
-    for (field, ev) in &stored {
-        let key = state.keys.key(&state.store, &ev.key_id).await?;
-        let aad = SecretAad {
-            workspace_id: &c.workspace_id,
-            owner_id: &c.id,
-            version: 0,
-            field,
-        };
-        out.insert(field.clone(), key.decrypt(ev, &aad)?);
-    }
+    let Some(cred) = &c.credential else {
+        return Ok(BTreeMap::new());
+    };
+    let version = cred.effective_version();
+    let out = credentials::values_for_use(state, &c.workspace_id, cred).await?;
     let fields: Vec<&String> = out.keys().collect();
     let entry = audit(
         p,
@@ -277,9 +543,16 @@ pub async fn reveal(
         Some(&c.workspace_id),
         "connection",
         &c.id,
-        json!({"fields": fields, "version": c.version}),
+        json!({"fields": fields, "version": c.version, "credential": {"id": cred.id, "version": version}}),
     );
     state.store.record_audit(&entry).await?;
+    if let Err(e) = state
+        .store
+        .record_credential_use(&cred.id, &c.id, &p.actor())
+        .await
+    {
+        tracing::warn!(error = %e, "could not record credential use");
+    }
     Ok(out)
 }
 
@@ -292,33 +565,39 @@ async fn save(
     current: &Connection,
     expected: Expected,
     w: ConnectionWrite,
-    secrets: BTreeMap<String, SecretInput>,
-    action: &str,
+    f: &mut Fields,
 ) -> ApiResult<Connection> {
     let expected = check_version(current, expected)?;
     let ty = connector(state, &current.connector_type)?;
-    let changes = prepare(
+    let credential = credential_input(f)?;
+    let secrets = secrets_input(f)?;
+    let plan = plan(
         state,
+        p,
         ty,
         &current.workspace_id,
         &current.id,
         &w,
-        &current.secrets_set,
-        &secrets,
+        current.credential.as_ref(),
+        credential,
+        secrets,
     )
     .await?;
-    let changed: Vec<&str> = changes.iter().map(|(k, _)| k.as_str()).collect();
+    let mut details = json!({"from_version": expected});
+    if let (Some(d), Some(extra)) = (details.as_object_mut(), plan.audit.as_object()) {
+        d.extend(extra.clone());
+    }
     let entry = audit(
         p,
-        action,
+        "connection.update",
         Some(&current.workspace_id),
         "connection",
         &current.id,
-        json!({"from_version": expected, "secrets_changed": changed}),
+        details,
     );
     Ok(state
         .store
-        .update_connection(&current.id, expected, &w, &changes, &entry)
+        .update_connection(&current.id, expected, &w, &plan.change, &entry)
         .await?)
 }
 
@@ -353,17 +632,7 @@ pub async fn replace(
         tags: f.optional_string_list("tags")?.unwrap_or_default(),
         settings: strip_nulls(f.optional_object("settings")?.unwrap_or_default()),
     };
-    let secrets = parse_secrets(f.optional_object("secrets")?.unwrap_or_default())?;
-    save(
-        state,
-        p,
-        &current,
-        expected,
-        w,
-        secrets,
-        "connection.update",
-    )
-    .await
+    save(state, p, &current, expected, w, &mut f).await
 }
 
 /// RFC 7396 JSON merge patch.
@@ -440,7 +709,6 @@ pub async fn patch(
         Value::Object(m) => m,
         _ => unreachable!("settings stays an object"),
     };
-    let secrets = parse_secrets(f.optional_object("secrets")?.unwrap_or_default())?;
     let w = ConnectionWrite {
         name,
         connector_type: current.connector_type.clone(),
@@ -449,16 +717,7 @@ pub async fn patch(
         tags,
         settings,
     };
-    save(
-        state,
-        p,
-        &current,
-        expected,
-        w,
-        secrets,
-        "connection.update",
-    )
-    .await
+    save(state, p, &current, expected, w, &mut f).await
 }
 
 pub async fn delete(
@@ -538,4 +797,42 @@ pub async fn list(
         .store
         .list_connections(&project.id, &filter, query.limit, query.after.as_deref())
         .await?)
+}
+
+/// The first release kept a connection's secrets on the connection itself. At start-up,
+/// each such connection gets a credential it owns holding the same values (re-encrypted for
+/// the credential binding), in one transaction per connection. Idempotent.
+pub async fn upgrade_legacy_secrets(state: &AppState) -> ApiResult<()> {
+    let legacy = state.store.legacy_connection_secrets().await?;
+    for (connection_id, rows) in legacy {
+        let c = state.store.get_connection(&connection_id).await?;
+        let mut values = BTreeMap::new();
+        for (field, ev) in &rows {
+            let key = state.keys.key(&state.store, &ev.key_id).await?;
+            let aad = patchbay_crypto::SecretAad {
+                workspace_id: &c.workspace_id,
+                owner_id: &c.id,
+                version: 0,
+                field,
+            };
+            values.insert(field.clone(), key.decrypt(ev, &aad)?);
+        }
+        let id = new_id();
+        let secrets = credentials::encrypt_version(state, &c.workspace_id, &id, 1, &values).await?;
+        let owned = NewCredential {
+            name: format!("connection/{}", c.id),
+            id,
+            workspace_id: c.workspace_id.clone(),
+            kind: INLINE_KIND.into(),
+            description: String::new(),
+            owner_connection_id: Some(c.id.clone()),
+            external: None,
+            public_fields: Map::new(),
+            secrets,
+            created_by: "system:upgrade".into(),
+        };
+        state.store.adopt_legacy_secrets(&c.id, &owned).await?;
+        tracing::info!(connection_id = %c.id, fields = rows.len(), "moved inline secrets into the connection's own credential");
+    }
+    Ok(())
 }

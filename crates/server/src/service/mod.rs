@@ -2,6 +2,8 @@
 //! persist through the store, record audit events. Handlers call these and only these.
 
 pub mod connections;
+pub mod credentials;
+pub mod external;
 pub mod workspaces;
 
 use patchbay_core::model::Principal;

@@ -30,6 +30,7 @@ impl Service {
             data_dir: dir.path().join("data"),
             database_url: None,
             master_key: MasterKeySource::File(dir.path().join("data/master.key")),
+            settings: Default::default(),
         };
         let app = App::start(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
