@@ -42,6 +42,12 @@ pub struct ConnectorType {
     pub probe: ProbeSpec,
     pub docs_url: Option<String>,
     pub settings: SettingsSchema,
+    /// Per accepted credential kind, where the names differ: kind field → the field of this
+    /// type it fills (e.g. `{"api_key": {"key": "api_key"}}`). A kind field not listed fills
+    /// the field of the same name, if the type has one.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub credential_map:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +174,14 @@ impl ConnectorType {
             .iter()
             .filter(|(_, f)| f.secret)
             .map(|(k, _)| k.as_str())
+    }
+
+    /// The field of this type that credential field `field` of kind `kind` fills, if any.
+    pub fn credential_target<'a>(&'a self, kind: &str, field: &'a str) -> Option<&'a str> {
+        if let Some(target) = self.credential_map.get(kind).and_then(|m| m.get(field)) {
+            return Some(target.as_str());
+        }
+        self.settings.properties.get(field).map(|_| field)
     }
 
     pub fn is_secret(&self, field: &str) -> bool {
