@@ -28,6 +28,9 @@ pub enum ExternalError {
     /// Any other OAuth2 error answer (`invalid_client`, `unauthorized_client`, …).
     #[error("{0}")]
     OAuth(String),
+    /// The token store (persistence / leasing of OAuth2 tokens) failed.
+    #[error("{0}")]
+    Store(String),
     /// Local configuration is incomplete (e.g. no AWS credentials in the environment).
     #[error("{0}")]
     Config(String),
@@ -43,6 +46,7 @@ impl ExternalError {
             Self::InvalidResponse(_) => "external_invalid_response",
             Self::OAuthInvalidGrant(_) => "oauth_invalid_grant",
             Self::OAuth(_) => "oauth_error",
+            Self::Store(_) => "token_store_error",
             Self::Config(_) => "external_config",
         }
     }
@@ -92,6 +96,7 @@ mod tests {
                 "oauth_invalid_grant",
             ),
             (ExternalError::OAuth(String::new()), "oauth_error"),
+            (ExternalError::Store(String::new()), "token_store_error"),
             (ExternalError::Config(String::new()), "external_config"),
         ];
         for (e, code) in all {

@@ -36,6 +36,7 @@ pub mod cache;
 pub mod error;
 pub mod http;
 pub mod kms;
+pub mod oauth2;
 pub mod provision;
 pub mod secrets_manager;
 pub mod sigv4;
@@ -45,6 +46,10 @@ pub use aws::{AwsConfig, AwsJsonClient};
 pub use error::{ExternalError, Result};
 pub use http::HttpOptions;
 pub use kms::KmsClient;
+pub use oauth2::{
+    AccessToken, ClientAuthMethod, GrantKind, MemoryTokenStore, OAuth2Client, OAuthClientConfig,
+    StoredToken, TokenManager, TokenManagerOptions, TokenStore,
+};
 pub use reqwest::Url;
 pub use secrets_manager::{SecretRef, SecretsManagerClient};
 pub use sigv4::Credentials;
