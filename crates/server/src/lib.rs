@@ -99,6 +99,10 @@ impl App {
                     e.0.message
                 ))
             })?;
+        tokio::spawn(service::credentials::sweep_forever(
+            state.clone(),
+            state.settings.sweep_interval,
+        ));
         Ok(Self { state })
     }
 
@@ -120,10 +124,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put TLS in front");
     }
     tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening");
-    tokio::spawn(service::credentials::sweep_forever(
-        app.state.clone(),
-        app.state.settings.sweep_interval,
-    ));
+
     axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -69,8 +69,11 @@ enum SecretView {
 }
 
 impl ConnectionOut {
-    fn new(state: &AppState, c: Connection, view: SecretView) -> Self {
+    fn new(state: &AppState, mut c: Connection, view: SecretView) -> Self {
         let ty = state.catalog.get(&c.connector_type);
+        if let (Some(ty), Some(cred)) = (ty, &c.credential) {
+            c.secrets_set = svc::provided_secrets(ty, cred);
+        }
         let mut secrets = Map::new();
         for field in ty.into_iter().flat_map(|t| t.secret_fields()) {
             let set = c.secrets_set.iter().any(|s| s == field);

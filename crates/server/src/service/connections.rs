@@ -164,6 +164,44 @@ fn check_metadata(w: &ConnectionWrite) -> ApiResult<()> {
     Ok(())
 }
 
+/// The type's secret fields a connection's credential fills (kind fields mapped by the
+/// catalog's `credential_map`, else by name), sorted.
+pub fn provided_secrets(ty: &ConnectorType, c: &ConnectionCredential) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .secret_fields
+        .iter()
+        .filter_map(|f| ty.credential_target(&c.kind, f))
+        .map(str::to_owned)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The type's settings a connection's credential fills with its non-secret fields.
+pub fn provided_settings(ty: &ConnectorType, c: &ConnectionCredential) -> Map<String, Value> {
+    c.public_fields
+        .iter()
+        .filter_map(|(f, v)| {
+            ty.credential_target(&c.kind, f)
+                .map(|t| (t.to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+/// Decrypted credential values renamed to the type's fields they fill. Values of kind
+/// fields that fill nothing are dropped.
+pub fn fill_secrets(
+    ty: &ConnectorType,
+    kind: &str,
+    values: BTreeMap<String, SecretString>,
+) -> BTreeMap<String, SecretString> {
+    values
+        .into_iter()
+        .filter_map(|(f, v)| ty.credential_target(kind, &f).map(|t| (t.to_owned(), v)))
+        .collect()
+}
+
 /// A shared credential a connection of type `ty` in `workspace_id` may reference.
 async fn shared_credential(
     state: &AppState,
@@ -291,6 +329,16 @@ async fn plan(
                 }
                 _ => (cred.secret_fields.clone(), cred.public_fields.clone()),
             };
+            let kind = cred.kind.clone();
+            let secret_fields: Vec<String> = secret_fields
+                .iter()
+                .filter_map(|f| ty.credential_target(&kind, f))
+                .map(str::to_owned)
+                .collect();
+            let public_fields: Map<String, Value> = public_fields
+                .into_iter()
+                .filter_map(|(f, v)| ty.credential_target(&kind, &f).map(|t| (t.to_owned(), v)))
+                .collect();
             Plan {
                 change: if unchanged {
                     LinkChange::Keep
@@ -316,8 +364,8 @@ async fn plan(
             let c = shared_now.expect("checked above");
             Plan {
                 change: LinkChange::Keep,
-                secret_fields: c.secret_fields.iter().cloned().collect(),
-                public_fields: c.public_fields.clone(),
+                secret_fields: provided_secrets(ty, c).into_iter().collect(),
+                public_fields: provided_settings(ty, c),
                 audit: json!({}),
             }
         }
@@ -535,7 +583,12 @@ pub async fn reveal(
         return Ok(BTreeMap::new());
     };
     let version = cred.effective_version();
-    let out = credentials::values_for_use(state, &c.workspace_id, cred).await?;
+    let ty = connector(state, &c.connector_type)?;
+    let out = fill_secrets(
+        ty,
+        &cred.kind,
+        credentials::values_for_use(state, &c.workspace_id, cred).await?,
+    );
     let fields: Vec<&String> = out.keys().collect();
     let entry = audit(
         p,

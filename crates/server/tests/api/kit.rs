@@ -24,13 +24,17 @@ pub struct Reply {
 
 impl Service {
     pub async fn start() -> Self {
+        Self::start_with(Default::default()).await
+    }
+
+    pub async fn start_with(settings: patchbay_server::state::Settings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             database_url: None,
             master_key: MasterKeySource::File(dir.path().join("data/master.key")),
-            settings: Default::default(),
+            settings,
         };
         let app = App::start(&config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
