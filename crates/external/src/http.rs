@@ -23,8 +23,8 @@ impl Default for HttpOptions {
 }
 
 impl HttpOptions {
-    /// A reqwest client with these timeouts, no redirects (a redirect could carry a token
-    /// to another host) and no proxy from the environment.
+    /// A reqwest client with these timeouts and no redirects (a redirect could carry a token
+    /// or secret to another host). Proxies follow the usual `HTTPS_PROXY`/`NO_PROXY` variables.
     pub fn client(&self) -> Result<reqwest::Client> {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)

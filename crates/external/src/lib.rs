@@ -31,6 +31,8 @@
 //! error code or Vault's `errors` array). Every request has a connect timeout (5 s) and a total
 //! timeout (15 s) by default ([`HttpOptions`]).
 
+#![warn(missing_docs)]
+
 pub mod aws;
 pub mod cache;
 pub mod error;

@@ -1,6 +1,8 @@
 //! AWS Secrets Manager `GetSecretValue`: a secret's `SecretString` by name or ARN, optionally
 //! a version, optionally one key of a JSON-object secret.
 
+use std::collections::BTreeMap;
+
 use patchbay_crypto::SecretString;
 use serde::Deserialize;
 use serde_json::json;
@@ -91,6 +93,37 @@ impl SecretsManagerClient {
         match &r.key {
             None => Ok(SecretString::new(std::mem::take(&mut *value))),
             Some(key) => json_key(&value, key, &format!("secret `{}`", r.secret_id)),
+        }
+    }
+}
+
+impl SecretsManagerClient {
+    /// The secret as a field map: a JSON-object `SecretString` gives one entry per key
+    /// (non-string values as JSON text); `r.key` is ignored. A secret that is not a JSON
+    /// object is `external_invalid_response`.
+    pub async fn get_secret_map(&self, r: &SecretRef) -> Result<BTreeMap<String, SecretString>> {
+        let whole = SecretRef {
+            key: None,
+            ..r.clone()
+        };
+        let text = self.get_secret_value(&whole).await?;
+        let not_object = || {
+            ExternalError::InvalidResponse(format!("secret `{}` is not a JSON object", r.secret_id))
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(text.expose_secret()).map_err(|_| not_object())?;
+        match v {
+            serde_json::Value::Object(map) => Ok(map
+                .into_iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (k, SecretString::new(s))
+                })
+                .collect()),
+            _ => Err(not_object()),
         }
     }
 }

@@ -158,6 +158,14 @@ async fn secrets_manager_get_whole_key_version_and_missing() {
         .unwrap();
     assert_eq!(port.expose_secret(), "5432");
 
+    let map = sm.get_secret_map(&SecretRef::new(&name)).await.unwrap();
+    assert_eq!(
+        map.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["password", "port", "username"]
+    );
+    assert_eq!(map["password"].expose_secret(), "s3cr3t-pw");
+    assert_eq!(map["port"].expose_secret(), "5432");
+
     let e = err(sm
         .get_secret_value(&SecretRef::new(&name).with_key("api_key"))
         .await);
