@@ -148,3 +148,29 @@ fn main() -> ExitCode {
         Command::Client(cmd) => cli::run(cmd, cli.global, <Cli as clap::CommandFactory>::command),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap checks every subcommand's arguments only when that subcommand runs; this
+        // checks them all at once.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            super::parse_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            super::parse_duration("24h"),
+            Ok(Duration::from_secs(86_400))
+        );
+        assert!(super::parse_duration("1y").is_err());
+        assert!(super::parse_duration("h").is_err());
+    }
+}

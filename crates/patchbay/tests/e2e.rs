@@ -314,11 +314,109 @@ fn journey(s: &Server) -> String {
     cli(s, &["connections", "delete", "dev-mysql"], &mut seen);
     let table = cli(s, &["connections", "list"], &mut seen);
     assert!(!table.contains("dev-mysql"));
+    credential_journey(s, &mut seen);
     let types = cli(s, &["types", "list", "--category", "warehouses"], &mut seen);
     assert!(types.contains("snowflake"), "{types}");
     let completions = cli(s, &["completions", "bash"], &mut String::new());
     assert!(completions.contains("patchbay"));
     seen
+}
+
+/// A shared credential through the CLI: created from a file, used by two connections,
+/// rotated once (both see the new value), refused deletion while used.
+fn credential_journey(s: &Server, seen: &mut String) {
+    let secret_file = s.data_dir.parent().unwrap().join("svc-password");
+    std::fs::write(&secret_file, format!("{CANARY}-shared\n")).unwrap();
+    let created = cli(
+        s,
+        &[
+            "credentials",
+            "create",
+            "warehouse-svc",
+            "--kind",
+            "username_password",
+            "--field",
+            "username=etl",
+            "--field",
+            &format!("password=@{}", secret_file.display()),
+            "-o",
+            "json",
+        ],
+        seen,
+    );
+    assert!(created.contains("\"password\": \"********\""), "{created}");
+    for name in ["wh-a", "wh-b"] {
+        cli(
+            s,
+            &[
+                "connections",
+                "create",
+                name,
+                "--type",
+                "postgresql",
+                "--set",
+                "host=127.0.0.1",
+                "--set",
+                "database=test",
+                "--credential",
+                "warehouse-svc",
+            ],
+            seen,
+        );
+    }
+    let reveal = |name: &str| {
+        let out = Command::new(BIN)
+            .args(["connections", "get", name, "--reveal", "-o", "json"])
+            .env("PATCHBAY_URL", &s.url)
+            .env("PATCHBAY_DATA_DIR", &s.data_dir)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["secrets"]["password"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            v["settings"]["username"].clone(),
+        )
+    };
+    assert_eq!(reveal("wh-a").0, format!("{CANARY}-shared"));
+    std::fs::write(&secret_file, format!("{CANARY}-rotated\n")).unwrap();
+    cli(
+        s,
+        &[
+            "credentials",
+            "rotate",
+            "warehouse-svc",
+            "--field",
+            &format!("password=@{}", secret_file.display()),
+        ],
+        seen,
+    );
+    std::fs::remove_file(&secret_file).unwrap();
+    for name in ["wh-a", "wh-b"] {
+        assert_eq!(reveal(name).0, format!("{CANARY}-rotated"));
+    }
+    let versions = cli(s, &["credentials", "versions", "warehouse-svc"], seen);
+    assert!(
+        versions.contains("current") && versions.contains("previous"),
+        "{versions}"
+    );
+    let usage = cli(s, &["credentials", "usage", "warehouse-svc"], seen);
+    assert!(usage.contains("wh-a") && usage.contains("wh-b"), "{usage}");
+    let out = cli_raw(
+        &s.url,
+        Some(&s.data_dir),
+        &["credentials", "delete", "warehouse-svc"],
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in_use"));
+    for name in ["wh-a", "wh-b"] {
+        cli(s, &["connections", "delete", name], seen);
+    }
+    cli(s, &["credentials", "delete", "warehouse-svc"], seen);
+    let list = cli(s, &["credentials", "list"], seen);
+    assert!(!list.contains("warehouse-svc"), "{list}");
 }
 
 fn project_id(s: &Server) -> String {

@@ -53,6 +53,9 @@ pub enum ConnectionsCommand {
         /// Clear a secret field.
         #[arg(long = "clear-secret", value_name = "FIELD")]
         clear_secret: Vec<String>,
+        /// Stop using the shared credential (give inline secrets with --secret).
+        #[arg(long, conflicts_with = "credential")]
+        detach_credential: bool,
         #[command(flatten)]
         fields: FieldArgs,
     },
@@ -80,9 +83,12 @@ pub struct FieldArgs {
     /// or -: a value on the command line is visible to other local users.
     #[arg(long = "secret", value_name = "FIELD=VALUE")]
     secrets: Vec<String>,
+    /// Take the secrets from a shared credential: NAME, ID, or NAME@VERSION to pin a version.
+    #[arg(long, conflicts_with = "secrets")]
+    credential: Option<String>,
 }
 
-fn usage(msg: String) -> ApiFailure {
+pub(super) fn usage_error(msg: String) -> ApiFailure {
     ApiFailure {
         code: "invalid_argument".into(),
         message: msg,
@@ -90,11 +96,11 @@ fn usage(msg: String) -> ApiFailure {
     }
 }
 
-fn split_kv(s: &str) -> Result<(&str, &str), ApiFailure> {
+pub(super) fn split_kv(s: &str) -> Result<(&str, &str), ApiFailure> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
         .ok_or_else(|| {
-            usage(format!(
+            usage_error(format!(
                 "expected KEY=VALUE, got `{}`",
                 s.split('=').next().unwrap_or("")
             ))
@@ -133,17 +139,17 @@ fn set_path(settings: &mut Map<String, Value>, type_schema: &Value, key: &str, r
     }
 }
 
-fn read_secret(raw: &str) -> Result<String, ApiFailure> {
+pub(super) fn read_secret(raw: &str) -> Result<String, ApiFailure> {
     if raw == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|e| usage(format!("reading a secret from stdin: {e}")))?;
+            .map_err(|e| usage_error(format!("reading a secret from stdin: {e}")))?;
         Ok(s.trim_end_matches(['\n', '\r']).to_owned())
     } else if let Some(path) = raw.strip_prefix('@') {
         std::fs::read_to_string(path)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-            .map_err(|e| usage(format!("reading a secret from {path}: {e}")))
+            .map_err(|e| usage_error(format!("reading a secret from {path}: {e}")))
     } else {
         Ok(raw.to_owned())
     }
@@ -152,6 +158,19 @@ fn read_secret(raw: &str) -> Result<String, ApiFailure> {
 impl FieldArgs {
     /// Adds the given fields to a create body or merge patch.
     fn apply(&self, body: &mut Map<String, Value>, type_schema: &Value) -> Result<(), ApiFailure> {
+        if let Some(c) = &self.credential {
+            let reference = match c.rsplit_once('@') {
+                Some((name, v)) => {
+                    let v: i64 = v.parse().map_err(|_| {
+                        usage_error(format!("--credential {c}: version must be a number"))
+                    })?;
+                    json!({"name": name, "version": v})
+                }
+                None if looks_like_id(c) => json!({"id": c}),
+                None => json!({"name": c}),
+            };
+            body.insert("credential".into(), reference);
+        }
         if let Some(d) = &self.description {
             body.insert("description".into(), json!(d));
         }
@@ -314,6 +333,7 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             rename,
             unset,
             clear_secret,
+            detach_credential,
             fields,
         } => {
             let (current, etag) = find(&ctx, &connection).await?;
@@ -333,6 +353,9 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             }
             for k in clear_secret {
                 patch["secrets"][k.as_str()] = Value::Null;
+            }
+            if detach_credential {
+                patch.insert("credential".into(), Value::Null);
             }
             let id = current["id"].as_str().unwrap_or_default();
             let v = ctx

@@ -3,6 +3,7 @@
 
 mod client;
 mod connections;
+mod credentials;
 mod output;
 
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ pub enum ClientCommand {
     /// Manage connections.
     #[command(subcommand, visible_alias = "conn")]
     Connections(connections::ConnectionsCommand),
+    /// Manage shared credentials and their versions.
+    #[command(subcommand, visible_alias = "cred")]
+    Credentials(credentials::CredentialsCommand),
     /// Browse the connector catalog.
     #[command(subcommand)]
     Types(TypesCommand),
@@ -167,6 +171,7 @@ pub fn run(cmd: ClientCommand, g: Global, command: fn() -> clap::Command) -> Exi
 async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
     match cmd {
         ClientCommand::Connections(c) => connections::run(c, Ctx::new(g)).await,
+        ClientCommand::Credentials(c) => credentials::run(c, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];
