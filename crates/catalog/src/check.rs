@@ -1,7 +1,7 @@
 //! Load-time semantic checks of catalog files, beyond what deserialization enforces.
 //! Every error names the file and the JSON pointer of the offending property.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use patchbay_core::schema::{
     indexmap_like::Properties, ConnectorType, CredentialKind, FieldSchema, FieldType,
@@ -106,7 +106,7 @@ fn list(items: &[&str]) -> String {
 pub(crate) fn connector_type(
     file: &str,
     ty: &ConnectorType,
-    kinds: &BTreeSet<&str>,
+    kinds: &BTreeMap<&str, &CredentialKind>,
 ) -> Result<(), CatalogError> {
     let cx = Ctx { file };
     cx.ensure(
@@ -163,7 +163,7 @@ pub(crate) fn connector_type(
     for (i, k) in ty.credential_kinds.iter().enumerate() {
         let p = format!("/credential_kinds/{i}");
         cx.ensure(
-            kinds.contains(k.as_str()),
+            kinds.contains_key(k.as_str()),
             &p,
             format!("unknown credential kind `{k}`"),
         )?;
@@ -181,7 +181,112 @@ pub(crate) fn connector_type(
         )?;
     }
     settings(&cx, &ty.settings)?;
+    credential_map(&cx, ty, kinds)?;
     probe(&cx, ty)
+}
+
+/// Kind ids whose fields fill nothing (no credentials at all).
+const NO_CREDENTIAL: &str = "none";
+
+/// `credential_map` and the fields each accepted kind fills: map keys are accepted kinds,
+/// mapped kind fields exist, targets are settings properties of the same type and secrecy
+/// (secrets never land in plain settings, plain values never in secrets), no kind fills one
+/// field twice, and every required secret of every accepted kind fills some field (same
+/// name or mapped) — else a credential of an accepted kind would leave its secret unused.
+fn credential_map(
+    cx: &Ctx,
+    ty: &ConnectorType,
+    kinds: &BTreeMap<&str, &CredentialKind>,
+) -> Result<(), CatalogError> {
+    for (kind_id, map) in &ty.credential_map {
+        let p = format!("/credential_map/{kind_id}");
+        cx.ensure(
+            ty.credential_kinds.contains(kind_id),
+            &p,
+            format!("`{kind_id}` is not one of this type's credential_kinds"),
+        )?;
+        let Some(kind) = kinds.get(kind_id.as_str()) else {
+            continue;
+        };
+        for (field, target) in map {
+            let fp = format!("{p}/{field}");
+            cx.ensure(
+                kind.fields.get(field).is_some(),
+                &fp,
+                format!("credential kind `{kind_id}` has no field `{field}`"),
+            )?;
+            cx.ensure(
+                ty.settings.properties.get(target).is_some(),
+                &fp,
+                format!("target `{target}` is not a settings property"),
+            )?;
+        }
+    }
+    for (i, kind_id) in ty.credential_kinds.iter().enumerate() {
+        let Some(kind) = kinds.get(kind_id.as_str()) else {
+            continue;
+        };
+        let mapped = ty.credential_map.get(kind_id);
+        let mut filled: Vec<&str> = Vec::new();
+        for (field, kf) in kind.fields.iter() {
+            let p = if mapped.is_some_and(|m| m.contains_key(field)) {
+                format!("/credential_map/{kind_id}/{field}")
+            } else {
+                format!("/credential_kinds/{i}")
+            };
+            let Some(target) = ty.credential_target(kind_id, field) else {
+                cx.ensure(
+                    kind_id == NO_CREDENTIAL
+                        || !kf.secret
+                        || !kind.required.iter().any(|r| r == field),
+                    &p,
+                    format!(
+                        "secret field `{field}` of credential kind `{kind_id}` fills no field \
+                         of this type; add a `credential_map` entry for it"
+                    ),
+                )?;
+                continue;
+            };
+            let Some(tf) = ty.settings.properties.get(target) else {
+                continue;
+            };
+            let what = format!("`{kind_id}` field `{field}` fills `{target}`");
+            cx.ensure(
+                !kf.secret || tf.secret,
+                &p,
+                format!("{what}: a secret kind field must fill a secret field"),
+            )?;
+            cx.ensure(
+                kf.secret || !tf.secret,
+                &p,
+                format!("{what}: a non-secret kind field must not fill a secret field"),
+            )?;
+            cx.ensure(
+                kf.ty == tf.ty,
+                &p,
+                format!(
+                    "{what}: a {} cannot fill a {}",
+                    type_name(kf.ty),
+                    type_name(tf.ty)
+                ),
+            )?;
+            if let (Some(from), Some(to)) = (&kf.enumeration, &tf.enumeration) {
+                if let Some(v) = from.iter().find(|v| !to.contains(v)) {
+                    return cx.fail(
+                        &p,
+                        format!("{what}: kind value {v} is not one of `{target}`'s enum values"),
+                    );
+                }
+            }
+            cx.ensure(
+                !filled.contains(&target),
+                &p,
+                format!("{what}, which another field of `{kind_id}` already fills"),
+            )?;
+            filled.push(target);
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn credential_kind(file: &str, kind: &CredentialKind) -> Result<(), CatalogError> {

@@ -12,7 +12,7 @@ mod check_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -81,12 +81,13 @@ impl Catalog {
             parsed_kinds.push(kind);
         }
         parsed_kinds.sort_by(|a, b| a.id.cmp(&b.id));
-        let kind_ids: BTreeSet<&str> = parsed_kinds.iter().map(|k| k.id.as_str()).collect();
+        let kinds_by_id: BTreeMap<&str, &CredentialKind> =
+            parsed_kinds.iter().map(|k| (k.id.as_str(), k)).collect();
 
         let mut types: Vec<ConnectorType> = Vec::with_capacity(connectors.len());
         for (file, text) in connectors {
             let ty: ConnectorType = parse(file, text, "connector type")?;
-            check::connector_type(file, &ty, &kind_ids)?;
+            check::connector_type(file, &ty, &kinds_by_id)?;
             if types.iter().any(|t| t.id == ty.id) {
                 return Err(check::error(
                     file,
