@@ -20,7 +20,8 @@ fn minimal() -> Value {
 
 fn kind_file() -> (String, String) {
     let k = json!({"id": "username_password", "name": "User", "description": "d",
-        "fields": {"username": {"type": "string", "title": "U"}, "password": {"type": "string", "title": "P", "secret": true}}});
+        "fields": {"username": {"type": "string", "title": "U"}, "password": {"type": "string", "title": "P", "secret": true}},
+        "required": ["username", "password"]});
     ("username_password.json".into(), k.to_string())
 }
 
@@ -464,4 +465,187 @@ fn errors_display_the_file_and_message() {
     };
     assert_eq!(e.to_string(), "catalog file a.json: /id: bad");
     let _: &dyn std::error::Error = &e;
+}
+
+/// Loads `types` against the given credential kinds (file name = `<id>.json`).
+fn load_kinds(types: &[Value], kinds: &[Value]) -> Result<Catalog, CatalogError> {
+    let files = |vs: &[Value]| -> Vec<(String, String)> {
+        vs.iter()
+            .map(|v| (format!("{}.json", v["id"].as_str().unwrap()), v.to_string()))
+            .collect()
+    };
+    let (t, k) = (files(types), files(kinds));
+    Catalog::from_files(&pairs(&t), &pairs(&k))
+}
+
+fn pairs(files: &[(String, String)]) -> Vec<(&str, &str)> {
+    files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect()
+}
+
+/// A SASL-like kind: an enum, a required secret and an optional one.
+fn sasl_kind() -> Value {
+    json!({"id": "sasl", "name": "SASL", "description": "d",
+        "fields": {
+            "mechanism": {"type": "string", "title": "M", "enum": ["PLAIN", "SCRAM"]},
+            "username": {"type": "string", "title": "U"},
+            "password": {"type": "string", "title": "P", "secret": true},
+            "session_token": {"type": "string", "title": "T", "secret": true}
+        },
+        "required": ["username", "password"]})
+}
+
+/// `minimal()` accepting the `sasl` kind, with `edit` applied; expects an error naming
+/// `thing.json` and every fragment.
+fn rejects_sasl(edit: impl FnOnce(&mut Value), fragments: &[&str]) {
+    let mut t = minimal();
+    t["credential_kinds"] = json!(["sasl"]);
+    edit(&mut t);
+    let e = load_kinds(&[t], &[sasl_kind()]).expect_err("expected an error");
+    assert_eq!(e.file, "thing.json");
+    for f in fragments {
+        assert!(
+            e.message.contains(f),
+            "`{}` does not contain `{f}`",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn credential_map_keys_must_be_accepted_kinds() {
+    rejects(
+        |t| t["credential_map"] = json!({"api_key": {"key": "password"}}),
+        &[
+            "/credential_map/api_key",
+            "`api_key` is not one of this type's credential_kinds",
+        ],
+    );
+}
+
+#[test]
+fn mapped_kind_fields_must_exist_in_the_kind() {
+    rejects(
+        |t| t["credential_map"] = json!({"username_password": {"pin": "password"}}),
+        &[
+            "/credential_map/username_password/pin",
+            "credential kind `username_password` has no field `pin`",
+        ],
+    );
+}
+
+#[test]
+fn credential_map_targets_must_be_settings_properties() {
+    rejects(
+        |t| t["credential_map"] = json!({"username_password": {"username": "user"}}),
+        &[
+            "/credential_map/username_password/username",
+            "target `user` is not a settings property",
+        ],
+    );
+}
+
+#[test]
+fn secret_kind_fields_fill_secret_fields_only() {
+    rejects(
+        |t| {
+            prop(
+                t,
+                "db_password",
+                json!({"type": "string", "title": "P", "secret": true}),
+            );
+            t["credential_map"] = json!({"username_password": {"password": "host", "username": "db_password"}});
+        },
+        &[
+            "/credential_map/username_password/username",
+            "`username_password` field `username` fills `db_password`: a non-secret kind field must not fill a secret field",
+        ],
+    );
+    rejects(
+        |t| t["credential_map"] = json!({"username_password": {"password": "host"}}),
+        &[
+            "/credential_map/username_password/password",
+            "`username_password` field `password` fills `host`: a secret kind field must fill a secret field",
+        ],
+    );
+    // The same rule holds for fields filled by name.
+    rejects(
+        |t| prop(t, "username", json!({"type": "string", "title": "U", "secret": true})),
+        &[
+            "/credential_kinds/0",
+            "`username_password` field `username` fills `username`: a non-secret kind field must not fill a secret field",
+        ],
+    );
+}
+
+#[test]
+fn mapped_fields_keep_their_type_and_enum_values() {
+    rejects(
+        |t| t["credential_map"] = json!({"username_password": {"username": "port"}}),
+        &[
+            "/credential_map/username_password/username",
+            "fills `port`: a string cannot fill a integer",
+        ],
+    );
+    rejects_sasl(
+        |t| {
+            prop(
+                t,
+                "sasl_mechanism",
+                json!({"type": "string", "title": "M", "enum": ["PLAIN"]}),
+            );
+            t["credential_map"] = json!({"sasl": {"mechanism": "sasl_mechanism"}});
+        },
+        &[
+            "/credential_map/sasl/mechanism",
+            "kind value \"SCRAM\" is not one of `sasl_mechanism`'s enum values",
+        ],
+    );
+}
+
+#[test]
+fn a_kind_fills_each_field_once() {
+    rejects_sasl(
+        |t| t["credential_map"] = json!({"sasl": {"mechanism": "host", "username": "host"}}),
+        &[
+            "/credential_map/sasl/username",
+            "`sasl` field `username` fills `host`, which another field of `sasl` already fills",
+        ],
+    );
+}
+
+#[test]
+fn every_required_secret_of_an_accepted_kind_must_fill_a_field() {
+    let unmapped = |t: &mut Value| {
+        t["settings"]["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("password");
+        prop(
+            t,
+            "db_password",
+            json!({"type": "string", "title": "P", "secret": true}),
+        );
+    };
+    rejects(unmapped, &[
+        "/credential_kinds/0",
+        "secret field `password` of credential kind `username_password` fills no field of this type; add a `credential_map` entry for it",
+    ]);
+    // Mapping it fixes the type; an optional secret (`session_token`) may fill nothing.
+    let mut t = minimal();
+    unmapped(&mut t);
+    t["credential_map"] = json!({"username_password": {"password": "db_password"}});
+    let c = load(&[t]).unwrap();
+    let ty = c.get("thing").unwrap();
+    assert_eq!(
+        ty.credential_target("username_password", "password"),
+        Some("db_password")
+    );
+    assert_eq!(ty.credential_target("username_password", "username"), None);
+    let mut t = minimal();
+    t["credential_kinds"] = json!(["sasl", "none"]);
+    let none = json!({"id": "none", "name": "None", "description": "d", "fields": {}});
+    load_kinds(&[t], &[sasl_kind(), none]).unwrap();
 }
