@@ -25,3 +25,6 @@ if pg_up; then
 else
   echo "peers: PostgreSQL is NOT available; its tests will SKIP (or fail under CI=true)"
 fi
+
+# AWS APIs (KMS, Secrets Manager) for the key-management and external-manager tests.
+bash "$(dirname "$0")/peers-aws.sh"

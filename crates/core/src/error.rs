@@ -13,7 +13,7 @@ macro_rules! error_codes {
             pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
             /// The stable, machine-matchable code.
             pub fn as_str(self) -> &'static str { match self { $(ErrorCode::$variant => $code),* } }
-            /// The family: invalid_request, auth, not_found, conflict, precondition, internal.
+            /// The family: invalid_request, auth, not_found, conflict, precondition, dependency, internal.
             pub fn error_type(self) -> &'static str { match self { $(ErrorCode::$variant => $ty),* } }
             pub fn status(self) -> u16 { match self { $(ErrorCode::$variant => $status),* } }
             pub fn description(self) -> &'static str { match self { $(ErrorCode::$variant => $doc),* } }
@@ -39,6 +39,13 @@ error_codes! {
     InUse => ("in_use", "conflict", 409, "The credential is used by connections (listed in `details.connections`); detach them first."),
     InvalidState => ("invalid_state", "conflict", 409, "The operation does not apply in the resource's current state (e.g. revoking the current version)."),
     CredentialVersionUnavailable => ("credential_version_unavailable", "conflict", 409, "The credential version a connection needs was revoked or destroyed, or its grace period ended."),
+    ExternalNotFound => ("external_not_found", "dependency", 424, "The external secret manager has no such secret, key or version."),
+    ExternalDenied => ("external_denied", "dependency", 424, "The external secret manager refused access (credentials, policy, encryption context)."),
+    ExternalUnreachable => ("external_unreachable", "dependency", 502, "The external secret manager or token server could not be reached, timed out or failed."),
+    ExternalInvalidResponse => ("external_invalid_response", "dependency", 502, "The external secret manager or token server answered in an undocumented shape."),
+    ExternalConfig => ("external_config", "dependency", 503, "The server is not configured to reach this external manager (e.g. no AWS credentials or Vault token)."),
+    OauthInvalidGrant => ("oauth_invalid_grant", "dependency", 424, "The token server rejected the refresh token (expired, revoked or already used): the credential needs a new authorization."),
+    OauthError => ("oauth_error", "dependency", 424, "The token server refused the client (wrong client id or secret, scope, grant)."),
     NameTaken => ("name_taken", "conflict", 409, "Another resource in the same scope already has this name."),
     VersionConflict => ("version_conflict", "precondition", 412, "If-Match names a version that is no longer current; the body holds `current_version`."),
     PreconditionRequired => ("precondition_required", "precondition", 428, "Updates need an If-Match header with the ETag of the version being changed."),
@@ -63,7 +70,7 @@ pub struct Error {
     pub current_version: Option<i64>,
     /// Structured context, e.g. the connections using a credential for `in_use`. Never
     /// secret values.
-    pub details: Option<serde_json::Value>,
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 impl Error {
@@ -118,7 +125,14 @@ mod tests {
         for c in ErrorCode::ALL {
             assert!(seen.insert(c.as_str()), "duplicate code {c}");
             assert!((400..600).contains(&c.status()));
-            assert_eq!(c.status() >= 500, c.error_type() == "internal", "{c}");
+            // 5xx only for our own failures and for external systems that failed; never for
+            // anything the caller sent.
+            if c.status() >= 500 {
+                assert!(matches!(c.error_type(), "internal" | "dependency"), "{c}");
+            }
+            if c.error_type() == "internal" {
+                assert!(c.status() >= 500, "{c}");
+            }
         }
     }
 }

@@ -59,6 +59,25 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
+/// An optional JSON object body: none at all (no Content-Length / empty) or a [`JsonObject`].
+pub struct OptionalJsonObject(pub Option<Map<String, Value>>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
+        let empty = req.headers().get(CONTENT_TYPE).is_none()
+            && req
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0");
+        if empty {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(JsonObject::from_request(req, state).await?.0)))
+    }
+}
+
 /// Field-by-field reading of a body object with pointer-named errors.
 pub struct Fields {
     map: Map<String, Value>,

@@ -85,12 +85,12 @@ impl From<StoreError> for ApiError {
                         users.len()
                     ),
                 );
-                err.details = Some(serde_json::json!({
+                err.details = Some(Box::new(serde_json::json!({
                     "connections": users
                         .iter()
                         .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
                         .collect::<Vec<_>>()
-                }));
+                })));
                 Self(err)
             }
             StoreError::VersionUnavailable { version, state } => Self::new(
@@ -126,7 +126,7 @@ impl IntoResponse for ApiError {
             message: e.message,
             field: e.field,
             current_version: e.current_version,
-            details: e.details,
+            details: e.details.map(|d| *d),
         };
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

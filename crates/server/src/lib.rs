@@ -84,11 +84,28 @@ impl App {
             ),
         };
         let store = Store::connect(&url).await?;
+        let keys = Arc::new(KeyRing::new(master));
+        let oauth = patchbay_external::TokenManager::new(
+            patchbay_external::OAuth2Client::new(patchbay_external::HttpOptions::default())
+                .map_err(|e| StartError::Bootstrap(format!("OAuth2 client: {e}")))?,
+            Arc::new(service::oauth::SqlTokenStore {
+                store: store.clone(),
+                keys: keys.clone(),
+            }),
+            patchbay_external::TokenManagerOptions {
+                holder_id: format!("replica-{}", new_id()),
+                ..Default::default()
+            },
+        );
         let state = AppState {
             store,
-            keys: Arc::new(KeyRing::new(master)),
+            keys,
             catalog: patchbay_catalog::Catalog::builtin(),
             settings: Arc::new(config.settings.clone()),
+            oauth: Arc::new(oauth),
+            external: Arc::new(service::external::External::new(
+                config.settings.external_cache_ttl,
+            )),
         };
         bootstrap(&state, &config.data_dir).await?;
         service::connections::upgrade_legacy_secrets(&state)

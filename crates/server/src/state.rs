@@ -13,6 +13,10 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub catalog: &'static Catalog,
     pub settings: Arc<Settings>,
+    /// OAuth2 access tokens: single-flight refresh per credential.
+    pub oauth: Arc<patchbay_external::TokenManager>,
+    /// External secret managers: clients and the short value cache.
+    pub external: Arc<crate::service::external::External>,
 }
 
 /// Tunables read once at start.

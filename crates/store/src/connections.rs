@@ -35,7 +35,7 @@ pub enum CredentialLink {
         pinned_version: Option<i64>,
     },
     /// Its inline secrets, as a credential owned by the connection.
-    Owned(NewCredential),
+    Owned(Box<NewCredential>),
 }
 
 /// What an update does to a connection's credential.

@@ -9,6 +9,7 @@
 mod connections;
 mod credentials;
 mod migrate;
+mod oauth;
 mod tokens;
 mod workspaces;
 

@@ -199,7 +199,7 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
             &ws,
             &p,
             &write("prod-pg", "postgresql"),
-            &CredentialLink::Owned(owned(&cred, &ws, &id, &[("password", 7)])),
+            &CredentialLink::Owned(Box::new(owned(&cred, &ws, &id, &[("password", 7)]))),
             &audit("create", &id),
         )
         .await

@@ -331,3 +331,46 @@ pub async fn usage(
         items: items.into_iter().map(Into::into).collect(),
     }))
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenOut {
+    pub access_token: String,
+    pub token_type: String,
+    /// When it expires, if the token server said.
+    pub expires_at: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/credentials/{id}/token", tag = "credentials",
+    params(("id" = String, Path)),
+    request_body(content = Option<Object>, description = "Optional {rejected: \"<token>\"}: the token an API answered 401 to; forces a refresh"),
+    responses((status = 200, body = TokenOut, description = "A valid access token (Cache-Control: no-store; audited)"),
+        (status = 409, body = ErrorBody, description = "Not an oauth2 credential"),
+        (status = 424, body = ErrorBody, description = "The token server refused"),
+        (status = 502, body = ErrorBody, description = "The token server is unreachable")),
+    security(("bearer" = [])))]
+pub async fn token(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    crate::body::OptionalJsonObject(body): crate::body::OptionalJsonObject,
+) -> ApiResult<Response> {
+    let rejected = match body {
+        None => None,
+        Some(b) => {
+            let mut f = crate::body::Fields::new(b, &["rejected"], &[])?;
+            f.optional_string("rejected")?
+                .map(patchbay_crypto::SecretString::new)
+        }
+    };
+    let t = crate::service::oauth::access_token(&state, &auth.0, &id, rejected).await?;
+    let out = TokenOut {
+        // The one place an access token is written into a response.
+        access_token: t.token.expose_secret().to_owned(),
+        token_type: t.token_type.clone(),
+        expires_at: t.expires_at_ms.map(format_rfc3339),
+    };
+    let mut resp = Json(out).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

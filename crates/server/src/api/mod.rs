@@ -33,7 +33,7 @@ use crate::state::AppState;
         connections::patch, connections::delete,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
-        credentials::usage,
+        credentials::usage, credentials::token,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -193,6 +193,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(credentials::revoke),
         )
         .route("/api/v1/credentials/{id}/usage", g(credentials::usage))
+        .route(
+            "/api/v1/credentials/{id}/token",
+            axum::routing::post(credentials::token),
+        )
         .route("/api/openapi.json", g(openapi_json))
         .with_state(state);
     api.merge(

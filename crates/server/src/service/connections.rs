@@ -166,9 +166,31 @@ fn check_metadata(w: &ConnectionWrite) -> ApiResult<()> {
 
 /// The type's secret fields a connection's credential fills (kind fields mapped by the
 /// catalog's `credential_map`, else by name), sorted.
-pub fn provided_secrets(ty: &ConnectorType, c: &ConnectionCredential) -> Vec<String> {
-    let mut out: Vec<String> = c
-        .secret_fields
+pub fn provided_secrets(
+    state: &AppState,
+    ty: &ConnectorType,
+    c: &ConnectionCredential,
+) -> Vec<String> {
+    // An external credential may hold any secret field of its kind; which ones is known
+    // only when the manager is asked.
+    let external_fields: Vec<String>;
+    let fields = if c.external {
+        external_fields = state
+            .catalog
+            .credential_kind(&c.kind)
+            .map(|k| {
+                k.fields
+                    .iter()
+                    .filter(|(_, f)| f.secret)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        &external_fields
+    } else {
+        &c.secret_fields
+    };
+    let mut out: Vec<String> = fields
         .iter()
         .filter_map(|f| ty.credential_target(&c.kind, f))
         .map(str::to_owned)
@@ -330,11 +352,21 @@ async fn plan(
                 _ => (cred.secret_fields.clone(), cred.public_fields.clone()),
             };
             let kind = cred.kind.clone();
-            let secret_fields: Vec<String> = secret_fields
-                .iter()
-                .filter_map(|f| ty.credential_target(&kind, f))
-                .map(str::to_owned)
-                .collect();
+            let secret_fields = provided_secrets(
+                state,
+                ty,
+                &ConnectionCredential {
+                    id: cred.id.clone(),
+                    name: cred.name.clone(),
+                    kind: kind.clone(),
+                    owned: false,
+                    pinned_version: version,
+                    current_version: cred.current_version,
+                    external: cred.external.is_some(),
+                    secret_fields,
+                    public_fields: Map::new(),
+                },
+            );
             let public_fields: Map<String, Value> = public_fields
                 .into_iter()
                 .filter_map(|(f, v)| ty.credential_target(&kind, &f).map(|t| (t.to_owned(), v)))
@@ -364,7 +396,7 @@ async fn plan(
             let c = shared_now.expect("checked above");
             Plan {
                 change: LinkChange::Keep,
-                secret_fields: provided_secrets(ty, c).into_iter().collect(),
+                secret_fields: provided_secrets(state, ty, c).into_iter().collect(),
                 public_fields: provided_settings(ty, c),
                 audit: json!({}),
             }
@@ -457,7 +489,7 @@ async fn owned_change(
             let id = new_id();
             let secrets =
                 credentials::encrypt_version(state, workspace_id, &id, 1, &values.secrets).await?;
-            LinkChange::Replace(CredentialLink::Owned(NewCredential {
+            LinkChange::Replace(CredentialLink::Owned(Box::new(NewCredential {
                 name: format!("connection/{connection_id}"),
                 id,
                 workspace_id: workspace_id.to_owned(),
@@ -468,7 +500,7 @@ async fn owned_change(
                 public_fields: Map::new(),
                 secrets,
                 created_by: p.actor(),
-            }))
+            })))
         }
     })
 }

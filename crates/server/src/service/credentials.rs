@@ -478,10 +478,15 @@ pub async fn rotate(
         created_by: p.actor(),
         grace_until,
     };
-    Ok(state
+    let rotated = state
         .store
         .rotate_credential(&current.id, expected, &v, &entry)
-        .await?)
+        .await?;
+    // Tokens obtained with the old client secret or refresh token are dropped.
+    if rotated.kind == super::oauth::OAUTH2_KIND {
+        super::oauth::forget(state, &rotated.id).await?;
+    }
+    Ok(rotated)
 }
 
 pub async fn versions(
@@ -531,7 +536,10 @@ pub async fn delete(
         &c.id,
         json!({"name": c.name, "versions": c.current_version}),
     );
-    Ok(state.store.delete_credential(&c.id, &entry).await?)
+    state.store.delete_credential(&c.id, &entry).await?;
+    state.oauth.forget(&c.id);
+    state.external.invalidate(&c.id);
+    Ok(())
 }
 
 pub async fn list(

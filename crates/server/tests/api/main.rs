@@ -5,4 +5,5 @@
 mod bad_requests;
 mod connections;
 mod credentials;
+mod external;
 mod kit;
