@@ -12,7 +12,7 @@ use crate::credentials::{
     NewVersion,
 };
 use crate::tokens::{insert_audit, AuditEntry};
-use crate::{map_unique, now_millis, Result, Store, StoreError, WriteTx};
+use crate::{map_unique, now_millis, stale_or_missing, Result, Store, StoreError, WriteTx};
 
 /// The non-secret state a create or update writes.
 #[derive(Debug, Clone)]
@@ -400,15 +400,8 @@ impl Store {
         .await
         .map_err(map_unique)?;
         if updated.rows_affected() == 0 {
-            let current: Option<(i64,)> =
-                sqlx::query_as("SELECT version FROM connections WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx.tx)
-                    .await?;
-            return Err(match current {
-                Some((current,)) => StoreError::VersionConflict { current },
-                None => StoreError::NotFound,
-            });
+            let sql = "SELECT version FROM connections WHERE id = $1";
+            return Err(stale_or_missing(&mut tx, sql, id).await?);
         }
         write_tags(&mut tx, id, &w.tags).await?;
         match link {

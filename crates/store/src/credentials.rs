@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 
 use crate::tokens::{insert_audit, AuditEntry};
-use crate::{map_unique, now_millis, Result, Store, StoreError, WriteTx};
+use crate::{map_unique, now_millis, stale_or_missing, Result, Store, StoreError, WriteTx};
 
 /// A credential to insert, with the ciphertext of its first version. The caller chose `id`
 /// (it is bound into each ciphertext's AAD, as is version 1).
@@ -337,15 +337,8 @@ impl Store {
         .await
         .map_err(map_unique)?;
         if updated.rows_affected() == 0 {
-            let current: Option<(i64,)> =
-                sqlx::query_as("SELECT revision FROM credentials WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx.tx)
-                    .await?;
-            return Err(match current {
-                Some((current,)) => StoreError::VersionConflict { current },
-                None => StoreError::NotFound,
-            });
+            let sql = "SELECT revision FROM credentials WHERE id = $1";
+            return Err(stale_or_missing(&mut tx, sql, id).await?);
         }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;

@@ -155,6 +155,19 @@ impl WriteTx<'_> {
     }
 }
 
+/// Why a versioned UPDATE matched no row: the row is gone, or its version moved on.
+/// `sql` selects the current version by id (`$1`).
+async fn stale_or_missing(tx: &mut WriteTx<'_>, sql: &str, id: &str) -> Result<StoreError> {
+    let current: Option<(i64,)> = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+    Ok(match current {
+        Some((current,)) => StoreError::VersionConflict { current },
+        None => StoreError::NotFound,
+    })
+}
+
 fn map_unique(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::NameTaken,
