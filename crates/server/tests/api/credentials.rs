@@ -600,3 +600,82 @@ async fn credentials_respect_permissions_and_workspaces() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_ciphertext_copied_to_another_row_fails_its_integrity_check_and_is_reported() {
+    let s = Service::start().await;
+    let ws = s.default_workspace().await;
+    let project = s.default_project().await;
+    let mut creds = Vec::new();
+    for (name, password) in [("victim", "victim-pass"), ("source", CANARY)] {
+        let c = create_credential(
+            &s,
+            &ws,
+            json!({"name": name, "kind": "username_password",
+                   "secrets": {"username": "u", "password": password}}),
+        )
+        .await;
+        creds.push(c.body["id"].as_str().unwrap().to_owned());
+    }
+    let conn = create_user(&s, &project, "victim-conn", json!({"id": creds[0]})).await;
+    let conn_id = conn.body["id"].as_str().unwrap().to_owned();
+    let db = s.raw_db().await;
+    // Copy the source credential's password ciphertext into the victim's row: another
+    // credential. Then into another field, then another version: each must be caught.
+    let tamper = |sql: &'static str| {
+        let db = db.clone();
+        let (victim, source) = (creds[0].clone(), creds[1].clone());
+        async move {
+            sqlx::query(sql)
+                .bind(victim)
+                .bind(source)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
+    tamper(
+        "UPDATE credential_secrets SET (key_id, nonce, ciphertext) = \
+         (SELECT key_id, nonce, ciphertext FROM credential_secrets \
+          WHERE credential_id = $2 AND field = 'password') \
+         WHERE credential_id = $1 AND field = 'password'",
+    )
+    .await;
+    let r = revealed_password(&s, &conn_id).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.body["code"], "secret_integrity_error");
+    assert!(!r.text.contains(CANARY));
+    // A ciphertext moved to another field of its own credential fails too.
+    let key = create_credential(
+        &s,
+        &ws,
+        json!({"name": "deploy-key", "kind": "ssh_key",
+               "secrets": {"username": "deploy", "private_key": CANARY, "passphrase": "pp"}}),
+    )
+    .await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
+    let twin = key.body["id"].as_str().unwrap().to_owned();
+    sqlx::query(
+        "UPDATE credential_secrets SET (key_id, nonce, ciphertext) = \
+         (SELECT key_id, nonce, ciphertext FROM credential_secrets \
+          WHERE credential_id = $1 AND field = 'private_key') \
+         WHERE credential_id = $1 AND field = 'passphrase'",
+    )
+    .bind(&twin)
+    .execute(&db)
+    .await
+    .unwrap();
+    let sftp = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/connections"),
+            Some(json!({"name": "twin-conn", "type": "sftp",
+                "settings": {"host": "127.0.0.1"}, "credential": {"id": twin}})),
+            &[],
+        )
+        .await;
+    assert_eq!(sftp.status, StatusCode::CREATED, "{}", sftp.text);
+    let r = revealed_password(&s, sftp.body["id"].as_str().unwrap()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.body["code"], "secret_integrity_error");
+}

@@ -12,7 +12,7 @@ pub struct Service {
     pub token: String,
     pub app_state: patchbay_server::state::AppState,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 pub struct Reply {
@@ -50,8 +50,16 @@ impl Service {
             token,
             app_state: app.state.clone(),
             http: reqwest::Client::new(),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// A direct connection to the service's SQLite database, for tests that tamper with rows.
+    pub async fn raw_db(&self) -> sqlx::SqlitePool {
+        let path = self.dir.path().join("data/patchbay.db");
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap()
     }
 
     /// Mints a token with exactly these permissions (optionally one workspace).
