@@ -15,10 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use patchbay_core::permission::PermissionSet;
-use patchbay_crypto::{generate_token, hash_token, MasterKey, SecretString};
+use patchbay_crypto::{generate_token, hash_token, SecretString};
 use patchbay_store::{new_id, AuditEntry, NewToken, Store, StoreError};
 
-use crate::keyring::KeyRing;
 use crate::state::AppState;
 
 /// Where the master key comes from.
@@ -49,6 +48,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Keys(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
 }
@@ -64,17 +65,7 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
         restrict_dir(&config.data_dir);
-        let master = match &config.master_key {
-            MasterKeySource::File(path) => {
-                let (key, created) = MasterKey::load_or_create_file(path)?;
-                if created {
-                    tracing::info!(path = %path.display(), key_id = key.id(), "created master key file");
-                }
-                key
-            }
-            MasterKeySource::Inline(text) => MasterKey::from_encoded("env", text.expose_secret())
-                .map_err(StartError::KeyFormat)?,
-        };
+        let keys = service::keys::load(&config.master_key).map_err(StartError::KeyFormat)?;
         let url = match &config.database_url {
             Some(u) => u.expose_secret().to_owned(),
             None => format!(
@@ -83,12 +74,23 @@ impl App {
             ),
         };
         let store = Store::connect(&url).await?;
+        // Fail fast: never run with data keys the loaded master key cannot unwrap.
+        if let Err(msg) = service::keys::check(&store, &keys.ring).await {
+            if let Some(created) = &keys.created {
+                let _ = std::fs::remove_file(created);
+            }
+            return Err(StartError::Keys(msg));
+        }
         let state = AppState {
             store,
-            keys: Arc::new(KeyRing::new(master)),
+            keys: Arc::new(keys.ring),
             catalog: patchbay_catalog::Catalog::builtin(),
+            key_manager: Arc::new(keys.manager),
         };
         bootstrap(&state, &config.data_dir).await?;
+        service::keys::resume(&state)
+            .await
+            .map_err(StartError::Keys)?;
         Ok(Self { state })
     }
 

@@ -12,4 +12,6 @@ pub struct AppState {
     pub store: Store,
     pub keys: Arc<KeyRing>,
     pub catalog: &'static Catalog,
+    /// Key rotation machinery (service::keys).
+    pub key_manager: Arc<crate::service::keys::KeyManager>,
 }

@@ -7,6 +7,7 @@
 //! a change and its audit record commit together or not at all.
 
 mod connections;
+mod keys;
 mod migrate;
 mod tokens;
 mod workspaces;
@@ -17,6 +18,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use connections::{ConnectionFilter, ConnectionPage, ConnectionWrite, SecretChange};
+pub use keys::{
+    BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
+    StartRotation,
+};
 pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
 pub use workspaces::StoredDataKey;
 

@@ -268,7 +268,13 @@ pub async fn reveal(
             version: 0,
             field,
         };
-        out.insert(field.clone(), key.decrypt(ev, &aad)?);
+        let value = key.decrypt(ev, &aad).map_err(|e| {
+            super::keys::integrity_error(
+                &format!("connection_secrets(connection_id={}, field={field})", c.id),
+                e,
+            )
+        })?;
+        out.insert(field.clone(), value);
     }
     let fields: Vec<&String> = out.keys().collect();
     let entry = audit(

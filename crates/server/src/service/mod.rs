@@ -2,6 +2,7 @@
 //! persist through the store, record audit events. Handlers call these and only these.
 
 pub mod connections;
+pub mod keys;
 pub mod workspaces;
 
 use patchbay_core::model::Principal;
