@@ -3,6 +3,7 @@
 
 mod client;
 mod connections;
+mod keys;
 mod output;
 
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ pub enum ClientCommand {
     /// Manage projects of --workspace.
     #[command(subcommand)]
     Projects(NamedCommand),
+    /// Key status and rotation (master key, workspace data keys).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -167,6 +171,7 @@ pub fn run(cmd: ClientCommand, g: Global, command: fn() -> clap::Command) -> Exi
 async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
     match cmd {
         ClientCommand::Connections(c) => connections::run(c, Ctx::new(g)).await,
+        ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod connections;
+pub mod keys;
 pub mod workspaces;
 
 use std::time::Instant;
@@ -29,6 +30,7 @@ use crate::state::AppState;
         workspaces::list, workspaces::create, workspaces::list_projects, workspaces::create_project,
         connections::list, connections::create, connections::get, connections::replace,
         connections::patch, connections::delete,
+        keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -98,6 +100,16 @@ pub fn router(state: AppState) -> Router {
                 .put(connections::replace)
                 .patch(connections::patch)
                 .delete(connections::delete),
+        )
+        .route("/api/v1/keys", g(keys::status))
+        .route(
+            "/api/v1/keys/rotate-master",
+            axum::routing::post(keys::rotate_master),
+        )
+        .route("/api/v1/keys/rotations/{id}", g(keys::rotation))
+        .route(
+            "/api/v1/workspaces/{ws}/keys/rotate-data",
+            axum::routing::post(keys::rotate_data),
         )
         .route("/api/openapi.json", g(openapi_json))
         .with_state(state);
