@@ -210,11 +210,12 @@ async fn seed(env: &Env, workspaces: usize) -> usize {
         .await
         .unwrap()
         .get(0);
-    let row = sqlx::query("SELECT id, kek_id, nonce, wrapped FROM data_keys WHERE workspace_id = $1")
-        .bind(&ws)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let row =
+        sqlx::query("SELECT id, kek_id, nonce, wrapped FROM data_keys WHERE workspace_id = $1")
+            .bind(&ws)
+            .fetch_one(&db)
+            .await
+            .unwrap();
     let dek_id: String = row.get(0);
     let dek = master
         .unwrap(
@@ -372,9 +373,9 @@ async fn verify(env: &Env) -> usize {
         .unwrap()
     {
         let (id, ws, kek): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let m = masters
-            .get(&kek)
-            .unwrap_or_else(|| panic!("data key {id} names master key {kek}, which no key file holds"));
+        let m = masters.get(&kek).unwrap_or_else(|| {
+            panic!("data key {id} names master key {kek}, which no key file holds")
+        });
         let k = m
             .unwrap(
                 &WrappedKey {
@@ -401,9 +402,9 @@ async fn verify(env: &Env) -> usize {
         for r in sqlx::query(q).fetch_all(&db).await.unwrap() {
             let (owner, version, field, key_id, ws): (String, i64, String, String, String) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(6));
-            let dek = deks
-                .get(&key_id)
-                .unwrap_or_else(|| panic!("{kind} {owner}/{field} names data key {key_id}, which is gone"));
+            let dek = deks.get(&key_id).unwrap_or_else(|| {
+                panic!("{kind} {owner}/{field} names data key {key_id}, which is gone")
+            });
             let aad = match kind {
                 "cs" => SecretAad::credential(&ws, &owner, version, &field),
                 "oauth" => SecretAad::oauth_token(&ws, &owner),
@@ -487,7 +488,11 @@ async fn kill_loop(env: &Env, kind: &str, points: usize, secrets: usize) -> (usi
         let unfinished = open_rotation(env, kind).await.is_some()
             || (kind == "master" && master_keys(env).len() > 1);
         if !unfinished {
-            let cmd = if kind == "data" { "rotate-data" } else { "rotate-master" };
+            let cmd = if kind == "data" {
+                "rotate-data"
+            } else {
+                "rotate-master"
+            };
             let out = cli(env, &s, &["keys", cmd, "--no-wait", "-o", "json"]);
             assert!(
                 out.status.success(),
@@ -511,7 +516,11 @@ async fn kill_loop(env: &Env, kind: &str, points: usize, secrets: usize) -> (usi
     let s = start(env, &[]);
     wait_idle(env, &s);
     drop(s);
-    assert_eq!(master_keys(env).len(), 1, "a .next or .previous key is left");
+    assert_eq!(
+        master_keys(env).len(),
+        1,
+        "a .next or .previous key is left"
+    );
     assert_eq!(verify(env).await, secrets);
     (kills, interrupted)
 }
@@ -583,7 +592,12 @@ fn postgres_db(name: &str) -> Option<(String, String)> {
 fn drop_db(admin: &str, url: &str) {
     let db = url.rsplit_once('/').unwrap().1;
     let _ = Command::new("psql")
-        .args([admin, "-q", "-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")])
+        .args([
+            admin,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        ])
         .output();
 }
 
@@ -617,18 +631,27 @@ async fn wrong_master_key_fails_fast_and_inline_key_rotates_with_previous() {
     let other = tmp.path().join("other.key");
     std::fs::write(&other, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
     let t = Instant::now();
-    let (mut child, _, log) = spawn(&env, &[("PATCHBAY_MASTER_KEY_FILE", other.display().to_string())]);
+    let (mut child, _, log) = spawn(
+        &env,
+        &[("PATCHBAY_MASTER_KEY_FILE", other.display().to_string())],
+    );
     let status = child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let log = log.lock().unwrap().clone();
     assert!(!status.success());
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(log.contains("wrong master key") && log.contains(&right), "{log}");
+    assert!(
+        log.contains("wrong master key") && log.contains(&right),
+        "{log}"
+    );
     assert!(!log.contains("AAECAwQF"), "key material in the message");
 
     // Inline key: rotate-master is refused with the procedure; starting with the new key
     // in PATCHBAY_MASTER_KEY and the old one in _PREVIOUS re-wraps every data key.
-    let old = std::fs::read_to_string(env.key_file()).unwrap().trim().to_owned();
+    let old = std::fs::read_to_string(env.key_file())
+        .unwrap()
+        .trim()
+        .to_owned();
     let new = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
     let inline = |v: &str| ("PATCHBAY_MASTER_KEY", v.to_owned());
     let tmp2 = tempfile::tempdir().unwrap();
@@ -641,7 +664,10 @@ async fn wrong_master_key_fails_fast_and_inline_key_rotates_with_previous() {
     let (code, v) = http(&env2, &s, "POST", "/api/v1/keys/rotate-master");
     assert_eq!(code, 409, "{v}");
     assert_eq!(v["code"], "rotation_unsupported");
-    assert!(v["message"].as_str().unwrap().contains("PATCHBAY_MASTER_KEY_PREVIOUS"));
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("PATCHBAY_MASTER_KEY_PREVIOUS"));
     drop(s);
     let s = start(
         &env2,
@@ -707,7 +733,10 @@ async fn a_ciphertext_copied_to_another_row_stops_rotation_and_answers_integrity
     let rot = &status["rotations"][0];
     assert_eq!(rot["state"], "failed", "{status}");
     let log = s.log.lock().unwrap().clone();
-    assert!(log.contains("conn-00002") && log.contains("integrity"), "{log}");
+    assert!(
+        log.contains("conn-00002") && log.contains("integrity"),
+        "{log}"
+    );
     assert!(!log.contains("conn-conn-00001-0-password-value"));
     drop(s);
     // Nothing was lost: the old key still exists and protects what it did.

@@ -127,7 +127,10 @@ async fn follow(ctx: &Ctx, mut r: Value, no_wait: bool) -> Result<(), ApiFailure
     let tty = std::io::stderr().is_terminal();
     let mut last_decile = -1i64;
     loop {
-        let (done, total) = (r["done"].as_i64().unwrap_or(0), r["total"].as_i64().unwrap_or(0));
+        let (done, total) = (
+            r["done"].as_i64().unwrap_or(0),
+            r["total"].as_i64().unwrap_or(0),
+        );
         let frac = if total > 0 {
             (done as f64 / total as f64).min(1.0)
         } else {

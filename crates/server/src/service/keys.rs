@@ -318,10 +318,14 @@ pub async fn resume(state: &AppState) -> Result<(), String> {
         .data_keys_not_under(&current, 1)
         .await
         .map_err(|e| e.to_string())?;
-    if !stale.is_empty() || state.key_manager.source.pending() {
+    let open = store.open_rotations().await.map_err(|e| e.to_string())?;
+    let master_open = open
+        .iter()
+        .any(|r| r.kind == "master" && r.state == "running");
+    if !stale.is_empty() || master_open || state.key_manager.source.pending() {
         spawn_master(state.clone(), None);
     }
-    for r in store.open_rotations().await.map_err(|e| e.to_string())? {
+    for r in open {
         if r.kind == "data" && r.state == "running" {
             tracing::info!(rotation = %r.id, workspace = ?r.workspace_id, done = r.done, total = r.total, "resuming data key rotation");
             spawn_data(state.clone(), r);
@@ -676,30 +680,49 @@ async fn run_master(state: &AppState, rec: Option<KeyRotation>) -> Result<(), Ma
     let stale = store.data_keys_not_under(to.id(), 1).await?;
     let rec = match rec {
         Some(r) => Some(r),
-        None if stale.is_empty() => None,
         None => {
-            let from = stale[0].wrapped.kek_id.clone();
-            let id = new_id();
-            let entry = system(
-                "keys.rotate_master",
-                None,
-                &id,
-                json!({"from": from, "to": to.id(), "resumed_at_start": true}),
-            );
-            match store
-                .start_master_rotation(&id, &from, to.id(), &entry)
+            // An open record towards the current key is this rotation (finish it, even if
+            // every row was already re-wrapped before the crash); one towards another key
+            // was superseded by the key this process started with.
+            let open = store
+                .open_rotations()
                 .await?
-            {
-                StartRotation::Started(r) | StartRotation::Resumed(r) => Some(r),
-                StartRotation::AlreadyRunning(r) => {
-                    // Towards a key this process does not have as current: superseded.
-                    store
-                        .fail_rotation(
-                            &r.id,
-                            "superseded: the server started with another current master key",
-                        )
-                        .await?;
-                    return Err(MasterError::Retry("superseded rotation closed".into()));
+                .into_iter()
+                .find(|r| r.kind == "master" && r.state == "running");
+            match open {
+                Some(r) if r.to_key == to.id() => Some(r),
+                other => {
+                    if let Some(r) = other {
+                        store
+                            .fail_rotation(
+                                &r.id,
+                                "superseded: the server started with another current master key",
+                            )
+                            .await?;
+                    }
+                    if stale.is_empty() {
+                        None
+                    } else {
+                        let from = stale[0].wrapped.kek_id.clone();
+                        let id = new_id();
+                        let entry = system(
+                            "keys.rotate_master",
+                            None,
+                            &id,
+                            json!({"from": from, "to": to.id(), "resumed_at_start": true}),
+                        );
+                        match store
+                            .start_master_rotation(&id, &from, to.id(), &entry)
+                            .await?
+                        {
+                            StartRotation::Started(r) | StartRotation::Resumed(r) => Some(r),
+                            StartRotation::AlreadyRunning(_) => {
+                                return Err(MasterError::Retry(
+                                    "another master rotation is open".into(),
+                                ))
+                            }
+                        }
+                    }
                 }
             }
         }
