@@ -45,11 +45,12 @@ async fn seed(db: &AnyPool, master: &MasterKey) -> (String, DataKey) {
         .await
         .unwrap()
         .get(0);
-    let row = sqlx::query("SELECT id, kek_id, nonce, wrapped FROM data_keys WHERE workspace_id = $1")
-        .bind(&ws)
-        .fetch_one(db)
-        .await
-        .unwrap();
+    let row =
+        sqlx::query("SELECT id, kek_id, nonce, wrapped FROM data_keys WHERE workspace_id = $1")
+            .bind(&ws)
+            .fetch_one(db)
+            .await
+            .unwrap();
     let dek_id: String = row.get(0);
     let dek = master
         .unwrap(
@@ -167,7 +168,8 @@ fn crypto_only(rows: &[Row_], ws: &str, from: &DataKey) -> f64 {
 }
 
 /// Baseline: the rotation's database work without crypto — per batch of 1,000, one
-/// transaction that reads the rows and writes them back with one multi-row UPDATE.
+/// transaction that reads the rows and writes them back with one multi-row upsert (the
+/// statement shape rotation uses), ciphertext unchanged.
 async fn store_only(db: &AnyPool, postgres: bool) -> f64 {
     let t = Instant::now();
     let mut after = String::new();
@@ -192,31 +194,51 @@ async fn store_only(db: &AnyPool, postgres: bool) -> f64 {
             .iter()
             .filter(|r| rows.len() < 1000 || r.get::<String, _>(0) != last)
             .collect();
+        // Placeholders in order of appearance: `?` on SQLite (numbered ones make binding
+        // thousands of parameters quadratic), `$N` on PostgreSQL.
+        let mut n = 0;
+        let mut p = || {
+            n += 1;
+            if postgres {
+                format!("${n}")
+            } else {
+                "?".to_owned()
+            }
+        };
         let mut values = String::new();
         for j in 0..rows.len() {
             if j > 0 {
                 values.push(',');
             }
-            let b = 3 + j * 5;
-            values.push_str(&format!("(${},${},${},${},${})", b, b + 1, b + 2, b + 3, b + 4));
+            values.push_str(&format!(
+                "({},{},{},{},{},{})",
+                p(),
+                p(),
+                p(),
+                p(),
+                p(),
+                p()
+            ));
         }
+        let old = p();
         let sql = format!(
-            "WITH v(owner_id, version, field, nonce, ciphertext) AS (VALUES {values}) \
-             UPDATE credential_secrets SET key_id = $1, nonce = v.nonce, ciphertext = v.ciphertext \
-             FROM v WHERE credential_secrets.credential_id = v.owner_id \
-             AND credential_secrets.version = v.version AND credential_secrets.field = v.field \
-             AND credential_secrets.key_id = $2"
+            "INSERT INTO credential_secrets (credential_id, version, field, nonce, ciphertext, key_id) \
+             VALUES {values} ON CONFLICT (credential_id, version, field) DO UPDATE \
+             SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext \
+             WHERE credential_secrets.key_id = {old}"
         );
         let key: String = rows[0].get(3);
-        let mut q = sqlx::query(&sql).bind(key.clone()).bind(key);
+        let mut q = sqlx::query(&sql);
         for r in &rows {
             q = q
                 .bind(r.get::<String, _>(0))
                 .bind(r.get::<i64, _>(1))
                 .bind(r.get::<String, _>(2))
                 .bind(r.get::<Vec<u8>, _>(4))
-                .bind(r.get::<Vec<u8>, _>(5));
+                .bind(r.get::<Vec<u8>, _>(5))
+                .bind(key.clone());
         }
+        q = q.bind(key);
         q.execute(&mut *tx).await.unwrap();
         tx.commit().await.unwrap();
         after = rows.last().unwrap().get(0);
@@ -238,13 +260,16 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
         .unwrap()
         .trim()
         .to_owned();
-    let url = database_url
-        .unwrap_or_else(|| format!("sqlite://{}", data.join("patchbay.db").display()));
+    let url =
+        database_url.unwrap_or_else(|| format!("sqlite://{}", data.join("patchbay.db").display()));
     let db = pool(&url).await;
     let master = MasterKey::load_file(&data.join("master.key")).unwrap();
     let t = Instant::now();
     let (ws, dek) = seed(&db, &master).await;
-    println!("{backend}: seeded {SECRETS} secrets in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "{backend}: seeded {SECRETS} secrets in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -357,7 +382,12 @@ fn main() {
                 results.push(run("postgres", Some(url.clone())).await);
                 let db = url.rsplit_once('/').unwrap().1;
                 let _ = std::process::Command::new("psql")
-                    .args([admin.as_str(), "-q", "-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")])
+                    .args([
+                        admin.as_str(),
+                        "-q",
+                        "-c",
+                        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                    ])
                     .output();
             }
             None => println!("postgres: SKIPPED (not reachable)"),
@@ -369,7 +399,11 @@ fn main() {
         });
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("rotate.json"), serde_json::to_string_pretty(&out).unwrap() + "\n").unwrap();
+        std::fs::write(
+            dir.join("rotate.json"),
+            serde_json::to_string_pretty(&out).unwrap() + "\n",
+        )
+        .unwrap();
         println!("\nwritten to bench-results/rotate.json");
     });
 }

@@ -105,46 +105,63 @@ impl CiphertextTable {
         }
     }
 
-    /// One multi-row UPDATE for `rows` rows: `$1` new key id, `$2` old key id, then the
-    /// row values (see [`Self::params_per_row`]).
-    fn update(self, rows: usize) -> String {
+    /// One multi-row write for `rows` rows. Parameters are bound in order of appearance:
+    /// per row its values (see [`Self::params_per_row`]) and, for upserts, the new key id;
+    /// then (UPDATE only) the new key id; then the old key id. SQLite gets anonymous `?`
+    /// placeholders: with numbered ones, binding a statement of thousands of parameters
+    /// is quadratic (each `sqlite3_bind_parameter_name` walks the list).
+    fn update(self, backend: Backend, rows: usize) -> String {
+        let mut n = 0;
+        let mut p = || match backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => {
+                n += 1;
+                format!("${n}")
+            }
+        };
         let per = self.params_per_row();
-        let mut values = String::with_capacity(rows * per * 6);
-        let mut n = 3;
+        let upsert = self != Self::OauthTokens;
+        let mut values = String::with_capacity(rows * (per + 1) * 7);
         for r in 0..rows {
             if r > 0 {
                 values.push(',');
             }
             values.push('(');
-            for c in 0..per {
+            for c in 0..per + usize::from(upsert) {
                 if c > 0 {
                     values.push(',');
                 }
-                values.push('$');
-                values.push_str(&n.to_string());
-                n += 1;
+                values.push_str(&p());
             }
             values.push(')');
         }
+        // Upserts on the primary key: each row is one index probe, whatever the planner
+        // thinks of a join. The rows were read (and locked) in the same transaction, so the
+        // insert branch never runs; the WHERE keeps a row that no longer names the old key.
         match self {
             Self::CredentialSecrets => format!(
-                "WITH v(owner_id, version, field, nonce, ciphertext) AS (VALUES {values}) \
-                 UPDATE credential_secrets SET key_id = $1, nonce = v.nonce, ciphertext = v.ciphertext \
-                 FROM v WHERE credential_secrets.credential_id = v.owner_id \
-                 AND credential_secrets.version = v.version AND credential_secrets.field = v.field \
-                 AND credential_secrets.key_id = $2"
+                "INSERT INTO credential_secrets (credential_id, version, field, nonce, ciphertext, key_id) \
+                 VALUES {values} ON CONFLICT (credential_id, version, field) DO UPDATE \
+                 SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext \
+                 WHERE credential_secrets.key_id = {}",
+                p()
             ),
             Self::ConnectionSecrets => format!(
-                "WITH v(owner_id, field, nonce, ciphertext) AS (VALUES {values}) \
-                 UPDATE connection_secrets SET key_id = $1, nonce = v.nonce, ciphertext = v.ciphertext \
-                 FROM v WHERE connection_secrets.connection_id = v.owner_id \
-                 AND connection_secrets.field = v.field AND connection_secrets.key_id = $2"
+                "INSERT INTO connection_secrets (connection_id, field, nonce, ciphertext, key_id) \
+                 VALUES {values} ON CONFLICT (connection_id, field) DO UPDATE \
+                 SET key_id = excluded.key_id, nonce = excluded.nonce, ciphertext = excluded.ciphertext \
+                 WHERE connection_secrets.key_id = {}",
+                p()
             ),
-            Self::OauthTokens => format!(
-                "WITH v(owner_id, nonce, ciphertext) AS (VALUES {values}) \
-                 UPDATE oauth_tokens SET key_id = $1, nonce = v.nonce, ciphertext = v.ciphertext \
-                 FROM v WHERE oauth_tokens.credential_id = v.owner_id AND oauth_tokens.key_id = $2"
-            ),
+            // oauth_tokens has NOT NULL columns the batch does not carry: update in place.
+            Self::OauthTokens => {
+                let (to, from) = (p(), p());
+                format!(
+                    "WITH v(owner_id, nonce, ciphertext) AS (VALUES {values}) \
+                     UPDATE oauth_tokens SET key_id = {to}, nonce = v.nonce, ciphertext = v.ciphertext \
+                     FROM v WHERE oauth_tokens.credential_id = v.owner_id AND oauth_tokens.key_id = {from}"
+                )
+            }
         }
     }
 
@@ -530,11 +547,9 @@ impl Store {
                 }
             }
             let per = table.params_per_row();
-            for chunk in out.chunks((MAX_PARAMS - 2) / per) {
-                let sql = table.update(chunk.len());
-                let mut q = sqlx::query(&sql)
-                    .bind(to_key.to_owned())
-                    .bind(from_key.to_owned());
+            for chunk in out.chunks((MAX_PARAMS - 2) / (per + 1)) {
+                let sql = table.update(self.backend, chunk.len());
+                let mut q = sqlx::query(&sql);
                 for (row, ev) in chunk {
                     q = q.bind(row.owner_id.clone());
                     match table {
@@ -547,7 +562,14 @@ impl Store {
                         CiphertextTable::OauthTokens => {}
                     }
                     q = q.bind(ev.nonce.clone()).bind(ev.ciphertext.clone());
+                    if table != CiphertextTable::OauthTokens {
+                        q = q.bind(to_key.to_owned());
+                    }
                 }
+                if table == CiphertextTable::OauthTokens {
+                    q = q.bind(to_key.to_owned());
+                }
+                q = q.bind(from_key.to_owned());
                 written += q.execute(&mut *tx.tx).await?.rows_affected();
             }
         }
