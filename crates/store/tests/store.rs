@@ -147,6 +147,10 @@ async fn workspaces_projects_and_names_are_unique(s: &Store) {
 
 async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
+    // Ciphertext must name an existing data key (migration 0003 triggers): `ev` names dek-x.
+    s.create_workspace("x", "ws-x", &dek("x"), &audit("ws", "x"))
+        .await
+        .unwrap();
     let id = patchbay_store::new_id();
     let c = s
         .create_connection(

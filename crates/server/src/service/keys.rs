@@ -372,13 +372,20 @@ pub async fn rotate_master(state: &AppState, p: &Principal) -> ApiResult<KeyRota
         &rotation_id,
         json!({"from": old, "to": new_id}),
     );
-    let rec = match state
+    let started = state
         .store
         .start_master_rotation(&rotation_id, &old, &new_id, &entry)
-        .await?
-    {
-        StartRotation::Started(r) | StartRotation::Resumed(r) => r,
-        StartRotation::AlreadyRunning(r) => return Err(in_progress(Some(&r))),
+        .await;
+    let rec = match started {
+        Ok(StartRotation::Started(r) | StartRotation::Resumed(r)) => r,
+        Ok(StartRotation::AlreadyRunning(r)) => return Err(in_progress(Some(&r))),
+        Err(e) => {
+            // The new key is durable and current: the background task records and
+            // finishes the rotation once the database answers.
+            drop(guard);
+            spawn_master(state.clone(), None);
+            return Err(e.into());
+        }
     };
     drop(guard);
     spawn_master(state.clone(), Some(rec.clone()));
