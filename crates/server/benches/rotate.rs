@@ -39,7 +39,7 @@ fn now() -> i64 {
 
 /// Seeds `SECRETS` credential secrets (25,000 credentials × 4 fields) under the default
 /// workspace's data key, with multi-row inserts. Returns the workspace id.
-async fn seed(db: &AnyPool, master: &MasterKey) -> (String, DataKey) {
+async fn seed(db: &AnyPool, master: &MasterKey, postgres: bool) -> (String, DataKey) {
     let ws: String = sqlx::query("SELECT id FROM workspaces WHERE name = 'default'")
         .fetch_one(db)
         .await
@@ -66,51 +66,50 @@ async fn seed(db: &AnyPool, master: &MasterKey) -> (String, DataKey) {
     let creds = SECRETS / FIELDS.len();
     let t = now();
     let mut tx = db.begin().await.unwrap();
+    // `?` on SQLite (numbered placeholders make binding thousands quadratic), `$N` on
+    // PostgreSQL.
+    let placeholders = |n: usize| -> Vec<String> {
+        (1..=n)
+            .map(|i| {
+                if postgres {
+                    format!("${i}")
+                } else {
+                    "?".into()
+                }
+            })
+            .collect()
+    };
     for chunk in (0..creds).collect::<Vec<_>>().chunks(500) {
-        let mut sql = String::from(
+        let ph = placeholders(chunk.len() * 5);
+        let rows: Vec<String> = ph
+            .chunks(5)
+            .map(|p| {
+                format!(
+                    "({}, {}, {}, 'basic', '', NULL, NULL, 1, 1, {}, {})",
+                    p[0], p[1], p[2], p[3], p[4]
+                )
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO credentials (id, workspace_id, name, kind, description, owner_connection_id, \
-             external, current_version, revision, created_at, updated_at) VALUES ",
+             external, current_version, revision, created_at, updated_at) VALUES {}",
+            rows.join(",")
         );
-        for (j, _) in chunk.iter().enumerate() {
-            let b = j * 3;
-            if j > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, 'basic', '', NULL, NULL, 1, 1, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 1,
-                b + 3,
-                b + 3
-            ));
-        }
         let mut q = sqlx::query(&sql);
         for i in chunk {
-            q = q.bind(format!("cred-{i:06}")).bind(ws.clone()).bind(t);
+            let id = format!("cred-{i:06}");
+            q = q.bind(id.clone()).bind(ws.clone()).bind(id).bind(t).bind(t);
         }
         q.execute(&mut *tx).await.unwrap();
-        let mut sql = String::from(
-            "INSERT INTO credential_secrets (credential_id, version, field, key_id, nonce, ciphertext) VALUES ",
+        let ph = placeholders(chunk.len() * FIELDS.len() * 5);
+        let rows: Vec<String> = ph
+            .chunks(5)
+            .map(|p| format!("({}, 1, {}, {}, {}, {})", p[0], p[1], p[2], p[3], p[4]))
+            .collect();
+        let sql = format!(
+            "INSERT INTO credential_secrets (credential_id, version, field, key_id, nonce, ciphertext) VALUES {}",
+            rows.join(",")
         );
-        let mut n = 0;
-        for _ in chunk {
-            for _ in FIELDS {
-                if n > 0 {
-                    sql.push(',');
-                }
-                let b = n * 5;
-                sql.push_str(&format!(
-                    "(${}, 1, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5
-                ));
-                n += 1;
-            }
-        }
         let mut q = sqlx::query(&sql);
         for i in chunk {
             let cred = format!("cred-{i:06}");
@@ -265,7 +264,7 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
     let db = pool(&url).await;
     let master = MasterKey::load_file(&data.join("master.key")).unwrap();
     let t = Instant::now();
-    let (ws, dek) = seed(&db, &master).await;
+    let (ws, dek) = seed(&db, &master, backend == "postgres").await;
     println!(
         "{backend}: seeded {SECRETS} secrets in {:.1}s",
         t.elapsed().as_secs_f64()

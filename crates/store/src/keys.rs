@@ -3,8 +3,8 @@
 //!
 //! The invariants this module keeps:
 //! - a data key row is deleted only in the transaction that finds no ciphertext naming it
-//!   ([`Store::finish_data_rotation`]; on PostgreSQL under a SHARE lock of the ciphertext
-//!   tables, and the 0003 triggers reject a write naming a key that is gone);
+//!   ([`Store::finish_data_rotation`]); migration 0003 makes the database enforce it too
+//!   (foreign keys on PostgreSQL, triggers on SQLite);
 //! - each batch re-encrypts rows read in the same transaction (locked on PostgreSQL, under
 //!   the single writer on SQLite), so a concurrent update is never overwritten with an old
 //!   value, and the progress counter commits with the rows.
@@ -595,15 +595,10 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<i64> {
         let mut tx = self.write().await?;
-        if self.backend == Backend::Postgres {
-            // Waits for writers in flight and holds new ones until commit, so the count
-            // below is the truth when the key is deleted.
-            sqlx::query(
-                "LOCK TABLE credential_secrets, connection_secrets, oauth_tokens IN SHARE MODE",
-            )
-            .execute(&mut *tx.tx)
-            .await?;
-        }
+        // SQLite: one writer, so the count below is the truth when the key is deleted (and
+        // triggers refuse a ciphertext naming a missing key). PostgreSQL: the foreign keys
+        // of the ciphertext tables make the DELETE fail if a concurrent writer committed a
+        // row naming the key; the rotation then retries and moves that row too.
         let (left,): (i64,) = sqlx::query_as(COUNT_UNDER_KEY)
             .bind(from_key)
             .fetch_one(&mut *tx.tx)

@@ -20,20 +20,13 @@ CREATE TABLE key_rotations (
 CREATE UNIQUE INDEX key_rotations_one_open ON key_rotations(kind, COALESCE(workspace_id, ''))
     WHERE state <> 'done';
 CREATE INDEX connection_secrets_key ON connection_secrets(key_id);
--- No ciphertext may name a data key that does not exist: a data key row is deleted only in
--- the transaction that finds no ciphertext naming it (under a SHARE lock on the ciphertext
--- tables), and this trigger stops a write that raced with that deletion.
-CREATE FUNCTION patchbay_ciphertext_key_exists() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.key_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM data_keys WHERE id = NEW.key_id) THEN
-        RAISE EXCEPTION '%.key_id names no data key', TG_TABLE_NAME;
-    END IF;
-    RETURN NEW;
-END
-$$;
-CREATE TRIGGER credential_secrets_key BEFORE INSERT OR UPDATE OF key_id ON credential_secrets
-    FOR EACH ROW EXECUTE FUNCTION patchbay_ciphertext_key_exists();
-CREATE TRIGGER connection_secrets_key BEFORE INSERT OR UPDATE OF key_id ON connection_secrets
-    FOR EACH ROW EXECUTE FUNCTION patchbay_ciphertext_key_exists();
-CREATE TRIGGER oauth_tokens_key BEFORE INSERT OR UPDATE OF key_id ON oauth_tokens
-    FOR EACH ROW EXECUTE FUNCTION patchbay_ciphertext_key_exists();
+-- No ciphertext may name a data key that does not exist: foreign keys (checked by the
+-- database for every new or re-keyed ciphertext, and for the deletion of a data key, with
+-- row locks, so a write racing with the deletion of its key fails instead of storing an
+-- unreadable secret). NOT VALID: rows written before this migration are not re-checked.
+ALTER TABLE credential_secrets ADD CONSTRAINT credential_secrets_key_fk
+    FOREIGN KEY (key_id) REFERENCES data_keys(id) NOT VALID;
+ALTER TABLE connection_secrets ADD CONSTRAINT connection_secrets_key_fk
+    FOREIGN KEY (key_id) REFERENCES data_keys(id) NOT VALID;
+ALTER TABLE oauth_tokens ADD CONSTRAINT oauth_tokens_key_fk
+    FOREIGN KEY (key_id) REFERENCES data_keys(id) NOT VALID;

@@ -22,7 +22,8 @@ CREATE UNIQUE INDEX key_rotations_one_open ON key_rotations(kind, COALESCE(works
 CREATE INDEX connection_secrets_key ON connection_secrets(key_id);
 -- No ciphertext may name a data key that does not exist: a data key row is deleted only in
 -- the transaction that finds no ciphertext naming it, and these triggers stop a write that
--- raced with that deletion.
+-- raced with that deletion. (SQLite cannot add a foreign key to an existing table; the
+-- PostgreSQL migration uses foreign keys.)
 CREATE TRIGGER credential_secrets_key_insert BEFORE INSERT ON credential_secrets
 WHEN NOT EXISTS (SELECT 1 FROM data_keys WHERE id = NEW.key_id)
 BEGIN SELECT RAISE(ABORT, 'credential_secrets.key_id names no data key'); END;
