@@ -745,3 +745,98 @@ async fn a_ciphertext_copied_to_another_row_stops_rotation_and_answers_integrity
     let masters = master_keys(&env);
     assert_eq!(masters.len(), 1);
 }
+
+fn http_body(env: &Env, s: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", env.token()))
+        .args([
+            "-H",
+            "Content-Type: application/merge-patch+json",
+            "-H",
+            "If-Match: *",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("{}{path}", s.url))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_keep_working_during_a_data_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = Env {
+        data: tmp.path().join("data"),
+        db: None,
+    };
+    drop(start(&env, &[]));
+    let secrets = seed(&env, 1).await;
+    let s = start(
+        &env,
+        &[
+            ("PATCHBAY_ROTATION_BATCH", "200".into()),
+            ("PATCHBAY_TEST_ROTATION_BATCH_DELAY_MS", "20".into()),
+        ],
+    );
+    let out = cli(
+        &env,
+        &s,
+        &["keys", "rotate-data", "--no-wait", "-o", "json"],
+    );
+    assert!(out.status.success());
+    let rotation: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = rotation["id"].as_str().unwrap().to_owned();
+    let (mut reads, mut writes, mut i) = (0, 0, 0);
+    loop {
+        let (_, r) = http(&env, &s, "GET", &format!("/api/v1/keys/rotations/{id}"));
+        if r["state"] != "running" {
+            assert_eq!(r["state"], "done", "{r}");
+            break;
+        }
+        i += 1;
+        let conn = format!("conn-{:05}", (i * 37) % CREDENTIALS);
+        let (code, v) = http(&env, &s, "GET", &format!("/api/v1/connections/{conn}"));
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(
+            v["secrets"]["password"],
+            expected("conn", &conn, 0, "password"),
+            "read during rotation"
+        );
+        reads += 1;
+        let conn = format!("conn-{:05}", (i * 53 + 7) % CREDENTIALS);
+        let (code, body) = http_body(
+            &env,
+            &s,
+            "PATCH",
+            &format!("/api/v1/connections/{conn}"),
+            &format!(
+                r#"{{"settings":{{"host":"h","database":"d","username":"u"}},"secrets":{{"password":"{}"}}}}"#,
+                expected("conn", &conn, 0, "password")
+            ),
+        );
+        assert_eq!(code, 200, "{body}");
+        writes += 1;
+    }
+    assert!(
+        reads > 3,
+        "the rotation was too quick to overlap ({reads} reads)"
+    );
+    let (_, status) = http(&env, &s, "GET", "/api/v1/keys");
+    let keys = status["workspaces"][0]["data_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{status}");
+    assert_eq!(keys[0]["ciphertexts"], secrets as i64);
+    let table = cli(&env, &s, &["keys", "status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("MASTER KEY") && table.contains("active"),
+        "{table}"
+    );
+    drop(s);
+    assert_eq!(verify(&env).await, secrets);
+    println!("online rotate-data: {reads} reads and {writes} writes during the rotation, {secrets} secrets verified");
+}
