@@ -336,7 +336,8 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
     json!({
         "backend": backend,
         "secrets": SECRETS,
-        "batch": std::env::var("PATCHBAY_ROTATION_BATCH").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(1000),
+        "batch": std::env::var("PATCHBAY_ROTATION_BATCH").ok().and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(if backend == "postgres" { 5000 } else { 1000 }),
         "rotate_data": {"seconds": (rotate_s * 1000.0).round() / 1000.0, "secrets_per_second": rate(rotate_s)},
         "baseline_crypto_only": {"seconds": (crypto_s * 1000.0).round() / 1000.0, "secrets_per_second": rate(crypto_s)},
         "baseline_store_only": {"seconds": (store_s * 1000.0).round() / 1000.0, "secrets_per_second": rate(store_s)},
