@@ -338,9 +338,15 @@ pub async fn resume(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
+/// The master key is instance-wide: instance:admin on a token that is not confined to a
+/// workspace.
+fn instance_admin(p: &Principal) -> bool {
+    p.can(Permission::InstanceAdmin) && p.workspace_id.is_none()
+}
+
 /// `POST /api/v1/keys/rotate-master`.
 pub async fn rotate_master(state: &AppState, p: &Principal) -> ApiResult<KeyRotation> {
-    if !p.can(Permission::InstanceAdmin) {
+    if !instance_admin(p) {
         return Err(ApiError::forbidden(Permission::InstanceAdmin));
     }
     let mgr = &state.key_manager;
@@ -442,7 +448,7 @@ pub async fn get_rotation(state: &AppState, p: &Principal, id: &str) -> ApiResul
     };
     let visible = match &r.workspace_id {
         Some(ws) => p.sees_workspace(ws) && p.can(Permission::WorkspaceAdmin),
-        None => p.can(Permission::InstanceAdmin),
+        None => instance_admin(p),
     };
     if !visible {
         return Err(ApiError::not_found("rotation"));
@@ -505,7 +511,7 @@ pub async fn status(state: &AppState, p: &Principal) -> ApiResult<KeysStatus> {
         .into_iter()
         .filter(|r| match &r.workspace_id {
             Some(ws) => p.sees_workspace(ws),
-            None => p.can(Permission::InstanceAdmin),
+            None => instance_admin(p),
         })
         .collect();
     Ok(KeysStatus {

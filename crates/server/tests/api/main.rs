@@ -4,4 +4,5 @@
 
 mod bad_requests;
 mod connections;
+mod keys;
 mod kit;
