@@ -507,6 +507,13 @@ impl Store {
         f: &dyn Reencrypt,
     ) -> Result<BatchOutcome> {
         let mut tx = self.write().await?;
+        // Write first: on SQLite this takes the write lock before the reads, so no other
+        // connection (e.g. a token's last-use stamp) can commit between read and write.
+        sqlx::query("UPDATE key_rotations SET updated_at = $2 WHERE id = $1")
+            .bind(rotation_id.to_owned())
+            .bind(now_millis())
+            .execute(&mut *tx.tx)
+            .await?;
         let mut left = limit;
         let mut written = 0u64;
         for table in CiphertextTable::ALL {
