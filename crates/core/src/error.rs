@@ -49,6 +49,9 @@ error_codes! {
     NameTaken => ("name_taken", "conflict", 409, "Another resource in the same scope already has this name."),
     VersionConflict => ("version_conflict", "precondition", 412, "If-Match names a version that is no longer current; the body holds `current_version`."),
     PreconditionRequired => ("precondition_required", "precondition", 428, "Updates need an If-Match header with the ETag of the version being changed."),
+    SecretIntegrity => ("secret_integrity_error", "conflict", 409, "A stored secret failed its integrity check: its ciphertext does not belong to the row that holds it (copied or tampered). The server log names the row."),
+    RotationInProgress => ("rotation_in_progress", "conflict", 409, "A key rotation of the same scope is already running; wait for it (GET /api/v1/keys/rotations/{id})."),
+    RotationUnsupported => ("rotation_unsupported", "conflict", 409, "The master key source cannot rotate online; for an inline key, restart once with PATCHBAY_MASTER_KEY (new) and PATCHBAY_MASTER_KEY_PREVIOUS (old)."),
     Internal => ("internal", "internal", 500, "An unexpected server error; details are in the server log."),
     Unavailable => ("unavailable", "internal", 503, "A dependency (database, key) is not ready."),
 }

@@ -56,6 +56,28 @@ impl<'a> SecretAad<'a> {
         }
     }
 
+    /// The binding of a credential's OAuth2 token bundle (`oauth_tokens`): owner is the
+    /// credential, version -1 (no credential version), field `oauth_token`. Defined here
+    /// once so writers, readers and key rotation agree.
+    pub fn oauth_token(workspace_id: &'a str, credential_id: &'a str) -> Self {
+        Self {
+            workspace_id,
+            owner_id: credential_id,
+            version: OAUTH_TOKEN_VERSION,
+            field: OAUTH_TOKEN_FIELD,
+        }
+    }
+
+    /// The binding of a legacy connection-owned secret (`connection_secrets`, version 0).
+    pub fn connection(workspace_id: &'a str, connection_id: &'a str, field: &'a str) -> Self {
+        Self {
+            workspace_id,
+            owner_id: connection_id,
+            version: 0,
+            field,
+        }
+    }
+
     fn to_bytes(&self) -> Vec<u8> {
         if self.version == 0 {
             return aad(
@@ -70,6 +92,10 @@ impl<'a> SecretAad<'a> {
         )
     }
 }
+
+/// `SecretAad::oauth_token`'s version and field.
+pub const OAUTH_TOKEN_VERSION: i64 = -1;
+pub const OAUTH_TOKEN_FIELD: &str = "oauth_token";
 
 fn aad(domain: &[u8], parts: &[&str]) -> Vec<u8> {
     let mut out = domain.to_vec();
@@ -183,6 +209,50 @@ impl MasterKey {
         &self.id
     }
 
+    /// Loads an existing key file (never creates one).
+    pub fn load_file(path: &Path) -> Result<Self, CryptoError> {
+        let err = |reason: String| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        Self::from_encoded("file", &text).map_err(err)
+    }
+
+    /// Writes this key to a new file (mode 0600, refusing to overwrite), fsyncs the file
+    /// and its directory: once this returns, the key survives a crash.
+    pub fn write_new_file(&self, path: &Path) -> Result<(), CryptoError> {
+        let err = |reason: String| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let encoded = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(self.key.expose_secret()),
+        );
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+        f.write_all(encoded.as_bytes())
+            .and_then(|_| f.write_all(b"\n"))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| err(e.to_string()))?;
+        sync_parent(path).map_err(|e| err(e.to_string()))
+    }
+
+    /// Unwraps a data key under `old` (the key its row names) and wraps it under `self`.
+    pub fn rewrap(
+        &self,
+        old: &MasterKey,
+        wrapped: &WrappedKey,
+        workspace_id: &str,
+        dek_id: &str,
+    ) -> Result<WrappedKey, CryptoError> {
+        let dek = old.unwrap(wrapped, workspace_id, dek_id)?;
+        Ok(self.wrap(&dek, workspace_id))
+    }
+
     pub fn wrap(&self, dek: &DataKey, workspace_id: &str) -> WrappedKey {
         let aad = aad(b"patchbay/dek/v1", &[workspace_id, &dek.id]);
         let (nonce, ciphertext) = seal(&self.key, dek.key.expose_secret(), &aad);
@@ -257,6 +327,31 @@ impl DataKey {
         }
     }
 
+    /// Re-encrypts a ciphertext made by `old` under `self`, for the same row binding. The
+    /// plaintext exists only inside this call (zeroized) and need not be UTF-8. An AAD
+    /// mismatch (the ciphertext was copied from another row) is `CryptoError::Decrypt`.
+    pub fn reencrypt(
+        &self,
+        old: &DataKey,
+        value: &EncryptedValue,
+        aad: &SecretAad<'_>,
+    ) -> Result<EncryptedValue, CryptoError> {
+        if value.key_id != old.id {
+            return Err(CryptoError::WrongKey {
+                expected: old.id.clone(),
+                found: value.key_id.clone(),
+            });
+        }
+        let aad = aad.to_bytes();
+        let plain = zeroize::Zeroizing::new(open(&old.key, &value.nonce, &value.ciphertext, &aad)?);
+        let (nonce, ciphertext) = seal(&self.key, &plain, &aad);
+        Ok(EncryptedValue {
+            key_id: self.id.clone(),
+            nonce,
+            ciphertext,
+        })
+    }
+
     pub fn decrypt(
         &self,
         value: &EncryptedValue,
@@ -272,6 +367,23 @@ impl DataKey {
         String::from_utf8(plain)
             .map(SecretString::new)
             .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+/// fsyncs the directory holding `path`, so a create or rename in it is durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
     }
 }
 
@@ -321,6 +433,34 @@ mod tests {
                 Err(CryptoError::Decrypt)
             ));
         }
+    }
+
+    #[test]
+    fn reencrypt_moves_a_value_to_a_new_key_and_checks_the_binding() {
+        let old = DataKey::generate();
+        let new = DataKey::generate();
+        let ev = old.encrypt(
+            &SecretString::new("tok".into()),
+            &SecretAad::oauth_token("w", "c"),
+        );
+        let moved = new
+            .reencrypt(&old, &ev, &SecretAad::oauth_token("w", "c"))
+            .unwrap();
+        assert_eq!(moved.key_id, new.id());
+        assert_eq!(
+            new.decrypt(&moved, &SecretAad::oauth_token("w", "c"))
+                .unwrap()
+                .expose_secret(),
+            "tok"
+        );
+        assert!(matches!(
+            new.reencrypt(&old, &ev, &SecretAad::oauth_token("w", "other")),
+            Err(CryptoError::Decrypt)
+        ));
+        assert!(matches!(
+            new.reencrypt(&new, &ev, &SecretAad::oauth_token("w", "c")),
+            Err(CryptoError::WrongKey { .. })
+        ));
     }
 
     #[test]

@@ -13,6 +13,9 @@ mod envelope;
 mod secret;
 mod token;
 
-pub use envelope::{CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey};
+pub use envelope::{
+    sync_parent, CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey,
+    OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION,
+};
 pub use secret::{KeyBytes, SecretString};
 pub use token::{generate_token, hash_token, token_hashes_equal, TOKEN_PREFIX};

@@ -111,7 +111,14 @@ impl From<StoreError> for ApiError {
 impl From<patchbay_crypto::CryptoError> for ApiError {
     fn from(e: patchbay_crypto::CryptoError) -> Self {
         tracing::error!(error = %e, "crypto error");
-        Self(Error::internal())
+        match e {
+            patchbay_crypto::CryptoError::Decrypt => Self::new(
+                ErrorCode::SecretIntegrity,
+                "a stored secret failed its integrity check (it does not belong to this record, \
+                 or was altered); the server log names the row",
+            ),
+            _ => Self(Error::internal()),
+        }
     }
 }
 

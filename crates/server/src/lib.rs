@@ -15,10 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use patchbay_core::permission::PermissionSet;
-use patchbay_crypto::{generate_token, hash_token, MasterKey, SecretString};
+use patchbay_crypto::{generate_token, hash_token, SecretString};
 use patchbay_store::{new_id, AuditEntry, NewToken, Store, StoreError};
 
-use crate::keyring::KeyRing;
 use crate::state::AppState;
 
 /// Where the master key comes from.
@@ -50,6 +49,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Keys(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
 }
@@ -65,17 +66,7 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
         restrict_dir(&config.data_dir);
-        let master = match &config.master_key {
-            MasterKeySource::File(path) => {
-                let (key, created) = MasterKey::load_or_create_file(path)?;
-                if created {
-                    tracing::info!(path = %path.display(), key_id = key.id(), "created master key file");
-                }
-                key
-            }
-            MasterKeySource::Inline(text) => MasterKey::from_encoded("env", text.expose_secret())
-                .map_err(StartError::KeyFormat)?,
-        };
+        let keys = service::keys::load(&config.master_key).map_err(StartError::KeyFormat)?;
         let url = match &config.database_url {
             Some(u) => u.expose_secret().to_owned(),
             None => format!(
@@ -84,13 +75,20 @@ impl App {
             ),
         };
         let store = Store::connect(&url).await?;
-        let keys = Arc::new(KeyRing::new(master));
+        // Fail fast: never run with data keys the loaded master key cannot unwrap.
+        if let Err(msg) = service::keys::check(&store, &keys.ring).await {
+            if let Some(created) = &keys.created {
+                let _ = std::fs::remove_file(created);
+            }
+            return Err(StartError::Keys(msg));
+        }
+        let ring = Arc::new(keys.ring);
         let oauth = patchbay_external::TokenManager::new(
             patchbay_external::OAuth2Client::new(patchbay_external::HttpOptions::default())
                 .map_err(|e| StartError::Bootstrap(format!("OAuth2 client: {e}")))?,
             Arc::new(service::oauth::SqlTokenStore {
                 store: store.clone(),
-                keys: keys.clone(),
+                keys: ring.clone(),
             }),
             patchbay_external::TokenManagerOptions {
                 holder_id: format!("replica-{}", new_id()),
@@ -99,15 +97,19 @@ impl App {
         );
         let state = AppState {
             store,
-            keys,
+            keys: ring,
             catalog: patchbay_catalog::Catalog::builtin(),
             settings: Arc::new(config.settings.clone()),
             oauth: Arc::new(oauth),
             external: Arc::new(service::external::External::new(
                 config.settings.external_cache_ttl,
             )),
+            key_manager: Arc::new(keys.manager),
         };
         bootstrap(&state, &config.data_dir).await?;
+        service::keys::resume(&state)
+            .await
+            .map_err(StartError::Keys)?;
         service::connections::upgrade_legacy_secrets(&state)
             .await
             .map_err(|e| {

@@ -17,6 +17,8 @@ pub struct AppState {
     pub oauth: Arc<patchbay_external::TokenManager>,
     /// External secret managers: clients and the short value cache.
     pub external: Arc<crate::service::external::External>,
+    /// Key rotation machinery (service::keys).
+    pub key_manager: Arc<crate::service::keys::KeyManager>,
 }
 
 /// Tunables read once at start.

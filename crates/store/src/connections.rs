@@ -243,6 +243,32 @@ impl Store {
         Ok(out)
     }
 
+    /// One connection's legacy secret rows (see [`Store::legacy_connection_secrets`]).
+    pub async fn legacy_secrets_of(
+        &self,
+        connection_id: &str,
+    ) -> Result<Vec<(String, EncryptedValue)>> {
+        let rows = sqlx::query(
+            "SELECT field, key_id, nonce, ciphertext FROM connection_secrets \
+             WHERE connection_id = $1 ORDER BY field",
+        )
+        .bind(connection_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("field")?,
+                    EncryptedValue {
+                        key_id: r.try_get("key_id")?,
+                        nonce: r.try_get("nonce")?,
+                        ciphertext: r.try_get("ciphertext")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Moves a connection's legacy secret rows into the credential `c` (owned by it and
     /// holding the same values, re-encrypted for their new binding), in one transaction.
     pub async fn adopt_legacy_secrets(&self, connection_id: &str, c: &NewCredential) -> Result<()> {

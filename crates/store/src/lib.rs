@@ -8,6 +8,7 @@
 
 mod connections;
 mod credentials;
+mod keys;
 mod migrate;
 mod oauth;
 mod tokens;
@@ -22,6 +23,10 @@ pub use connections::{
     ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink, LinkChange,
 };
 pub use credentials::{CredentialPage, CredentialUse, NewCredential, NewVersion};
+pub use keys::{
+    BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
+    StartRotation,
+};
 pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
 pub use workspaces::StoredDataKey;
 

@@ -7,6 +7,7 @@ use crate::{now_millis, Backend, Result, Store};
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_credentials.sql")),
+    (3, include_str!("../migrations/sqlite/0003_keys.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -14,6 +15,7 @@ const POSTGRES: &[(i64, &str)] = &[
         2,
         include_str!("../migrations/postgres/0002_credentials.sql"),
     ),
+    (3, include_str!("../migrations/postgres/0003_keys.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

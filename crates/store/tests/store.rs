@@ -191,6 +191,10 @@ fn version(n: i64, b: u8, grace_until: i64) -> NewVersion {
 
 async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
+    // Ciphertext must name an existing data key (migration 0003 triggers): `ev` names dek-x.
+    s.create_workspace("x", "ws-x", &dek("x"), &audit("ws", "x"))
+        .await
+        .unwrap();
     let id = patchbay_store::new_id();
     let cred = patchbay_store::new_id();
     let c = s
@@ -286,6 +290,10 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
 
 async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
+    // Ciphertext must name an existing data key (migration 0003): `ev` names dek-x.
+    s.create_workspace("x", "ws-x", &dek("x"), &audit("ws", "x"))
+        .await
+        .unwrap();
     let cred = patchbay_store::new_id();
     let c = s
         .create_credential(&shared(&cred, &ws, "svc-login", 1), &audit("cred", &cred))

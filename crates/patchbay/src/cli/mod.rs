@@ -4,6 +4,7 @@
 mod client;
 mod connections;
 mod credentials;
+mod keys;
 mod output;
 
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ pub enum ClientCommand {
     /// Manage projects of --workspace.
     #[command(subcommand)]
     Projects(NamedCommand),
+    /// Key status and rotation (master key, workspace data keys).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -172,6 +176,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
     match cmd {
         ClientCommand::Connections(c) => connections::run(c, Ctx::new(g)).await,
         ClientCommand::Credentials(c) => credentials::run(c, Ctx::new(g)).await,
+        ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];

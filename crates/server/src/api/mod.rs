@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
+pub mod keys;
 pub mod workspaces;
 
 use std::time::Instant;
@@ -34,6 +35,7 @@ use crate::state::AppState;
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
+        keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -196,6 +198,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/credentials/{id}/token",
             axum::routing::post(credentials::token),
+        )
+        .route("/api/v1/keys", g(keys::status))
+        .route(
+            "/api/v1/keys/rotate-master",
+            axum::routing::post(keys::rotate_master),
+        )
+        .route("/api/v1/keys/rotations/{id}", g(keys::rotation))
+        .route(
+            "/api/v1/workspaces/{ws}/keys/rotate-data",
+            axum::routing::post(keys::rotate_data),
         )
         .route("/api/openapi.json", g(openapi_json))
         .with_state(state);

@@ -612,7 +612,10 @@ pub async fn reveal(
         return Err(ApiError::forbidden(Permission::ConnectionsReveal));
     }
     let Some(cred) = &c.credential else {
-        return Ok(BTreeMap::new());
+        // Rows the start-up upgrade could not move (they fail their integrity check):
+        // reading them reports that, never an empty answer.
+        let legacy = state.store.legacy_secrets_of(&c.id).await?;
+        return decrypt_legacy(state, c, &legacy).await;
     };
     let version = cred.effective_version();
     let ty = connector(state, &c.connector_type)?;
@@ -884,24 +887,43 @@ pub async fn list(
         .await?)
 }
 
+/// Decrypts a connection's legacy (first-release) secret rows, bound to the connection.
+async fn decrypt_legacy(
+    state: &AppState,
+    c: &Connection,
+    rows: &[(String, patchbay_crypto::EncryptedValue)],
+) -> ApiResult<BTreeMap<String, SecretString>> {
+    let mut values = BTreeMap::new();
+    for (field, ev) in rows {
+        let key = state.keys.key(&state.store, &ev.key_id).await?;
+        let aad = patchbay_crypto::SecretAad::connection(&c.workspace_id, &c.id, field);
+        let value = key.decrypt(ev, &aad).map_err(|e| {
+            super::keys::integrity_error(
+                &format!("connection_secrets(connection_id={}, field={field})", c.id),
+                e,
+            )
+        })?;
+        values.insert(field.clone(), value);
+    }
+    Ok(values)
+}
+
 /// The first release kept a connection's secrets on the connection itself. At start-up,
 /// each such connection gets a credential it owns holding the same values (re-encrypted for
-/// the credential binding), in one transaction per connection. Idempotent.
+/// the credential binding), in one transaction per connection. Idempotent. A connection
+/// whose rows fail their integrity check stays as it is (logged; its reveal answers
+/// `secret_integrity_error`) rather than keeping the server from starting.
 pub async fn upgrade_legacy_secrets(state: &AppState) -> ApiResult<()> {
     let legacy = state.store.legacy_connection_secrets().await?;
     for (connection_id, rows) in legacy {
         let c = state.store.get_connection(&connection_id).await?;
-        let mut values = BTreeMap::new();
-        for (field, ev) in &rows {
-            let key = state.keys.key(&state.store, &ev.key_id).await?;
-            let aad = patchbay_crypto::SecretAad {
-                workspace_id: &c.workspace_id,
-                owner_id: &c.id,
-                version: 0,
-                field,
-            };
-            values.insert(field.clone(), key.decrypt(ev, &aad)?);
-        }
+        let values = match decrypt_legacy(state, &c, &rows).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(connection_id = %c.id, code = %e.0.code, "inline secrets not moved into a credential");
+                continue;
+            }
+        };
         let id = new_id();
         let secrets = credentials::encrypt_version(state, &c.workspace_id, &id, 1, &values).await?;
         let owned = NewCredential {

@@ -147,16 +147,11 @@ pub async fn decrypt(
         let key = state.keys.key(&state.store, &ev.key_id).await?;
         let aad = SecretAad::credential(workspace_id, credential_id, version, field);
         let value = key.decrypt(ev, &aad).map_err(|e| {
-            tracing::error!(
-                credential_id,
-                version,
-                field = field.as_str(),
-                error = %e,
-                "secret failed its integrity check"
-            );
-            ApiError::new(
-                ErrorCode::Internal,
-                "a stored secret failed its integrity check; the event is logged",
+            super::keys::integrity_error(
+                &format!(
+                    "credential_secrets(credential_id={credential_id}, version={version}, field={field})"
+                ),
+                e,
             )
         })?;
         out.insert(field.clone(), value);

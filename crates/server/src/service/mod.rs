@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod credentials;
 pub mod external;
+pub mod keys;
 pub mod oauth;
 pub mod workspaces;
 

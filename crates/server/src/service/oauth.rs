@@ -24,9 +24,6 @@ use crate::state::AppState;
 
 /// The kind whose credentials get tokens.
 pub const OAUTH2_KIND: &str = "oauth2";
-/// The AAD field name of a stored token (version -1: not a credential version).
-const TOKEN_FIELD: &str = "oauth_token";
-const TOKEN_VERSION: i64 = -1;
 
 /// [`TokenStore`] over the SQL store: the token (access and refresh token together, as JSON)
 /// encrypted with the workspace's data key, bound to the credential.
@@ -67,7 +64,7 @@ impl SqlTokenStore {
             .key(&self.store, &ev.key_id)
             .await
             .map_err(|e| store_err(e.0.message))?;
-        let aad = SecretAad::credential(&ws, credential_id, TOKEN_VERSION, TOKEN_FIELD);
+        let aad = SecretAad::oauth_token(&ws, credential_id);
         let plain = key.decrypt(&ev, &aad).map_err(store_err)?;
         let v: Value = serde_json::from_str(plain.expose_secret()).map_err(store_err)?;
         let text = |k: &str| {
@@ -108,7 +105,7 @@ impl SqlTokenStore {
             .active_key(&self.store, &ws)
             .await
             .map_err(|e| store_err(e.0.message))?;
-        let aad = SecretAad::credential(&ws, credential_id, TOKEN_VERSION, TOKEN_FIELD);
+        let aad = SecretAad::oauth_token(&ws, credential_id);
         let ev = key.encrypt(&SecretString::new(json.to_string()), &aad);
         self.store
             .save_oauth_token(credential_id, holder, &ev, token.expires_at_ms)

@@ -6,4 +6,5 @@ mod bad_requests;
 mod connections;
 mod credentials;
 mod external;
+mod keys;
 mod kit;
