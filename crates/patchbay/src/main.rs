@@ -50,6 +50,11 @@ struct ServeArgs {
     /// Default: <data-dir>/master.key.
     #[arg(long, env = "PATCHBAY_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// Seal the master key with this AWS KMS key (id, ARN or alias): the key file then holds
+    /// the KMS ciphertext (default <data-dir>/master.key.kms), opened by KMS at start-up.
+    /// AWS credentials, region and endpoint come from the environment.
+    #[arg(long, env = "PATCHBAY_MASTER_KEY_KMS")]
+    master_key_kms: Option<String>,
     /// How long a credential version replaced by a rotation stays usable (e.g. 24h, 90m, 30s).
     #[arg(long, env = "PATCHBAY_CREDENTIAL_GRACE", default_value = "24h", value_parser = parse_duration)]
     credential_grace: Duration,
@@ -111,10 +116,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(u) => Some(SecretString::new(u)),
         None => env_or_file("PATCHBAY_DATABASE_URL")?,
     };
-    let master_key = match (args.master_key_file, env_or_file("PATCHBAY_MASTER_KEY")?) {
-        (Some(path), _) => MasterKeySource::File(path),
-        (None, Some(inline)) => MasterKeySource::Inline(inline),
-        (None, None) => MasterKeySource::File(args.data_dir.join("master.key")),
+    let master_key = match (
+        args.master_key_kms,
+        args.master_key_file,
+        env_or_file("PATCHBAY_MASTER_KEY")?,
+    ) {
+        (Some(kms_key_id), file, _) => MasterKeySource::Kms {
+            kms_key_id,
+            file: file.unwrap_or_else(|| args.data_dir.join("master.key.kms")),
+        },
+        (None, Some(path), _) => MasterKeySource::File(path),
+        (None, None, Some(inline)) => MasterKeySource::Inline(inline),
+        (None, None, None) => MasterKeySource::File(args.data_dir.join("master.key")),
     };
     let config = Config {
         listen: args.listen,

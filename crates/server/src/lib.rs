@@ -26,6 +26,10 @@ pub enum MasterKeySource {
     File(PathBuf),
     /// The base64 key itself (from PATCHBAY_MASTER_KEY or its *_FILE variant).
     Inline(SecretString),
+    /// A key held encrypted by AWS KMS ("auto-unseal"): `file` holds the KMS ciphertext of
+    /// the master key, decrypted by KMS key `kms_key_id` at start-up. AWS credentials,
+    /// region and endpoint come from the environment.
+    Kms { kms_key_id: String, file: PathBuf },
 }
 
 pub struct Config {
@@ -66,7 +70,9 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
         restrict_dir(&config.data_dir);
-        let keys = service::keys::load(&config.master_key).map_err(StartError::KeyFormat)?;
+        let keys = service::keys::load(&config.master_key)
+            .await
+            .map_err(StartError::KeyFormat)?;
         let url = match &config.database_url {
             Some(u) => u.expose_secret().to_owned(),
             None => format!(

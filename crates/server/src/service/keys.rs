@@ -9,6 +9,8 @@
 //!   names the new one and unwraps with it (`run_master`).
 
 use std::collections::HashSet;
+
+use base64::Engine as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -34,12 +36,15 @@ use crate::MasterKeySource;
 /// crates/external) implements it with `begin_rotation` creating the new key version and
 /// `commit_rotation` making it the default; nothing else in rotation changes, because every
 /// data key row names the master key (`kek_id`) that wrapped it.
+/// A boxed future (keeps [`MasterKeyStore`] usable as `dyn`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 pub trait MasterKeyStore: Send + Sync {
     /// `file`, `inline`, `kms`, … (shown by `GET /api/v1/keys`).
     fn source(&self) -> &'static str;
     /// Makes the next master key durable and returns it, before any row is touched.
     /// Idempotent: a pending next key (an unfinished rotation) is returned again.
-    fn begin_rotation(&self) -> ApiResult<MasterKey>;
+    fn begin_rotation(&self) -> BoxFuture<'_, ApiResult<MasterKey>>;
     /// Every data key names `new` now: make it the key the next start loads, keeping the
     /// old one available until `forget_previous`.
     fn commit_rotation(&self) -> Result<(), String>;
@@ -50,9 +55,110 @@ pub trait MasterKeyStore: Send + Sync {
 }
 
 /// The key file source: `<file>`, plus `<file>.next` during a rotation and
-/// `<file>.previous` until the new key is verified.
+/// `<file>.previous` until the new key is verified. The files hold the key itself, or (KMS
+/// source) its KMS ciphertext.
 pub struct FileKeys {
     path: PathBuf,
+    sealing: Sealing,
+}
+
+/// How a key file holds its key.
+pub enum Sealing {
+    /// The base64 of the key bytes (mode 0600).
+    Plain,
+    /// The base64 of the key's AWS KMS ciphertext, with the encryption context
+    /// `{"purpose": "patchbay-master-key"}`; only KMS key `key_id` can open it.
+    Kms {
+        client: patchbay_external::KmsClient,
+        key_id: String,
+    },
+}
+
+fn kms_context() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([("purpose".to_owned(), "patchbay-master-key".to_owned())])
+}
+
+fn key_error(msg: String) -> ApiError {
+    tracing::error!(error = %msg, "master key source");
+    ApiError::new(ErrorCode::Unavailable, format!("master key source: {msg}"))
+}
+
+impl Sealing {
+    fn source(&self) -> &'static str {
+        match self {
+            Self::Plain => "file",
+            Self::Kms { .. } => "kms",
+        }
+    }
+
+    /// Reads the key a file holds.
+    pub async fn open(&self, path: &Path) -> Result<MasterKey, String> {
+        match self {
+            Self::Plain => MasterKey::load_file(path).map_err(|e| e.to_string()),
+            Self::Kms { client, .. } => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let blob = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|_| format!("{}: not base64", path.display()))?;
+                let (_, plain) = client
+                    .decrypt(&blob, &kms_context())
+                    .await
+                    .map_err(|e| format!("KMS could not decrypt {}: {e}", path.display()))?;
+                let bytes: [u8; 32] = plain.as_slice().try_into().map_err(|_| {
+                    format!(
+                        "{}: KMS returned {} bytes, not 32",
+                        path.display(),
+                        plain.len()
+                    )
+                })?;
+                Ok(MasterKey::from_bytes(
+                    "kms",
+                    patchbay_crypto::KeyBytes::new(bytes),
+                ))
+            }
+        }
+    }
+
+    /// Makes a new key and writes it (sealed) to a new file, durably.
+    pub async fn create(&self, path: &Path) -> Result<MasterKey, String> {
+        match self {
+            Self::Plain => {
+                let key = MasterKey::generate("file");
+                key.write_new_file(path).map_err(|e| e.to_string())?;
+                Ok(key)
+            }
+            Self::Kms { client, key_id } => {
+                let bytes = patchbay_crypto::KeyBytes::random();
+                let blob = client
+                    .encrypt(key_id, bytes.expose_secret(), &kms_context())
+                    .await
+                    .map_err(|e| format!("KMS could not encrypt a new master key: {e}"))?;
+                write_new_private(
+                    path,
+                    base64::engine::general_purpose::STANDARD
+                        .encode(blob)
+                        .as_bytes(),
+                )
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(MasterKey::from_bytes("kms", bytes))
+            }
+        }
+    }
+}
+
+/// Creates `path` (0600, never overwriting) with `content`, fsyncs it and its directory.
+fn write_new_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(content)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    sync_parent(path)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -62,6 +168,30 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl FileKeys {
+    /// The ring for `key` (the key file's), plus `.previous` and `.next` when a rotation is
+    /// unfinished (`.next` is then the current key).
+    async fn ring_with_pending(&self, key: MasterKey) -> Result<KeyRing, String> {
+        let ring = KeyRing::new(key);
+        let previous = self.previous();
+        if previous.exists() {
+            let key = self.sealing.open(&previous).await?;
+            tracing::info!(
+                key_id = key.id(),
+                "loaded the previous master key (rotation not verified yet)"
+            );
+            ring.add_master(key);
+        }
+        let next = self.next();
+        if next.exists() {
+            let key = self.sealing.open(&next).await?;
+            let id = key.id().to_owned();
+            ring.add_master(key);
+            ring.set_current_master(&id);
+            tracing::info!(key_id = %id, "loaded the next master key: resuming its rotation");
+        }
+        Ok(ring)
+    }
+
     fn next(&self) -> PathBuf {
         with_suffix(&self.path, ".next")
     }
@@ -72,18 +202,19 @@ impl FileKeys {
 
 impl MasterKeyStore for FileKeys {
     fn source(&self) -> &'static str {
-        "file"
+        self.sealing.source()
     }
 
-    fn begin_rotation(&self) -> ApiResult<MasterKey> {
-        let next = self.next();
-        if next.exists() {
-            return Ok(MasterKey::load_file(&next)?);
-        }
-        let key = MasterKey::generate("file");
-        key.write_new_file(&next)?;
-        tracing::info!(path = %next.display(), key_id = key.id(), "wrote the next master key");
-        Ok(key)
+    fn begin_rotation(&self) -> BoxFuture<'_, ApiResult<MasterKey>> {
+        Box::pin(async move {
+            let next = self.next();
+            if next.exists() {
+                return self.sealing.open(&next).await.map_err(key_error);
+            }
+            let key = self.sealing.create(&next).await.map_err(key_error)?;
+            tracing::info!(path = %next.display(), key_id = key.id(), "wrote the next master key");
+            Ok(key)
+        })
     }
 
     fn commit_rotation(&self) -> Result<(), String> {
@@ -138,11 +269,13 @@ impl MasterKeyStore for InlineKeys {
     fn source(&self) -> &'static str {
         "inline"
     }
-    fn begin_rotation(&self) -> ApiResult<MasterKey> {
-        Err(ApiError::new(
-            ErrorCode::RotationUnsupported,
-            INLINE_ROTATION_HELP,
-        ))
+    fn begin_rotation(&self) -> BoxFuture<'_, ApiResult<MasterKey>> {
+        Box::pin(async {
+            Err(ApiError::new(
+                ErrorCode::RotationUnsupported,
+                INLINE_ROTATION_HELP,
+            ))
+        })
     }
     fn commit_rotation(&self) -> Result<(), String> {
         Ok(())
@@ -205,33 +338,40 @@ pub struct LoadedKeys {
 /// Loads the master keys: the key file plus `.next`/`.previous` when present (the current
 /// key is `.next` while a rotation is unfinished), or the inline key plus
 /// PATCHBAY_MASTER_KEY_PREVIOUS.
-pub fn load(source: &MasterKeySource) -> Result<LoadedKeys, String> {
+pub async fn load(source: &MasterKeySource) -> Result<LoadedKeys, String> {
     let (ring, store, created): (KeyRing, Box<dyn MasterKeyStore>, _) = match source {
         MasterKeySource::File(path) => {
             let (key, created) = MasterKey::load_or_create_file(path).map_err(|e| e.to_string())?;
             if created {
                 tracing::info!(path = %path.display(), key_id = key.id(), "created master key file");
             }
-            let ring = KeyRing::new(key);
-            let files = FileKeys { path: path.clone() };
-            let previous = files.previous();
-            if previous.exists() {
-                let key = MasterKey::load_file(&previous).map_err(|e| e.to_string())?;
-                tracing::info!(
-                    key_id = key.id(),
-                    "loaded the previous master key (rotation not verified yet)"
-                );
-                ring.add_master(key);
-            }
-            let next = files.next();
-            if next.exists() {
-                let key = MasterKey::load_file(&next).map_err(|e| e.to_string())?;
-                let id = key.id().to_owned();
-                ring.add_master(key);
-                ring.set_current_master(&id);
-                tracing::info!(key_id = %id, "loaded the next master key: resuming its rotation");
-            }
+            let files = FileKeys {
+                path: path.clone(),
+                sealing: Sealing::Plain,
+            };
+            let ring = files.ring_with_pending(key).await?;
             (ring, Box::new(files), created.then(|| path.clone()))
+        }
+        MasterKeySource::Kms { kms_key_id, file } => {
+            let config = patchbay_external::AwsConfig::from_env()
+                .map_err(|e| format!("KMS master key: {e}"))?;
+            let files = FileKeys {
+                path: file.clone(),
+                sealing: Sealing::Kms {
+                    client: patchbay_external::KmsClient::new(config)
+                        .map_err(|e| format!("KMS master key: {e}"))?,
+                    key_id: kms_key_id.clone(),
+                },
+            };
+            let (key, created) = if file.exists() {
+                (files.sealing.open(file).await?, false)
+            } else {
+                let key = files.sealing.create(file).await?;
+                tracing::info!(path = %file.display(), key_id = key.id(), "created a master key sealed by KMS");
+                (key, true)
+            };
+            let ring = files.ring_with_pending(key).await?;
+            (ring, Box::new(files), created.then(|| file.clone()))
         }
         MasterKeySource::Inline(text) => {
             let key = MasterKey::from_encoded("env", text.expose_secret())
@@ -368,7 +508,7 @@ pub async fn rotate_master(state: &AppState, p: &Principal) -> ApiResult<KeyRota
         return Err(in_progress(Some(r)));
     }
     let old = state.keys.master_key_id();
-    let new = mgr.source.begin_rotation()?;
+    let new = mgr.source.begin_rotation().await?;
     let new_id = new.id().to_owned();
     state.keys.add_master(new);
     // From here new data keys are wrapped by the new key.

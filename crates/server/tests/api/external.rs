@@ -389,3 +389,83 @@ async fn oauth2_refresh_is_single_flight_across_fifty_callers_and_tokens_stay_en
     let ev = s.app_state.store.oauth_token(&cred).await.unwrap().unwrap();
     assert!(!ev.ciphertext.windows(9).any(|w| w == b"refresh-2"));
 }
+
+/// Master key sealed by AWS KMS (moto): created on first start, opened by KMS on restart,
+/// rotated online; a restart with the KMS key's sealed file gone refuses to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_sealed_by_kms_survives_restarts_and_rotation() {
+    let Some(moto) = moto_url() else { return };
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    std::env::set_var("PATCHBAY_AWS_ENDPOINT_URL", &moto);
+    let kms = patchbay_external::KmsClient::new(AwsConfig::from_env().unwrap()).unwrap();
+    let kms_key = patchbay_external::provision::kms_create_key(&kms, "patchbay test master key")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = dir.path().join("data/master.key.kms");
+    let source = || patchbay_server::MasterKeySource::Kms {
+        kms_key_id: kms_key.clone(),
+        file: sealed.clone(),
+    };
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let s = Service::start_in(dir, source(), Default::default()).await;
+    let master_id = s.app_state.keys.master_key_id();
+    assert!(master_id.starts_with("kms:"), "{master_id}");
+    let project = s.default_project().await;
+    let c = s.create_pg(&project, "kms-sealed").await;
+    let id = c.body["id"].as_str().unwrap().to_owned();
+    // The sealed file is KMS ciphertext: base64, not the key's own base64 encoding.
+    let text = std::fs::read_to_string(&sealed).unwrap();
+    assert!(text.trim().len() > 100, "{}", text.len());
+
+    // Restart: KMS opens the key and the secret decrypts.
+    let s = Service::start_in(s.into_dir(), source(), Default::default()).await;
+    assert_eq!(s.app_state.keys.master_key_id(), master_id);
+    assert_eq!(reveal(&s, &id).await.body["secrets"]["password"], CANARY);
+
+    // Online master rotation under KMS: a new sealed key, every data key re-wrapped.
+    let r = s
+        .call(Method::POST, "/api/v1/keys/rotate-master", None, &[])
+        .await;
+    assert_eq!(r.status.as_u16(), 202, "{}", r.text);
+    let rid = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = s
+            .call(
+                Method::GET,
+                &format!("/api/v1/keys/rotations/{rid}"),
+                None,
+                &[],
+            )
+            .await;
+        if st.body["state"] == "done" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", st.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rotated = s.app_state.keys.master_key_id();
+    assert_ne!(rotated, master_id);
+    assert_ne!(std::fs::read_to_string(&sealed).unwrap(), text);
+    let s = Service::start_in(s.into_dir(), source(), Default::default()).await;
+    assert_eq!(s.app_state.keys.master_key_id(), rotated);
+    assert_eq!(reveal(&s, &id).await.body["secrets"]["password"], CANARY);
+    let status = s.call(Method::GET, "/api/v1/keys", None, &[]).await;
+    assert_eq!(
+        status.body["master_key"]["source"], "kms",
+        "{}",
+        status.text
+    );
+
+    // Without its sealed key the database is not opened with a fresh one.
+    let dir = s.into_dir();
+    std::fs::remove_file(&sealed).unwrap();
+    let err = Service::try_start_in(dir, source(), Default::default()).await;
+    match err {
+        Err(e) => assert!(e.contains("wrong master key"), "{e}"),
+        Ok(_) => panic!("started with a new master key over data sealed by another"),
+    }
+}

@@ -29,14 +29,35 @@ impl Service {
 
     pub async fn start_with(settings: patchbay_server::state::Settings) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let key = MasterKeySource::File(dir.path().join("data/master.key"));
+        Self::start_in(dir, key, settings).await
+    }
+
+    /// A service on `dir` (which may hold a previous service's data: a restart).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        master_key: MasterKeySource,
+        settings: patchbay_server::state::Settings,
+    ) -> Self {
+        match Self::try_start_in(dir, master_key, settings).await {
+            Ok(s) => s,
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+
+    pub async fn try_start_in(
+        dir: tempfile::TempDir,
+        master_key: MasterKeySource,
+        settings: patchbay_server::state::Settings,
+    ) -> Result<Self, String> {
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             database_url: None,
-            master_key: MasterKeySource::File(dir.path().join("data/master.key")),
+            master_key,
             settings,
         };
-        let app = App::start(&config).await.unwrap();
+        let app = App::start(&config).await.map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = app.router();
@@ -45,13 +66,18 @@ impl Service {
             .unwrap()
             .trim()
             .to_owned();
-        Self {
+        Ok(Self {
             base: format!("http://{addr}"),
             token,
             app_state: app.state.clone(),
             http: reqwest::Client::new(),
             dir,
-        }
+        })
+    }
+
+    /// Stops serving through this value and hands back its data directory.
+    pub fn into_dir(self) -> tempfile::TempDir {
+        self.dir
     }
 
     /// A direct connection to the service's SQLite database, for tests that tamper with rows.
