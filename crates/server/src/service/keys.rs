@@ -69,7 +69,7 @@ pub enum Sealing {
     /// The base64 of the key's AWS KMS ciphertext, with the encryption context
     /// `{"purpose": "patchbay-master-key"}`; only KMS key `key_id` can open it.
     Kms {
-        client: patchbay_external::KmsClient,
+        client: Box<patchbay_external::KmsClient>,
         key_id: String,
     },
 }
@@ -358,8 +358,10 @@ pub async fn load(source: &MasterKeySource) -> Result<LoadedKeys, String> {
             let files = FileKeys {
                 path: file.clone(),
                 sealing: Sealing::Kms {
-                    client: patchbay_external::KmsClient::new(config)
-                        .map_err(|e| format!("KMS master key: {e}"))?,
+                    client: Box::new(
+                        patchbay_external::KmsClient::new(config)
+                            .map_err(|e| format!("KMS master key: {e}"))?,
+                    ),
                     key_id: kms_key_id.clone(),
                 },
             };
