@@ -52,6 +52,10 @@ impl PermissionSet {
         Self(Permission::ALL.iter().copied().collect())
     }
 
+    pub fn insert(&mut self, p: Permission) {
+        self.0.insert(p);
+    }
+
     pub fn contains(&self, p: Permission) -> bool {
         self.0.contains(&p)
     }

@@ -315,6 +315,22 @@ fn journey(s: &Server) -> String {
     let table = cli(s, &["connections", "list"], &mut seen);
     assert!(!table.contains("dev-mysql"));
     credential_journey(s, &mut seen);
+    // A runner token: printed once on stdout, listed without its secret, revoked.
+    let runner = cli(s, &["tokens", "runner", "--ttl", "600"], &mut String::new());
+    let runner = runner.trim().to_owned();
+    assert!(runner.starts_with("pbt_"), "{runner}");
+    let listed = cli(s, &["tokens", "list", "-o", "json"], &mut seen);
+    assert!(!listed.contains(&runner));
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let id = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "runner")
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_owned();
+    cli(s, &["tokens", "revoke", &id], &mut seen);
     let types = cli(s, &["types", "list", "--category", "warehouses"], &mut seen);
     assert!(types.contains("snowflake"), "{types}");
     let completions = cli(s, &["completions", "bash"], &mut String::new());

@@ -229,6 +229,8 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
                 workspace_id: None,
                 permissions: PermissionSet::all(),
                 expires_at: None,
+                kind: "personal".into(),
+                created_by: None,
             },
             &system("token.create", "token", &token_id),
         )

@@ -8,6 +8,7 @@ const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_credentials.sql")),
     (3, include_str!("../migrations/sqlite/0003_keys.sql")),
+    (5, include_str!("../migrations/sqlite/0005_tokens.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -16,6 +17,7 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0002_credentials.sql"),
     ),
     (3, include_str!("../migrations/postgres/0003_keys.sql")),
+    (5, include_str!("../migrations/postgres/0005_tokens.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

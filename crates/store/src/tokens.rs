@@ -12,6 +12,10 @@ pub struct NewToken {
     pub workspace_id: Option<String>,
     pub permissions: PermissionSet,
     pub expires_at: Option<i64>,
+    /// `personal` or `runner`.
+    pub kind: String,
+    /// The principal that minted it (`token:<id>`), `None` for the bootstrap token.
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -24,6 +28,29 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    pub kind: String,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+}
+
+const TOKEN_COLUMNS: &str = "id, name, token_hash, workspace_id, permissions, expires_at, \
+    revoked_at, last_used_at, kind, created_by, created_at";
+
+fn row_to_token(row: &sqlx::any::AnyRow) -> Result<TokenRecord> {
+    let permissions: String = row.try_get("permissions")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        token_hash: row.try_get("token_hash")?,
+        workspace_id: row.try_get("workspace_id")?,
+        permissions: PermissionSet::from_storage(&permissions).map_err(StoreError::Corrupt)?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        kind: row.try_get("kind")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 /// One audit record to write. Plain rows for now; hash chaining comes with the audit work.
@@ -66,8 +93,8 @@ impl Store {
     pub async fn create_token(&self, t: &NewToken, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, token_hash, workspace_id, permissions, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_tokens (id, name, token_hash, workspace_id, permissions, created_at, \
+             expires_at, kind, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&t.id)
         .bind(&t.name)
@@ -76,32 +103,68 @@ impl Store {
         .bind(t.permissions.to_storage())
         .bind(now_millis())
         .bind(t.expires_at)
+        .bind(&t.kind)
+        .bind(t.created_by.clone())
         .execute(&mut *tx.tx)
         .await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await
     }
 
-    pub async fn find_token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, token_hash, workspace_id, permissions, expires_at, revoked_at, last_used_at \
-             FROM api_tokens WHERE token_hash = $1",
+    pub async fn get_token(&self, id: &str) -> Result<TokenRecord> {
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        row_to_token(&row)
+    }
+
+    /// Tokens, newest first: all of them, or those minted by `created_by`.
+    pub async fn list_tokens(&self, created_by: Option<&str>) -> Result<Vec<TokenRecord>> {
+        let mut sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens");
+        if created_by.is_some() {
+            sql += " WHERE created_by = $1";
+        }
+        sql += " ORDER BY created_at DESC, id";
+        let mut q = sqlx::query(&sql);
+        if let Some(c) = created_by {
+            q = q.bind(c);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_token)
+            .collect()
+    }
+
+    /// Revokes a token at once (the next request with it is refused).
+    pub async fn revoke_token(&self, id: &str, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
         )
+        .bind(now_millis())
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await
+    }
+
+    pub async fn find_token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"
+        ))
         .bind(token_hash.to_vec())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let permissions: String = row.try_get("permissions")?;
-        Ok(Some(TokenRecord {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            token_hash: row.try_get("token_hash")?,
-            workspace_id: row.try_get("workspace_id")?,
-            permissions: PermissionSet::from_storage(&permissions).map_err(StoreError::Corrupt)?,
-            expires_at: row.try_get("expires_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-            last_used_at: row.try_get("last_used_at")?,
-        }))
+        row.as_ref().map(row_to_token).transpose()
     }
 
     /// Best-effort last-use stamp, at most once a minute per token.

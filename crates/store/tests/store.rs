@@ -612,6 +612,8 @@ async fn tokens_are_found_by_hash_only(s: &Store) {
             workspace_id: None,
             permissions: perms.clone(),
             expires_at: None,
+            kind: "personal".into(),
+            created_by: None,
         },
         &audit("token.create", "t1"),
     )

@@ -6,6 +6,7 @@ mod connections;
 mod credentials;
 mod keys;
 mod output;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,9 @@ pub enum ClientCommand {
     /// Manage shared credentials and their versions.
     #[command(subcommand, visible_alias = "cred")]
     Credentials(credentials::CredentialsCommand),
+    /// API tokens and runner tokens.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
     /// Browse the connector catalog.
     #[command(subcommand)]
     Types(TypesCommand),
@@ -177,6 +181,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Connections(c) => connections::run(c, Ctx::new(g)).await,
         ClientCommand::Credentials(c) => credentials::run(c, Ctx::new(g)).await,
         ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
+        ClientCommand::Tokens(c) => tokens::run(c, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod connections;
 pub mod credentials;
 pub mod keys;
+pub mod tokens;
 pub mod workspaces;
 
 use std::time::Instant;
@@ -35,6 +36,7 @@ use crate::state::AppState;
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
+        tokens::create, tokens::list, tokens::revoke, tokens::create_runner,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         health, ready,
     ),
@@ -198,6 +200,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/credentials/{id}/token",
             axum::routing::post(credentials::token),
+        )
+        .route("/api/v1/tokens", g(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route(
+            "/api/v1/workspaces/{ws}/runner-tokens",
+            axum::routing::post(tokens::create_runner),
         )
         .route("/api/v1/keys", g(keys::status))
         .route(

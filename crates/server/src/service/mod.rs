@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod external;
 pub mod keys;
 pub mod oauth;
+pub mod tokens;
 pub mod workspaces;
 
 use patchbay_core::model::Principal;

@@ -102,6 +102,8 @@ impl Service {
                     workspace_id: workspace.map(str::to_owned),
                     permissions: perms.iter().copied().collect::<PermissionSet>(),
                     expires_at: None,
+                    kind: "personal".into(),
+                    created_by: None,
                 },
                 &patchbay_store::AuditEntry {
                     actor: "test".into(),

@@ -8,3 +8,4 @@ mod credentials;
 mod external;
 mod keys;
 mod kit;
+mod tokens;

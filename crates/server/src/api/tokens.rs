@@ -1,0 +1,133 @@
+//! API tokens and runner tokens. The secret is in the create response only.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use patchbay_core::model::format_rfc3339;
+use patchbay_store::TokenRecord;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::Auth;
+use crate::body::{JsonObject, OptionalJsonObject};
+use crate::error::{ApiResult, ErrorBody};
+use crate::service::tokens::{self as svc, Minted};
+use crate::state::AppState;
+
+/// A token's metadata; never the token.
+#[derive(Serialize, ToSchema)]
+pub struct TokenOut {
+    pub id: String,
+    pub name: String,
+    /// personal or runner.
+    pub kind: String,
+    /// The one workspace it reaches, or null for every workspace its permissions allow.
+    pub workspace_id: Option<String>,
+    pub permissions: Vec<String>,
+    pub created_by: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl From<TokenRecord> for TokenOut {
+    fn from(t: TokenRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            kind: t.kind,
+            workspace_id: t.workspace_id,
+            permissions: t
+                .permissions
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            created_by: t.created_by,
+            created_at: format_rfc3339(t.created_at),
+            expires_at: t.expires_at.map(format_rfc3339),
+            last_used_at: t.last_used_at.map(format_rfc3339),
+            revoked_at: t.revoked_at.map(format_rfc3339),
+        }
+    }
+}
+
+/// A new token: the secret `token` appears here and nowhere else, ever.
+#[derive(Serialize, ToSchema)]
+pub struct MintedOut {
+    pub token: String,
+    #[serde(flatten)]
+    pub meta: TokenOut,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenList {
+    pub items: Vec<TokenOut>,
+}
+
+fn minted(m: Minted) -> Response {
+    let out = MintedOut {
+        // The one place a token secret is written into a response.
+        token: m.token.expose_secret().to_owned(),
+        meta: m.record.into(),
+    };
+    let mut resp = (StatusCode::CREATED, Json(out)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens",
+    request_body(content = Object, description = "{name, expires_in? (seconds), workspace_id?, permissions? (subset of the caller's)}"),
+    responses((status = 201, body = MintedOut, description = "The token is shown this once"),
+        (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    Ok(minted(svc::create(&state, &auth.0, body).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses((status = 200, body = TokenList, description = "The caller's own token, those it minted; every token for an instance administrator")),
+    security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<TokenList>> {
+    let items = svc::list(&state, &auth.0).await?;
+    Ok(Json(TokenList {
+        items: items.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked: the next request with it answers 401"),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc::revoke(&state, &auth.0, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runner-tokens", tag = "tokens",
+    params(("ws" = String, Path, description = "Workspace id or name")),
+    request_body(content = Option<Object>, description = "{ttl_seconds?}: default 900, at most 3600"),
+    responses((status = 201, body = MintedOut, description = "A token for one workspace: connections:resolve and connections:test only"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_runner(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(ws): Path<String>,
+    OptionalJsonObject(body): OptionalJsonObject,
+) -> ApiResult<Response> {
+    Ok(minted(
+        svc::create_runner(&state, &auth.0, &ws, body).await?,
+    ))
+}

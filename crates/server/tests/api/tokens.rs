@@ -1,0 +1,275 @@
+//! API tokens: shown once, never wider than their creator, revocation immediate; runner
+//! tokens: one workspace, resolve and test only, at most an hour.
+
+use patchbay_core::permission::Permission;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::kit::Service;
+
+async fn with(
+    s: &Service,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> crate::kit::Reply {
+    let mut h = vec![];
+    if body.is_some() {
+        h.push(("content-type", "application/json"));
+    }
+    s.raw(
+        method,
+        path,
+        Some(token),
+        &h,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn personal_tokens_are_shown_once_narrowed_and_revoked_at_once() {
+    let s = Service::start().await;
+    let ws = s.default_workspace().await;
+    let r = s
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(
+                json!({"name": "ci-reader", "expires_in": 3600, "workspace_id": ws,
+                        "permissions": ["connections:read", "credentials:read"]}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("pbt_"));
+    assert_eq!(r.body["kind"], "personal");
+    assert_eq!(r.body["workspace_id"], ws.as_str());
+    assert!(r.body["expires_at"].is_string());
+
+    // It works, within its permissions only.
+    let ok = with(
+        &s,
+        &token,
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/credentials"),
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let denied = with(
+        &s,
+        &token,
+        Method::POST,
+        "/api/v1/workspaces",
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    // It cannot mint a wider token, nor reach another workspace.
+    let wider = with(
+        &s,
+        &token,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(json!({"name": "wider", "permissions": ["connections:reveal"]})),
+    )
+    .await;
+    assert_eq!(wider.status, StatusCode::BAD_REQUEST, "{}", wider.text);
+    assert_eq!(wider.body["field"], "/permissions");
+    let narrower = with(
+        &s,
+        &token,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(json!({"name": "narrower"})),
+    )
+    .await;
+    assert_eq!(narrower.status, StatusCode::CREATED, "{}", narrower.text);
+    assert_eq!(
+        narrower.body["workspace_id"],
+        ws.as_str(),
+        "inherits the caller's workspace"
+    );
+
+    // Listing shows metadata, never a token.
+    let list = s.call(Method::GET, "/api/v1/tokens", None, &[]).await;
+    assert!(list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == id.as_str()));
+    assert!(!list.text.contains(&token));
+    let own = with(&s, &token, Method::GET, "/api/v1/tokens", None).await;
+    let names: Vec<&str> = own.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"ci-reader")
+            && names.contains(&"narrower")
+            && !names.contains(&"initial-admin"),
+        "{names:?}"
+    );
+
+    // Revocation takes effect on the next request, with the same 401 as an unknown token.
+    let del = s
+        .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, &[])
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    let after = with(
+        &s,
+        &token,
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/credentials"),
+        None,
+    )
+    .await;
+    let unknown = with(
+        &s,
+        "pbt_nope",
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/credentials"),
+        None,
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(after.text, unknown.text);
+    let again = s
+        .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, &[])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+
+    // Bad input names the field.
+    for (body, field) in [
+        (json!({"name": "x", "expires_in": 5}), "/expires_in"),
+        (
+            json!({"name": "x", "permissions": ["nope"]}),
+            "/permissions/0",
+        ),
+        (
+            json!({"name": "x", "workspace_id": "no-such"}),
+            "/workspace_id",
+        ),
+        (json!({"name": "Bad Name"}), "/name"),
+    ] {
+        let r = s
+            .call(Method::POST, "/api/v1/tokens", Some(body), &[])
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(r.body["field"], field, "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn runner_tokens_reach_one_workspace_for_at_most_an_hour() {
+    let s = Service::start().await;
+    let ws = s.default_workspace().await;
+    let other = s
+        .call(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({"name": "other"})),
+            &[],
+        )
+        .await;
+    let other_ws = other.body["id"].as_str().unwrap().to_owned();
+    let r = s
+        .raw(
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+            Some(&s.token),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["kind"], "runner");
+    assert_eq!(
+        r.body["permissions"],
+        json!(["connections:test", "connections:resolve"])
+    );
+    let runner = r.body["token"].as_str().unwrap().to_owned();
+    let created = r.body["created_at"].as_str().unwrap().to_owned();
+    let expires = r.body["expires_at"].as_str().unwrap().to_owned();
+    assert!(expires > created);
+
+    // Nothing but resolve and test: no reads, no reveals, no minting.
+    let read = with(
+        &s,
+        &runner,
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/credentials"),
+        None,
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::FORBIDDEN);
+    let mint = with(
+        &s,
+        &runner,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(json!({"name": "x", "permissions": ["connections:read"]})),
+    )
+    .await;
+    assert_eq!(mint.status, StatusCode::BAD_REQUEST);
+    // Another workspace does not exist for it.
+    let r = with(
+        &s,
+        &runner,
+        Method::POST,
+        &format!("/api/v1/workspaces/{other_ws}/runner-tokens"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    for ttl in [0, 3601] {
+        let r = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+                Some(json!({"ttl_seconds": ttl})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert_eq!(r.body["field"], "/ttl_seconds");
+    }
+    // A caller without resolve and test cannot mint one.
+    let reader = s
+        .token_with(&[Permission::ConnectionsRead], Some(&ws))
+        .await;
+    let r = with(
+        &s,
+        &reader,
+        Method::POST,
+        &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // A 1-second runner token stops working when it expires.
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+            Some(json!({"ttl_seconds": 1})),
+            &[],
+        )
+        .await;
+    let short = r.body["token"].as_str().unwrap().to_owned();
+    let mine = with(&s, &short, Method::GET, "/api/v1/tokens", None).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let late = with(&s, &short, Method::GET, "/api/v1/tokens", None).await;
+    assert_eq!(late.status, StatusCode::UNAUTHORIZED);
+}
