@@ -231,14 +231,9 @@ impl Store {
         .await?;
         let mut out: BTreeMap<String, Vec<(String, EncryptedValue)>> = BTreeMap::new();
         for r in &rows {
-            out.entry(r.try_get("connection_id")?).or_default().push((
-                r.try_get("field")?,
-                EncryptedValue {
-                    key_id: r.try_get("key_id")?,
-                    nonce: r.try_get("nonce")?,
-                    ciphertext: r.try_get("ciphertext")?,
-                },
-            ));
+            out.entry(r.try_get("connection_id")?)
+                .or_default()
+                .push((r.try_get("field")?, crate::encrypted_value(r)?));
         }
         Ok(out)
     }
@@ -255,18 +250,7 @@ impl Store {
         .bind(connection_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("field")?,
-                    EncryptedValue {
-                        key_id: r.try_get("key_id")?,
-                        nonce: r.try_get("nonce")?,
-                        ciphertext: r.try_get("ciphertext")?,
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(crate::field_and_value).collect()
     }
 
     /// Moves a connection's legacy secret rows into the credential `c` (owned by it and

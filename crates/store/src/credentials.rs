@@ -457,18 +457,7 @@ impl Store {
         .bind(version)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("field")?,
-                    EncryptedValue {
-                        key_id: r.try_get("key_id")?,
-                        nonce: r.try_get("nonce")?,
-                        ciphertext: r.try_get("ciphertext")?,
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(crate::field_and_value).collect()
     }
 
     /// The non-secret fields of one version.

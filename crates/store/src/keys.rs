@@ -538,11 +538,7 @@ impl Store {
                     version: r.try_get("version")?,
                     field: r.try_get("field")?,
                     workspace_id: r.try_get("workspace_id")?,
-                    value: EncryptedValue {
-                        key_id: r.try_get("key_id")?,
-                        nonce: r.try_get("nonce")?,
-                        ciphertext: r.try_get("ciphertext")?,
-                    },
+                    value: crate::encrypted_value(r)?,
                 };
                 match f.reencrypt(&row) {
                     Some(ev) => out.push((row, ev)),

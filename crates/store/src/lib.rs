@@ -160,6 +160,22 @@ impl WriteTx<'_> {
     }
 }
 
+/// The `key_id`, `nonce` and `ciphertext` columns of a row, as one stored ciphertext.
+fn encrypted_value(row: &sqlx::any::AnyRow) -> Result<patchbay_crypto::EncryptedValue> {
+    use sqlx::Row;
+    Ok(patchbay_crypto::EncryptedValue {
+        key_id: row.try_get("key_id")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+    })
+}
+
+/// `(field, ciphertext)` of a secret row.
+fn field_and_value(row: &sqlx::any::AnyRow) -> Result<(String, patchbay_crypto::EncryptedValue)> {
+    use sqlx::Row;
+    Ok((row.try_get("field")?, encrypted_value(row)?))
+}
+
 /// Why a versioned UPDATE matched no row: the row is gone, or its version moved on.
 /// `sql` selects the current version by id (`$1`).
 async fn stale_or_missing(tx: &mut WriteTx<'_>, sql: &str, id: &str) -> Result<StoreError> {

@@ -2,7 +2,6 @@
 //! single-flight across replicas.
 
 use patchbay_crypto::EncryptedValue;
-use sqlx::Row;
 
 use crate::{now_millis, Result, Store};
 
@@ -16,14 +15,7 @@ impl Store {
         .bind(credential_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(EncryptedValue {
-                key_id: r.try_get("key_id")?,
-                nonce: r.try_get("nonce")?,
-                ciphertext: r.try_get("ciphertext")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(crate::encrypted_value).transpose()
     }
 
     /// Takes the refresh lease for `ttl_ms` when it is free, expired or already `holder`'s.
