@@ -1,13 +1,16 @@
 //! Bearer-token authentication. Every API handler takes an [`Auth`]; a missing, unknown,
 //! revoked or expired token answers 401 with one undifferentiated message.
 
+use std::collections::BTreeMap;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use patchbay_core::model::Principal;
-use patchbay_core::permission::Permission;
+use patchbay_core::permission::{Permission, PermissionSet};
+use patchbay_core::roles;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::{hash_token, token_hashes_equal};
-use patchbay_store::now_millis;
+use patchbay_store::{now_millis, StoreError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -58,13 +61,48 @@ impl FromRequestParts<AppState> for Auth {
                 }
             });
         }
+        let memberships = match &record.user_id {
+            None => None,
+            Some(user_id) => memberships(state, user_id).await?,
+        };
         Ok(Auth(Principal {
             token_id: record.id,
             token_name: record.name,
+            user_id: record.user_id,
             workspace_id: record.workspace_id,
             permissions: record.permissions,
+            memberships,
         }))
     }
+}
+
+/// What a user's roles grant, per workspace; `None` for an instance administrator. A
+/// disabled or deleted user authenticates nothing, whatever their tokens.
+async fn memberships(
+    state: &AppState,
+    user_id: &str,
+) -> ApiResult<Option<BTreeMap<String, PermissionSet>>> {
+    let user = match state.store.get_user(user_id).await {
+        Ok(u) if u.disabled_at.is_none() => u,
+        Ok(_) | Err(StoreError::NotFound) => return Err(unauthenticated()),
+        Err(e) => return Err(e.into()),
+    };
+    if user.is_admin {
+        return Ok(None);
+    }
+    let mut out = BTreeMap::new();
+    for m in state.store.memberships_of(user_id).await? {
+        let perms = match (roles::builtin(&m.role), &m.custom_permissions) {
+            (Some(perms), _) => perms,
+            (None, Some(stored)) => PermissionSet::from_storage(stored)
+                .map_err(|e| StoreError::Corrupt(format!("role {}: {e}", m.role)))?,
+            // A role that no longer exists grants nothing; the member still sees the
+            // workspace.
+            (None, None) => PermissionSet::default(),
+        };
+        out.insert(m.workspace_id, perms);
+    }
+    Ok(Some(out))
 }
 
 impl Auth {

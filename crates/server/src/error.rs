@@ -49,8 +49,11 @@ impl ApiError {
     pub fn forbidden(permission: patchbay_core::permission::Permission) -> Self {
         Self::new(
             ErrorCode::Forbidden,
-            format!("this token lacks the {permission} permission"),
+            format!("this call needs the {permission} permission, which neither this token nor its user's role grants here"),
         )
+    }
+    pub fn internal() -> Self {
+        Self(Error::internal())
     }
 }
 

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use patchbay_core::permission::PermissionSet;
-use patchbay_crypto::{generate_token, hash_token, SecretString};
-use patchbay_store::{new_id, AuditEntry, NewToken, Store, StoreError};
+use patchbay_crypto::{generate_password, generate_token, hash_token, SecretString};
+use patchbay_store::{new_id, AuditEntry, NewToken, NewUser, Store, StoreError};
 
 use crate::state::AppState;
 
@@ -182,9 +182,12 @@ fn restrict_dir(dir: &Path) {
 }
 
 pub const INITIAL_TOKEN_FILE: &str = "initial-admin-token";
+pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 
-/// First start on an empty database: workspace `default`, project `default`, and an admin
-/// token printed once to stderr and written to `<data dir>/initial-admin-token` (0600).
+/// First start on an empty database: workspace `default`, project `default`, the instance
+/// administrator `admin` and an API token of theirs. The password and the token are printed
+/// once to stderr and written to `<data dir>/initial-admin-password` and
+/// `<data dir>/initial-admin-token` (0600).
 /// Replicas racing on a shared PostgreSQL: the loser sees `name_taken` and leaves it.
 async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> {
     if state.store.count_workspaces().await? > 0 {
@@ -217,6 +220,21 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
         .store
         .create_project(&ws_id, "default", &system("project.create", "project", ""))
         .await?;
+    let password = generate_password();
+    let admin = state
+        .store
+        .create_user(
+            &NewUser {
+                id: new_id(),
+                username: "admin".into(),
+                password_hash: service::users::hash(password.clone())
+                    .await
+                    .map_err(|e| StartError::Bootstrap(e.0.to_string()))?,
+                is_admin: true,
+            },
+            &system("user.create", "user", "admin"),
+        )
+        .await?;
     let token = generate_token();
     let token_id = new_id();
     state
@@ -231,6 +249,7 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
                 expires_at: None,
                 kind: "personal".into(),
                 created_by: None,
+                user_id: Some(admin.id),
             },
             &system("token.create", "token", &token_id),
         )
@@ -238,10 +257,15 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
     let path = data_dir.join(INITIAL_TOKEN_FILE);
     write_private(&path, token.expose_secret())
         .map_err(|e| StartError::Bootstrap(format!("{}: {e}", path.display())))?;
-    // Printed once, on purpose: this is how the operator receives the first token.
+    let pw_path = data_dir.join(INITIAL_PASSWORD_FILE);
+    write_private(&pw_path, password.expose_secret())
+        .map_err(|e| StartError::Bootstrap(format!("{}: {e}", pw_path.display())))?;
+    // Printed once, on purpose: this is how the operator receives the first credentials.
     eprintln!(
-        "\npatchbay: created workspace `default`, project `default` and an admin API token:\n\n    {}\n\nIt is also in {} (mode 0600). Store it now; it is not shown again.\n",
+        "\npatchbay: created workspace `default`, project `default` and the administrator `admin`.\n\n    password:  {}\n    API token: {}\n\nThey are also in {} and {} (mode 0600). Store them now; they are not shown again.\n",
+        password.expose_secret(),
         token.expose_secret(),
+        pw_path.display(),
         path.display()
     );
     Ok(())

@@ -12,6 +12,7 @@ mod keys;
 mod migrate;
 mod oauth;
 mod tokens;
+mod users;
 mod workspaces;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +29,7 @@ pub use keys::{
     StartRotation,
 };
 pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
+pub use users::{Membership, NewUser, RoleRecord, UserRecord};
 pub use workspaces::StoredDataKey;
 
 #[derive(Debug, thiserror::Error)]

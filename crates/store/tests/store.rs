@@ -614,6 +614,7 @@ async fn tokens_are_found_by_hash_only(s: &Store) {
             expires_at: None,
             kind: "personal".into(),
             created_by: None,
+            user_id: None,
         },
         &audit("token.create", "t1"),
     )

@@ -6,6 +6,7 @@ pub mod connections;
 pub mod credentials;
 pub mod keys;
 pub mod tokens;
+pub mod users;
 pub mod workspaces;
 
 use std::time::Instant;
@@ -37,6 +38,8 @@ use crate::state::AppState;
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
         tokens::create, tokens::list, tokens::revoke, tokens::create_runner,
+        users::create, users::list, users::list_members, users::put_member,
+        users::delete_member, users::list_roles, users::create_role,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         health, ready,
     ),
@@ -206,6 +209,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/workspaces/{ws}/runner-tokens",
             axum::routing::post(tokens::create_runner),
+        )
+        .route("/api/v1/users", g(users::list).post(users::create))
+        .route("/api/v1/workspaces/{ws}/members", g(users::list_members))
+        .route(
+            "/api/v1/workspaces/{ws}/members/{user}",
+            axum::routing::put(users::put_member).delete(users::delete_member),
+        )
+        .route(
+            "/api/v1/workspaces/{ws}/roles",
+            g(users::list_roles).post(users::create_role),
         )
         .route("/api/v1/keys", g(keys::status))
         .route(

@@ -23,7 +23,7 @@ use patchbay_store::{
 use serde_json::{json, Map, Value};
 
 use super::credentials::{self, VersionValues, INLINE_KIND};
-use super::{audit, workspaces};
+use super::{audit, require_in, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -233,9 +233,7 @@ async fn shared_credential(
     id_or_name: &str,
     version: Option<i64>,
 ) -> ApiResult<Credential> {
-    if !p.can(Permission::CredentialsUse) {
-        return Err(ApiError::forbidden(Permission::CredentialsUse));
-    }
+    require_in(p, workspace_id, Permission::CredentialsUse)?;
     let found = match state.store.get_credential(id_or_name).await {
         Err(StoreError::NotFound) => {
             state
@@ -517,9 +515,7 @@ pub async fn create(
     body: Map<String, Value>,
 ) -> ApiResult<Connection> {
     let project = workspaces::project(state, p, project_id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
+    require_in(p, &project.workspace_id, Permission::ConnectionsWrite)?;
     let mut f = Fields::new(body, WRITABLE, &[])?;
     let name = f.required_string("name")?;
     let type_id = f.required_string("type")?;
@@ -569,11 +565,9 @@ pub async fn create(
         .await?)
 }
 
-/// A connection the principal can see (404 otherwise, whatever the reason).
-pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
-    if !p.can(Permission::ConnectionsRead) {
-        return Err(ApiError::forbidden(Permission::ConnectionsRead));
-    }
+/// A connection in a workspace the principal sees (404 otherwise, whatever the reason). Callers
+/// check the permission their operation needs in that workspace.
+pub async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
     match state.store.get_connection(id).await {
         Ok(c) if p.sees_workspace(&c.workspace_id) => Ok(c),
         Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found("connection")),
@@ -581,12 +575,18 @@ pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connec
     }
 }
 
+/// A connection the principal can read: 404 when its workspace is invisible, 403 without
+/// connections:read there.
+pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
+    let c = find(state, p, id).await?;
+    require_in(p, &c.workspace_id, Permission::ConnectionsRead)?;
+    Ok(c)
+}
+
 /// A connection the principal can see and change.
 async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
     let current = load(state, p, id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
+    require_in(p, &current.workspace_id, Permission::ConnectionsWrite)?;
     Ok(current)
 }
 
@@ -608,9 +608,7 @@ pub async fn reveal(
     p: &Principal,
     c: &Connection,
 ) -> ApiResult<BTreeMap<String, SecretString>> {
-    if !p.can(Permission::ConnectionsReveal) {
-        return Err(ApiError::forbidden(Permission::ConnectionsReveal));
-    }
+    require_in(p, &c.workspace_id, Permission::ConnectionsReveal)?;
     let Some(cred) = &c.credential else {
         // Rows the start-up upgrade could not move (they fail their integrity check):
         // reading them reports that, never an empty answer.
@@ -849,9 +847,7 @@ pub async fn list(
     query: ListQuery,
 ) -> ApiResult<ConnectionPage> {
     let project = workspaces::project(state, p, project_id).await?;
-    if !p.can(Permission::ConnectionsRead) {
-        return Err(ApiError::forbidden(Permission::ConnectionsRead));
-    }
+    require_in(p, &project.workspace_id, Permission::ConnectionsRead)?;
     let ListFilter {
         connector_type,
         category,

@@ -104,6 +104,7 @@ impl Service {
                     expires_at: None,
                     kind: "personal".into(),
                     created_by: None,
+                    user_id: None,
                 },
                 &patchbay_store::AuditEntry {
                     actor: "test".into(),
