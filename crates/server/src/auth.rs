@@ -28,6 +28,10 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        // Already authenticated by the route layer (api::access).
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(Auth(p.clone()));
+        }
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

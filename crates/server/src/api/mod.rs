@@ -1,6 +1,7 @@
 //! The REST API: routes, the OpenAPI document, health, and the cross-cutting layers
 //! (body limit, request log, panic guard, security headers, JSON fallbacks).
 
+pub mod access;
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
@@ -231,6 +232,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(keys::rotate_data),
         )
         .route("/api/openapi.json", g(openapi_json))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
         .with_state(state);
     api.merge(
         utoipa_swagger_ui::SwaggerUi::new("/api/docs")
