@@ -136,12 +136,14 @@ impl Store {
     }
 
     pub async fn list_users(&self) -> Result<Vec<UserRecord>> {
-        sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY username"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(user)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(user)
+        .collect()
     }
 
     /// Sets a user's role in a workspace (adds the member or changes the role). Returns the

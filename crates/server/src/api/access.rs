@@ -39,39 +39,115 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/credential-kinds", Authenticated),
     ("GET", "/api/v1/workspaces", Authenticated),
     ("POST", "/api/v1/workspaces", Needs(InstanceAdmin)),
-    ("GET", "/api/v1/workspaces/{ws}/projects", Needs(ConnectionsRead)),
-    ("POST", "/api/v1/workspaces/{ws}/projects", Needs(WorkspaceAdmin)),
-    ("GET", "/api/v1/projects/{project}/connections", Needs(ConnectionsRead)),
-    ("POST", "/api/v1/projects/{project}/connections", Needs(ConnectionsWrite)),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/projects",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/projects",
+        Needs(WorkspaceAdmin),
+    ),
+    (
+        "GET",
+        "/api/v1/projects/{project}/connections",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/connections",
+        Needs(ConnectionsWrite),
+    ),
     ("GET", "/api/v1/connections/{id}", Needs(ConnectionsRead)),
     ("PUT", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     ("PATCH", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
-    ("DELETE", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
-    ("GET", "/api/v1/workspaces/{ws}/credentials", Needs(CredentialsRead)),
-    ("POST", "/api/v1/workspaces/{ws}/credentials", Needs(CredentialsWrite)),
+    (
+        "DELETE",
+        "/api/v1/connections/{id}",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/credentials",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/credentials",
+        Needs(CredentialsWrite),
+    ),
     ("GET", "/api/v1/credentials/{id}", Needs(CredentialsRead)),
     ("PATCH", "/api/v1/credentials/{id}", Needs(CredentialsWrite)),
-    ("DELETE", "/api/v1/credentials/{id}", Needs(CredentialsWrite)),
-    ("GET", "/api/v1/credentials/{id}/versions", Needs(CredentialsRead)),
-    ("POST", "/api/v1/credentials/{id}/versions", Needs(CredentialsWrite)),
-    ("POST", "/api/v1/credentials/{id}/versions/{version}/revoke", Needs(CredentialsWrite)),
-    ("GET", "/api/v1/credentials/{id}/usage", Needs(CredentialsRead)),
-    ("POST", "/api/v1/credentials/{id}/token", Needs(ConnectionsResolve)),
+    (
+        "DELETE",
+        "/api/v1/credentials/{id}",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/credentials/{id}/versions",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/credentials/{id}/versions",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "POST",
+        "/api/v1/credentials/{id}/versions/{version}/revoke",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/credentials/{id}/usage",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/credentials/{id}/token",
+        Needs(ConnectionsResolve),
+    ),
     ("GET", "/api/v1/tokens", Authenticated),
     ("POST", "/api/v1/tokens", Authenticated),
     ("DELETE", "/api/v1/tokens/{id}", Authenticated),
-    ("POST", "/api/v1/workspaces/{ws}/runner-tokens", Needs(ConnectionsResolve)),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/runner-tokens",
+        Needs(ConnectionsResolve),
+    ),
     ("GET", "/api/v1/users", Needs(MembersManage)),
     ("POST", "/api/v1/users", Needs(InstanceAdmin)),
-    ("GET", "/api/v1/workspaces/{ws}/members", Needs(MembersManage)),
-    ("PUT", "/api/v1/workspaces/{ws}/members/{user}", Needs(MembersManage)),
-    ("DELETE", "/api/v1/workspaces/{ws}/members/{user}", Needs(MembersManage)),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/members",
+        Needs(MembersManage),
+    ),
+    (
+        "PUT",
+        "/api/v1/workspaces/{ws}/members/{user}",
+        Needs(MembersManage),
+    ),
+    (
+        "DELETE",
+        "/api/v1/workspaces/{ws}/members/{user}",
+        Needs(MembersManage),
+    ),
     ("GET", "/api/v1/workspaces/{ws}/roles", Authenticated),
-    ("POST", "/api/v1/workspaces/{ws}/roles", Needs(WorkspaceAdmin)),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/roles",
+        Needs(WorkspaceAdmin),
+    ),
     ("GET", "/api/v1/keys", Needs(WorkspaceAdmin)),
     ("POST", "/api/v1/keys/rotate-master", Needs(InstanceAdmin)),
     ("GET", "/api/v1/keys/rotations/{id}", Needs(WorkspaceAdmin)),
-    ("POST", "/api/v1/workspaces/{ws}/keys/rotate-data", Needs(WorkspaceAdmin)),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/keys/rotate-data",
+        Needs(WorkspaceAdmin),
+    ),
 ];
 
 /// The declaration of a route; HEAD is GET's.
@@ -152,12 +228,21 @@ mod tests {
             .iter()
             .filter(|(m, p)| declared(&m.parse().unwrap(), p).is_none())
             .collect();
-        assert!(undeclared.is_empty(), "routes without a declaration: {undeclared:?}");
+        assert!(
+            undeclared.is_empty(),
+            "routes without a declaration: {undeclared:?}"
+        );
         let undocumented: Vec<_> = ROUTES
             .iter()
-            .filter(|(m, p, _)| *p != "/api/openapi.json" && !documented.contains(&((*m).to_owned(), (*p).to_owned())))
+            .filter(|(m, p, _)| {
+                *p != "/api/openapi.json"
+                    && !documented.contains(&((*m).to_owned(), (*p).to_owned()))
+            })
             .collect();
-        assert!(undocumented.is_empty(), "declared but not in the OpenAPI document: {undocumented:?}");
+        assert!(
+            undocumented.is_empty(),
+            "declared but not in the OpenAPI document: {undocumented:?}"
+        );
         let mut seen = std::collections::BTreeSet::new();
         for (m, p, _) in ROUTES {
             assert!(seen.insert((m, p)), "{m} {p} declared twice");

@@ -262,7 +262,11 @@ pub async fn get(
         }
     };
     let c = svc::load(&state, &auth.0, &id).await?;
-    if reveal && auth.0.can_in(&c.workspace_id, Permission::ConnectionsReveal) {
+    if reveal
+        && auth
+            .0
+            .can_in(&c.workspace_id, Permission::ConnectionsReveal)
+    {
         let values = svc::reveal(&state, &auth.0, &c).await?;
         Ok(with_etag(
             StatusCode::OK,

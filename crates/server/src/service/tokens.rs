@@ -108,7 +108,13 @@ pub async fn create(
 ) -> ApiResult<Minted> {
     let mut f = Fields::new(
         body,
-        &["name", "expires_in", "workspace_id", "permissions", "user_id"],
+        &[
+            "name",
+            "expires_in",
+            "workspace_id",
+            "permissions",
+            "user_id",
+        ],
         &[],
     )?;
     let name = f.required_string("name")?;

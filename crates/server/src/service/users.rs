@@ -9,9 +9,7 @@ use patchbay_core::permission::{Permission, PermissionSet};
 use patchbay_core::roles;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::{hash_password, SecretString, MIN_PASSWORD_LEN};
-use patchbay_store::{
-    new_id, now_millis, Membership, NewUser, RoleRecord, StoreError, UserRecord,
-};
+use patchbay_store::{new_id, now_millis, Membership, NewUser, RoleRecord, StoreError, UserRecord};
 use serde_json::{json, Map, Value};
 
 use super::{audit, require_in, workspaces};
@@ -267,9 +265,9 @@ pub async fn create_role(
             format!("{name} is a built-in role"),
         ));
     }
-    let list = f.optional_string_list("permissions")?.ok_or_else(|| {
-        ApiError::field(ErrorCode::InvalidField, "/permissions", "required")
-    })?;
+    let list = f
+        .optional_string_list("permissions")?
+        .ok_or_else(|| ApiError::field(ErrorCode::InvalidField, "/permissions", "required"))?;
     let mut permissions = PermissionSet::default();
     for (i, s) in list.iter().enumerate() {
         match s.parse::<Permission>() {
