@@ -57,16 +57,25 @@ fn subset_of_caller(
     }
 }
 
-async fn mint(
-    state: &AppState,
-    p: &Principal,
+/// What a new token is: everything but its id and secret.
+struct Spec {
     name: String,
-    kind: &str,
+    kind: &'static str,
     user_id: Option<String>,
     workspace_id: Option<String>,
     permissions: PermissionSet,
     expires_at: Option<i64>,
-) -> ApiResult<Minted> {
+}
+
+async fn mint(state: &AppState, p: &Principal, spec: Spec) -> ApiResult<Minted> {
+    let Spec {
+        name,
+        kind,
+        user_id,
+        workspace_id,
+        permissions,
+        expires_at,
+    } = spec;
     let token = generate_token();
     let id = new_id();
     let entry = audit(
@@ -188,17 +197,15 @@ pub async fn create(
             Err(e) => return Err(e.into()),
         },
     };
-    mint(
-        state,
-        p,
+    let spec = Spec {
         name,
-        PERSONAL,
+        kind: PERSONAL,
         user_id,
         workspace_id,
         permissions,
         expires_at,
-    )
-    .await
+    };
+    mint(state, p, spec).await
 }
 
 /// POST /api/v1/workspaces/{ws}/runner-tokens: `{ttl_seconds?}` (default 15 min, at most 1 h).
@@ -233,17 +240,15 @@ pub async fn create_runner(
         return Err(ApiError::forbidden(missing));
     }
     let name = format!("runner-{}", &new_id()[24..]);
-    mint(
-        state,
-        p,
+    let spec = Spec {
         name,
-        RUNNER,
-        p.user_id.clone(),
-        Some(ws.id),
+        kind: RUNNER,
+        user_id: p.user_id.clone(),
+        workspace_id: Some(ws.id),
         permissions,
-        Some(now_millis() + ttl * 1000),
-    )
-    .await
+        expires_at: Some(now_millis() + ttl * 1000),
+    };
+    mint(state, p, spec).await
 }
 
 /// Whether `p` may see and revoke token `t`: its own, one it minted, or any for an
