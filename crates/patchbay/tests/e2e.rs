@@ -331,11 +331,64 @@ fn journey(s: &Server) -> String {
         .unwrap()
         .to_owned();
     cli(s, &["tokens", "revoke", &id], &mut seen);
+    people_journey(s, &mut seen);
     let types = cli(s, &["types", "list", "--category", "warehouses"], &mut seen);
     assert!(types.contains("snowflake"), "{types}");
     let completions = cli(s, &["completions", "bash"], &mut String::new());
     assert!(completions.contains("patchbay"));
     seen
+}
+
+/// Users, members and roles through the CLI: a password read from a file, never from argv.
+fn people_journey(s: &Server, seen: &mut String) {
+    let pw_file = s.data_dir.parent().unwrap().join("dana-password");
+    std::fs::write(&pw_file, format!("{CANARY}-password\n")).unwrap();
+    let pw_arg = format!("@{}", pw_file.display());
+    cli(s, &["users", "create", "dana", "--password", &pw_arg], seen);
+    let out = cli_raw(
+        &s.url,
+        Some(&s.data_dir),
+        &[
+            "users",
+            "create",
+            "erin",
+            "--password",
+            "plain-text-password",
+        ],
+    )
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "a password on the command line is refused"
+    );
+    let users = cli(s, &["users", "list"], seen);
+    assert!(users.contains("dana") && users.contains("admin"), "{users}");
+    cli(
+        s,
+        &[
+            "roles",
+            "create",
+            "reader",
+            "--permission",
+            "connections:read",
+            "--permission",
+            "credentials:read",
+        ],
+        seen,
+    );
+    let roles = cli(s, &["roles", "list"], seen);
+    assert!(
+        roles.contains("reader") && roles.contains("secret_manager"),
+        "{roles}"
+    );
+    cli(s, &["members", "set", "dana", "reader"], seen);
+    let members = cli(s, &["members", "list"], seen);
+    assert!(
+        members.contains("dana") && members.contains("reader"),
+        "{members}"
+    );
+    cli(s, &["members", "remove", "dana"], seen);
+    assert!(!cli(s, &["members", "list"], seen).contains("dana"));
 }
 
 /// A shared credential through the CLI: created from a file, used by two connections,
