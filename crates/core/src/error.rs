@@ -31,7 +31,7 @@ error_codes! {
     UnsupportedMediaType => ("unsupported_media_type", "invalid_request", 415, "The Content-Type is not application/json (or application/merge-patch+json for PATCH)."),
     PayloadTooLarge => ("payload_too_large", "invalid_request", 413, "The body exceeds 1 MiB."),
     Unauthenticated => ("unauthenticated", "auth", 401, "No valid bearer token was presented."),
-    Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs."),
+    Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs, or its user's role does not grant it in this workspace."),
     NotFound => ("not_found", "not_found", 404, "No such resource, or not visible to this token."),
     MethodNotAllowed => ("method_not_allowed", "invalid_request", 405, "The resource does not support this HTTP method."),
     CredentialKindMismatch => ("credential_kind_mismatch", "invalid_request", 400, "The credential's kind is not one the connector type accepts; `field` is /credential."),
