@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use patchbay_crypto::SecretString;
-use patchbay_server::{Config, MasterKeySource};
+use patchbay_server::tls::TlsFiles;
+use patchbay_server::{Config, MasterKeySource, TlsMode};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,17 @@ struct ServeArgs {
     /// How long a value fetched from an external secret manager is reused.
     #[arg(long, env = "PATCHBAY_EXTERNAL_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     external_cache_ttl: Duration,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Both files
+    /// are read again on SIGHUP.
+    #[arg(long, env = "PATCHBAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PATCHBAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate for localhost, created in
+    /// <data-dir>/tls/ on first start. Development only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    dev_tls: bool,
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -129,8 +141,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None, Some(inline)) => MasterKeySource::Inline(inline),
         (None, None, None) => MasterKeySource::File(args.data_dir.join("master.key")),
     };
+    let tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
+        (Some(cert), Some(key), _) => TlsMode::Files(TlsFiles { cert, key }),
+        (_, _, true) => TlsMode::Dev,
+        _ => TlsMode::Off,
+    };
     let config = Config {
         listen: args.listen,
+        tls,
         data_dir: args.data_dir,
         database_url,
         master_key,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod keyring;
 pub mod service;
 pub mod state;
+pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -32,8 +33,21 @@ pub enum MasterKeySource {
     Kms { kms_key_id: String, file: PathBuf },
 }
 
+/// How the listener speaks.
+#[derive(Debug, Clone, Default)]
+pub enum TlsMode {
+    /// Plain HTTP: the default, meant for loopback (a warning otherwise).
+    #[default]
+    Off,
+    /// HTTPS with this certificate and key (PATCHBAY_TLS_CERT, PATCHBAY_TLS_KEY).
+    Files(tls::TlsFiles),
+    /// HTTPS with a self-signed certificate made on first start (`--dev-tls`).
+    Dev,
+}
+
 pub struct Config {
     pub listen: SocketAddr,
+    pub tls: TlsMode,
     pub data_dir: PathBuf,
     /// `None`: SQLite in the data directory.
     pub database_url: Option<SecretString>,
@@ -57,6 +71,8 @@ pub enum StartError {
     Keys(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A started service: state plus its router, before binding (tests and benchmarks serve it
@@ -145,15 +161,35 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Listen(config.listen, e))?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put TLS in front");
+    let files = match &config.tls {
+        TlsMode::Off => None,
+        TlsMode::Files(f) => Some(f.clone()),
+        TlsMode::Dev => Some(tls::dev_certificate(&config.data_dir).map_err(StartError::Tls)?),
+    };
+    match files {
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: set PATCHBAY_TLS_CERT and PATCHBAY_TLS_KEY, or put TLS in front");
+            }
+            tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening (http)");
+            axum::serve(
+                listener,
+                app.router()
+                    .into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| StartError::Listen(addr, e))?;
+        }
+        Some(files) => {
+            let slot = tls::CertificateSlot::load(files).map_err(StartError::Tls)?;
+            tls::reload_on_sighup(slot.clone());
+            tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening (https)");
+            tls::serve_tls(listener, app.router(), slot, shutdown_signal())
+                .await
+                .map_err(StartError::Tls)?;
+        }
     }
-    tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening");
-
-    axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| StartError::Listen(addr, e))?;
     app.state.store.close().await;
     Ok(())
 }
@@ -271,7 +307,7 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
     Ok(())
 }
 
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

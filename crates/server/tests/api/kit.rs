@@ -51,6 +51,7 @@ impl Service {
         settings: patchbay_server::state::Settings,
     ) -> Result<Self, String> {
         let config = Config {
+            tls: Default::default(),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             database_url: None,

@@ -9,4 +9,5 @@ mod credentials;
 mod external;
 mod keys;
 mod kit;
+mod tls;
 mod tokens;
