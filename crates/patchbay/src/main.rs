@@ -65,6 +65,10 @@ struct ServeArgs {
     /// How long a value fetched from an external secret manager is reused.
     #[arg(long, env = "PATCHBAY_EXTERNAL_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     external_cache_ttl: Duration,
+    /// Failed authentications allowed per source address, and per token prefix, per minute;
+    /// beyond it the caller gets 429 until the minute ends.
+    #[arg(long, env = "PATCHBAY_AUTH_FAILURE_LIMIT", default_value_t = 20)]
+    auth_failure_limit: u32,
     /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Both files
     /// are read again on SIGHUP.
     #[arg(long, env = "PATCHBAY_TLS_CERT", requires = "tls_key")]
@@ -157,6 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(i64::MAX),
             sweep_interval: args.sweep_interval.max(Duration::from_millis(100)),
             external_cache_ttl: args.external_cache_ttl,
+            auth_failure_limit: args.auth_failure_limit.max(1),
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

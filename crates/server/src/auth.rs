@@ -2,15 +2,16 @@
 //! revoked or expired token answers 401 with one undifferentiated message.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use patchbay_core::model::Principal;
 use patchbay_core::permission::{Permission, PermissionSet};
 use patchbay_core::roles;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::{hash_token, token_hashes_equal};
-use patchbay_store::{now_millis, StoreError};
+use patchbay_store::{now_millis, StoreError, TokenRecord};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -43,19 +44,25 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(unauthenticated)?;
-        let hash = hash_token(token);
-        let record = state
-            .store
-            .find_token(&hash)
-            .await?
-            .ok_or_else(unauthenticated)?;
-        let now = now_millis();
-        if !token_hashes_equal(&record.token_hash, &hash)
-            || record.revoked_at.is_some()
-            || record.expires_at.is_some_and(|e| e <= now)
-        {
-            return Err(unauthenticated());
+        // Guessing is throttled per source address and per token prefix; a blocked caller
+        // is refused before the lookup, whatever it sends.
+        let keys = failure_keys(parts, token);
+        if let Some(wait) = keys.iter().find_map(|k| state.auth_failures.blocked(k)) {
+            return Err(ApiError::rate_limited(
+                "too many failed authentications; wait before retrying",
+                wait,
+            ));
         }
+        let record = match verify(state, token).await? {
+            Some(r) => r,
+            None => {
+                for k in &keys {
+                    state.auth_failures.record(k);
+                }
+                return Err(unauthenticated());
+            }
+        };
+        let now = now_millis();
         if record.last_used_at.is_none_or(|t| t < now - 60_000) {
             let store = state.store.clone();
             let id = record.id.clone();
@@ -78,6 +85,34 @@ impl FromRequestParts<AppState> for Auth {
             memberships,
         }))
     }
+}
+
+/// The limiter keys of a request: its source address (when known) and the token's prefix
+/// (`pbt_` and 8 characters: guessing at one known token from many addresses).
+fn failure_keys(parts: &Parts, token: &str) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2);
+    if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        keys.push(format!("addr:{}", addr.ip()));
+    }
+    keys.push(format!(
+        "prefix:{}",
+        token.chars().take(12).collect::<String>()
+    ));
+    keys
+}
+
+/// The live token record `token` names: known, hash equal in constant time, not revoked,
+/// not expired. `None` for every kind of failure alike.
+async fn verify(state: &AppState, token: &str) -> ApiResult<Option<TokenRecord>> {
+    let hash = hash_token(token);
+    let Some(record) = state.store.find_token(&hash).await? else {
+        return Ok(None);
+    };
+    let now = now_millis();
+    let live = token_hashes_equal(&record.token_hash, &hash)
+        && record.revoked_at.is_none()
+        && record.expires_at.is_none_or(|e| e > now);
+    Ok(live.then_some(record))
 }
 
 /// What a user's roles grant, per workspace; `None` for an instance administrator. A

@@ -55,6 +55,13 @@ impl ApiError {
     pub fn internal() -> Self {
         Self(Error::internal())
     }
+    /// 429 with `Retry-After` (whole seconds, at least 1) and `details.retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let mut e = Error::new(ErrorCode::RateLimited, message);
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        e.details = Some(Box::new(serde_json::json!({"retry_after": secs.max(1)})));
+        Self(e)
+    }
 }
 
 impl From<Error> for ApiError {
@@ -138,7 +145,14 @@ impl IntoResponse for ApiError {
             current_version: e.current_version,
             details: e.details.map(|d| *d),
         };
+        let retry_after = (e.code == ErrorCode::RateLimited)
+            .then(|| body.details.as_ref()?.get("retry_after")?.as_u64())
+            .flatten();
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

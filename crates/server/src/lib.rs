@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod keyring;
+pub mod ratelimit;
 pub mod service;
 pub mod state;
 pub mod tls;
@@ -127,6 +128,10 @@ impl App {
                 config.settings.external_cache_ttl,
             )),
             key_manager: Arc::new(keys.manager),
+            auth_failures: Arc::new(ratelimit::WindowLimiter::new(
+                config.settings.auth_failure_limit,
+                std::time::Duration::from_secs(60),
+            )),
         };
         bootstrap(&state, &config.data_dir).await?;
         service::keys::resume(&state)

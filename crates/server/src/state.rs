@@ -19,6 +19,8 @@ pub struct AppState {
     pub external: Arc<crate::service::external::External>,
     /// Key rotation machinery (service::keys).
     pub key_manager: Arc<crate::service::keys::KeyManager>,
+    /// Failed authentications, per source address and per token prefix.
+    pub auth_failures: Arc<crate::ratelimit::WindowLimiter>,
 }
 
 /// Tunables read once at start.
@@ -30,6 +32,8 @@ pub struct Settings {
     pub sweep_interval: std::time::Duration,
     /// How long a value fetched from an external secret manager is reused.
     pub external_cache_ttl: std::time::Duration,
+    /// Failed authentications allowed per source address, and per token prefix, per minute.
+    pub auth_failure_limit: u32,
 }
 
 impl Default for Settings {
@@ -38,6 +42,7 @@ impl Default for Settings {
             credential_grace_ms: 24 * 3600 * 1000,
             sweep_interval: std::time::Duration::from_secs(60),
             external_cache_ttl: std::time::Duration::from_secs(60),
+            auth_failure_limit: 20,
         }
     }
 }
