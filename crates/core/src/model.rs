@@ -148,6 +148,17 @@ pub struct Principal {
     /// `None`: the token reaches every workspace; `Some(ws)`: only that one.
     pub workspace_id: Option<String>,
     pub permissions: PermissionSet,
+    /// The request this principal acts in, for audit records.
+    pub request: RequestMeta,
+}
+
+/// Who asked from where: filled by the server for every authenticated request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestMeta {
+    /// The request's `X-Request-Id` (the caller's, when short and printable, else generated).
+    pub request_id: Option<String>,
+    /// The peer IP address of the connection.
+    pub source_address: Option<String>,
 }
 
 impl Principal {

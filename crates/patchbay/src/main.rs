@@ -64,6 +64,14 @@ struct ServeArgs {
     /// How long a value fetched from an external secret manager is reused.
     #[arg(long, env = "PATCHBAY_EXTERNAL_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     external_cache_ttl: Duration,
+    /// How long audit events are kept (e.g. 90d); older ones are deleted and the deletion
+    /// recorded. Default: kept forever.
+    #[arg(long, env = "PATCHBAY_AUDIT_RETENTION", value_parser = parse_duration)]
+    audit_retention: Option<Duration>,
+    /// `off` stops auditing reveals. UNSAFE: for measuring the audit's cost only; reveals
+    /// then leave no trace.
+    #[arg(long, env = "PATCHBAY_AUDIT_READS", default_value = "on", value_parser = ["on", "off"])]
+    audit_reads: String,
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -139,6 +147,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(i64::MAX),
             sweep_interval: args.sweep_interval.max(Duration::from_millis(100)),
             external_cache_ttl: args.external_cache_ttl,
+            audit_retention: args.audit_retention,
+            audit_reads: args.audit_reads != "off",
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

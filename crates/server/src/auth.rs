@@ -58,12 +58,19 @@ impl FromRequestParts<AppState> for Auth {
                 }
             });
         }
-        Ok(Auth(Principal {
+        let principal = Principal {
             token_id: record.id,
             token_name: record.name,
             workspace_id: record.workspace_id,
             permissions: record.permissions,
-        }))
+            request: parts
+                .extensions
+                .get::<patchbay_core::model::RequestMeta>()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        crate::request::remember_principal(parts, &principal);
+        Ok(Auth(principal))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod keyring;
+pub mod request;
 pub mod service;
 pub mod state;
 
@@ -128,6 +129,13 @@ impl App {
             state.clone(),
             state.settings.sweep_interval,
         ));
+        if let Some(retention) = state.settings.audit_retention {
+            tokio::spawn(service::audit::retention_forever(
+                state.clone(),
+                retention,
+                state.settings.sweep_interval,
+            ));
+        }
         Ok(Self { state })
     }
 
@@ -150,10 +158,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
     tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening");
 
-    axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| StartError::Listen(addr, e))?;
+    axum::serve(
+        listener,
+        app.router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| StartError::Listen(addr, e))?;
     app.state.store.close().await;
     Ok(())
 }
@@ -190,13 +202,15 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
     if state.store.count_workspaces().await? > 0 {
         return Ok(());
     }
-    let system = |action: &str, kind: &str, id: &str| AuditEntry {
-        actor: "system:bootstrap".into(),
-        action: action.into(),
-        workspace_id: None,
-        target_kind: kind.into(),
-        target_id: id.into(),
-        details: serde_json::json!({}),
+    let system = |action: &str, kind: &str, id: &str| {
+        AuditEntry::system(
+            "system:bootstrap",
+            action,
+            None,
+            kind,
+            id,
+            serde_json::json!({}),
+        )
     };
     let ws_id = new_id();
     let dek = state.keys.new_data_key(&ws_id);

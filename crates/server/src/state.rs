@@ -30,6 +30,12 @@ pub struct Settings {
     pub sweep_interval: std::time::Duration,
     /// How long a value fetched from an external secret manager is reused.
     pub external_cache_ttl: std::time::Duration,
+    /// How long audit events are kept (`None`: forever). Older ones are deleted, the
+    /// deletion recorded, every `sweep_interval`.
+    pub audit_retention: Option<std::time::Duration>,
+    /// Whether reveals are audited. Only for measuring the audit's cost
+    /// (PATCHBAY_AUDIT_READS=off): switching it off is unsafe, reveals then leave no trace.
+    pub audit_reads: bool,
 }
 
 impl Default for Settings {
@@ -38,6 +44,8 @@ impl Default for Settings {
             credential_grace_ms: 24 * 3600 * 1000,
             sweep_interval: std::time::Duration::from_secs(60),
             external_cache_ttl: std::time::Duration::from_secs(60),
+            audit_retention: None,
+            audit_reads: true,
         }
     }
 }

@@ -66,14 +66,7 @@ on_both_backends!(
 );
 
 fn audit(action: &str, target: &str) -> AuditEntry {
-    AuditEntry {
-        actor: "test".into(),
-        action: action.into(),
-        workspace_id: None,
-        target_kind: "test".into(),
-        target_id: target.into(),
-        details: json!({}),
-    }
+    AuditEntry::system("system:test", action, None, "test", target, json!({}))
 }
 
 fn dek(ws: &str) -> StoredDataKey {

@@ -1,6 +1,7 @@
 //! The REST API: routes, the OpenAPI document, health, and the cross-cutting layers
 //! (body limit, request log, panic guard, security headers, JSON fallbacks).
 
+pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
@@ -38,6 +39,7 @@ use crate::state::AppState;
         credentials::usage, credentials::token,
         tokens::create, tokens::list, tokens::revoke, tokens::create_runner,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
+        audit::list, audit::verify,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -217,8 +219,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/workspaces/{ws}/keys/rotate-data",
             axum::routing::post(keys::rotate_data),
         )
+        .route("/api/v1/workspaces/{ws}/audit", g(audit::list))
+        .route("/api/v1/audit/verify", g(audit::verify))
         .route("/api/openapi.json", g(openapi_json))
-        .with_state(state);
+        .with_state(state.clone());
     api.merge(
         utoipa_swagger_ui::SwaggerUi::new("/api/docs")
             .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
@@ -231,6 +235,10 @@ pub fn router(state: AppState) -> Router {
     ))
     .layer(middleware::from_fn(request_log))
     .layer(middleware::from_fn(security_headers))
+    .layer(middleware::from_fn_with_state(
+        state,
+        crate::request::context,
+    ))
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

@@ -1,6 +1,7 @@
 //! Domain operations that need IO: validate against the catalog, encrypt with the key ring,
 //! persist through the store, record audit events. Handlers call these and only these.
 
+pub mod audit;
 pub mod connections;
 pub mod credentials;
 pub mod external;
@@ -10,8 +11,9 @@ pub mod tokens;
 pub mod workspaces;
 
 use patchbay_core::model::Principal;
-use patchbay_store::AuditEntry;
+use patchbay_store::{AuditEntry, Outcome};
 
+/// A successful action of `principal`, with its request id and source address.
 pub(crate) fn audit(
     principal: &Principal,
     action: &str,
@@ -23,9 +25,12 @@ pub(crate) fn audit(
     AuditEntry {
         actor: principal.actor(),
         action: action.to_owned(),
+        outcome: Outcome::Success,
         workspace_id: workspace_id.map(str::to_owned),
         target_kind: target_kind.to_owned(),
         target_id: target_id.to_owned(),
+        request_id: principal.request.request_id.clone(),
+        source_address: principal.request.source_address.clone(),
         details,
     }
 }

@@ -61,7 +61,14 @@ impl Service {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = app.router();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap()
+        });
         let token = std::fs::read_to_string(config.data_dir.join("initial-admin-token"))
             .unwrap()
             .trim()
@@ -105,14 +112,14 @@ impl Service {
                     kind: "personal".into(),
                     created_by: None,
                 },
-                &patchbay_store::AuditEntry {
-                    actor: "test".into(),
-                    action: "token.create".into(),
-                    workspace_id: None,
-                    target_kind: "token".into(),
-                    target_id: id,
-                    details: serde_json::json!({}),
-                },
+                &patchbay_store::AuditEntry::system(
+                    "system:test",
+                    "token.create",
+                    None,
+                    "token",
+                    &id,
+                    serde_json::json!({}),
+                ),
             )
             .await
             .unwrap();
