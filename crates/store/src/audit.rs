@@ -420,12 +420,19 @@ impl Store {
     /// Walks the whole chain from the recorded origin to the recorded head. Reads in
     /// batches, so its memory does not grow with the log.
     pub async fn verify_audit(&self) -> Result<Verification> {
+        // One snapshot: appends and retention running meanwhile are not seen half-done.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
         let (origin_seq, origin_prev, head_seq, head_hash): (i64, String, i64, String) =
             sqlx::query_as(
                 "SELECT origin_seq, origin_prev_hash, head_seq, head_hash \
                  FROM audit_chain WHERE id = 1",
             )
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::Corrupt("audit_chain has no state row".into()))?;
         let mut expected_seq = origin_seq;
@@ -437,7 +444,7 @@ impl Store {
                 "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 1000"
             ))
             .bind(expected_seq)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
             if rows.is_empty() {
                 break;
@@ -479,9 +486,17 @@ impl Store {
                 count += 1;
             }
         }
-        if expected_seq - 1 != head_seq || prev != head_hash {
+        let last_seq = expected_seq - 1;
+        if last_seq != head_seq || prev != head_hash {
+            // The first position that differs from the recorded head: the first missing
+            // event, the first extra one, or the head itself.
+            let seq = match last_seq.cmp(&head_seq) {
+                std::cmp::Ordering::Less => expected_seq,
+                std::cmp::Ordering::Greater => head_seq + 1,
+                std::cmp::Ordering::Equal => head_seq,
+            };
             return Ok(Verification::Broken {
-                seq: expected_seq.max(head_seq),
+                seq,
                 reason: ChainBreak::HeadMismatch,
             });
         }

@@ -714,6 +714,14 @@ async fn the_audit_chain_verifies_and_names_the_first_broken_seq_after_tampering
             ChainBreak::HeadMismatch,
         ),
         (
+            "append a row with a made-up hash",
+            "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, target_id, \
+             details, prev_hash, hash) SELECT 7, at, actor, action, outcome, target_kind, \
+             target_id, details, hash, hash FROM audit_events WHERE seq = 6",
+            7,
+            ChainBreak::HashMismatch,
+        ),
+        (
             "delete the first row",
             "DELETE FROM audit_events WHERE seq = 1",
             1,
@@ -788,11 +796,43 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
         for t in tasks {
             t.await.unwrap();
         }
-        match s.verify_audit().await.unwrap() {
+        let head = match s.verify_audit().await.unwrap() {
             Verification::Ok {
-                count, head_seq, ..
-            } => assert_eq!((count, head_seq), (34, 34), "{backend}"),
+                count,
+                head_seq,
+                head_hash,
+            } => {
+                assert_eq!((count, head_seq), (34, 34), "{backend}");
+                head_hash
+            }
             other => panic!("{backend}: {other:?}"),
-        }
+        };
+        // A well-forged event appended behind the store's back: its hash is right, but the
+        // recorded head does not name it.
+        let forged = audit("test.forged", "x");
+        let details = forged.details.to_string();
+        let hash = patchbay_store::event_hash(&head, 35, 5, &forged, &details);
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, target_id, \
+             details, prev_hash, hash) VALUES (35, 5, $1, $2, 'success', $3, $4, $5, $6, $7)",
+        )
+        .bind(&forged.actor)
+        .bind(&forged.action)
+        .bind(&forged.target_kind)
+        .bind(&forged.target_id)
+        .bind(&details)
+        .bind(&head)
+        .bind(&hash)
+        .execute(&raw)
+        .await
+        .unwrap();
+        assert_eq!(
+            s.verify_audit().await.unwrap(),
+            Verification::Broken {
+                seq: 35,
+                reason: patchbay_store::ChainBreak::HeadMismatch
+            },
+            "{backend}"
+        );
     }
 }
