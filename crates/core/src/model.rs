@@ -159,6 +159,17 @@ pub struct Principal {
     /// `None`: no per-workspace limit (instance admins, tokens without a user).
     /// `Some(map)`: the workspaces the user is a member of and what their role grants there.
     pub memberships: Option<BTreeMap<String, PermissionSet>>,
+    /// The request this principal acts in, for audit records.
+    pub request: RequestMeta,
+}
+
+/// Who asked from where: filled by the server for every authenticated request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestMeta {
+    /// The request's `X-Request-Id` (the caller's, when short and printable, else generated).
+    pub request_id: Option<String>,
+    /// The peer IP address of the connection.
+    pub source_address: Option<String>,
 }
 
 impl Principal {

@@ -80,6 +80,14 @@ struct ServeArgs {
     /// <data-dir>/tls/ on first start. Development only.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     dev_tls: bool,
+    /// How long audit events are kept (e.g. 90d); older ones are deleted and the deletion
+    /// recorded. Default: kept forever.
+    #[arg(long, env = "PATCHBAY_AUDIT_RETENTION", value_parser = parse_duration)]
+    audit_retention: Option<Duration>,
+    /// `off` stops auditing reveals. UNSAFE: for measuring the audit's cost only; reveals
+    /// then leave no trace.
+    #[arg(long, env = "PATCHBAY_AUDIT_READS", default_value = "on", value_parser = ["on", "off"])]
+    audit_reads: String,
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -162,6 +170,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sweep_interval: args.sweep_interval.max(Duration::from_millis(100)),
             external_cache_ttl: args.external_cache_ttl,
             auth_failure_limit: args.auth_failure_limit.max(1),
+            audit_retention: args.audit_retention,
+            audit_reads: args.audit_reads != "off",
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -336,6 +336,22 @@ fn journey(s: &Server) -> String {
     assert!(types.contains("snowflake"), "{types}");
     let completions = cli(s, &["completions", "bash"], &mut String::new());
     assert!(completions.contains("patchbay"));
+    // The audit log through the CLI: listed, exported as JSON lines, verified.
+    let listed = cli(
+        s,
+        &["audit", "list", "--action", "connection.*", "-o", "json"],
+        &mut seen,
+    );
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(v["items"].as_array().unwrap().len() >= 3, "{listed}");
+    let export = cli(s, &["audit", "export"], &mut seen);
+    assert!(export.lines().count() >= 5, "{export}");
+    for line in export.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(e["hash"].is_string());
+    }
+    let verified = cli(s, &["audit", "verify"], &mut seen);
+    assert!(verified.contains("audit chain intact"), "{verified}");
     seen
 }
 
@@ -529,6 +545,30 @@ fn sqlite_default_first_start_crud_and_canary() {
     assert!(
         files_contain(&data, CANARY.as_bytes()).is_empty(),
         "the data directory holds the plaintext"
+    );
+
+    // A tampered audit log: `audit verify` names the event and exits non-zero.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("patchbay.db").display()))
+                .await
+                .unwrap();
+        sqlx::query("UPDATE audit_events SET action = 'connection.read' WHERE seq = 4")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    });
+    let out = cli_raw(&s.url, Some(&data), &["audit", "verify"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("audit_chain_broken") && stderr.contains("seq 4: hash_mismatch"),
+        "{stderr}"
     );
 
     // Restart on the same data: no second bootstrap, data still decrypts.

@@ -76,14 +76,21 @@ impl FromRequestParts<AppState> for Auth {
             None => None,
             Some(user_id) => memberships(state, user_id).await?,
         };
-        Ok(Auth(Principal {
+        let principal = Principal {
             token_id: record.id,
             token_name: record.name,
             user_id: record.user_id,
             workspace_id: record.workspace_id,
             permissions: record.permissions,
             memberships,
-        }))
+            request: parts
+                .extensions
+                .get::<patchbay_core::model::RequestMeta>()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        crate::request::remember_principal(parts, &principal);
+        Ok(Auth(principal))
     }
 }
 

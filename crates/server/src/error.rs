@@ -46,11 +46,17 @@ impl ApiError {
     pub fn not_found(what: &str) -> Self {
         Self(Error::not_found(what))
     }
+    /// A missing permission. `details.permission` names it; the request layer records the
+    /// refusal as a `denied` audit event.
     pub fn forbidden(permission: patchbay_core::permission::Permission) -> Self {
-        Self::new(
+        let mut err = Error::new(
             ErrorCode::Forbidden,
             format!("this call needs the {permission} permission, which neither this token nor its user's role grants here"),
-        )
+        );
+        err.details = Some(Box::new(
+            serde_json::json!({"permission": permission.as_str()}),
+        ));
+        Self(err)
     }
     pub fn internal() -> Self {
         Self(Error::internal())
@@ -135,6 +141,15 @@ impl From<patchbay_crypto::CryptoError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = self.0;
+        let denied = (e.code == ErrorCode::Forbidden)
+            .then(|| {
+                e.details
+                    .as_ref()
+                    .and_then(|d| d.get("permission"))
+                    .and_then(|v| v.as_str())
+                    .map(|p| crate::request::DeniedPermission(p.to_owned()))
+            })
+            .flatten();
         let status =
             StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
@@ -152,6 +167,9 @@ impl IntoResponse for ApiError {
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(d) = denied {
+            resp.extensions_mut().insert(d);
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -7,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod keyring;
 pub mod ratelimit;
+pub mod request;
 pub mod service;
 pub mod state;
 pub mod tls;
@@ -149,6 +150,13 @@ impl App {
             state.clone(),
             state.settings.sweep_interval,
         ));
+        if let Some(retention) = state.settings.audit_retention {
+            tokio::spawn(service::audit::retention_forever(
+                state.clone(),
+                retention,
+                state.settings.sweep_interval,
+            ));
+        }
         Ok(Self { state })
     }
 
@@ -234,13 +242,15 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
     if state.store.count_workspaces().await? > 0 {
         return Ok(());
     }
-    let system = |action: &str, kind: &str, id: &str| AuditEntry {
-        actor: "system:bootstrap".into(),
-        action: action.into(),
-        workspace_id: None,
-        target_kind: kind.into(),
-        target_id: id.into(),
-        details: serde_json::json!({}),
+    let system = |action: &str, kind: &str, id: &str| {
+        AuditEntry::system(
+            "system:bootstrap",
+            action,
+            None,
+            kind,
+            id,
+            serde_json::json!({}),
+        )
     };
     let ws_id = new_id();
     let dek = state.keys.new_data_key(&ws_id);

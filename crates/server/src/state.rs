@@ -34,6 +34,12 @@ pub struct Settings {
     pub external_cache_ttl: std::time::Duration,
     /// Failed authentications allowed per source address, and per token prefix, per minute.
     pub auth_failure_limit: u32,
+    /// How long audit events are kept (`None`: forever). Older ones are deleted, the
+    /// deletion recorded, every `sweep_interval`.
+    pub audit_retention: Option<std::time::Duration>,
+    /// Whether reveals are audited. Only for measuring the audit's cost
+    /// (PATCHBAY_AUDIT_READS=off): switching it off is unsafe, reveals then leave no trace.
+    pub audit_reads: bool,
 }
 
 impl Default for Settings {
@@ -43,6 +49,8 @@ impl Default for Settings {
             sweep_interval: std::time::Duration::from_secs(60),
             external_cache_ttl: std::time::Duration::from_secs(60),
             auth_failure_limit: 20,
+            audit_retention: None,
+            audit_reads: true,
         }
     }
 }

@@ -7,11 +7,11 @@ use patchbay_crypto::EncryptedValue;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
+use crate::audit::{insert_audit, AuditEntry};
 use crate::credentials::{
     add_version, insert_credential, json_list, json_map, remove_credential, NewCredential,
     NewVersion,
 };
-use crate::tokens::{insert_audit, AuditEntry};
 use crate::{map_unique, now_millis, stale_or_missing, Result, Store, StoreError, WriteTx};
 
 /// The non-secret state a create or update writes.

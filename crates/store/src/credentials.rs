@@ -12,7 +12,7 @@ use patchbay_crypto::EncryptedValue;
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use crate::tokens::{insert_audit, AuditEntry};
+use crate::audit::{insert_audit, AuditEntry};
 use crate::{map_unique, now_millis, stale_or_missing, Result, Store, StoreError, WriteTx};
 
 /// A credential to insert, with the ciphertext of its first version. The caller chose `id`
@@ -580,14 +580,14 @@ impl Store {
             .await?;
             insert_audit(
                 &mut tx,
-                &AuditEntry {
-                    actor: "system".into(),
-                    action: "credential.version.destroy".into(),
-                    workspace_id: Some(ws.clone()),
-                    target_kind: "credential".into(),
-                    target_id: cred.clone(),
-                    details: serde_json::json!({"version": version, "reason": "grace period ended"}),
-                },
+                &AuditEntry::system(
+                    "system:sweeper",
+                    "credential.version.destroy",
+                    Some(ws),
+                    "credential",
+                    cred,
+                    serde_json::json!({"version": version, "reason": "grace period ended"}),
+                ),
             )
             .await?;
         }

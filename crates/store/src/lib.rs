@@ -6,6 +6,7 @@
 //! The store holds ciphertext only. Encryption happens above it; what it guarantees is that
 //! a change and its audit record commit together or not at all.
 
+mod audit;
 mod connections;
 mod credentials;
 mod keys;
@@ -20,6 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use audit::{
+    event_hash, zero_hash, AuditEntry, AuditFilter, AuditRecord, ChainBreak, Outcome, Verification,
+};
 pub use connections::{
     ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink, LinkChange,
 };
@@ -28,7 +32,7 @@ pub use keys::{
     BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
     StartRotation,
 };
-pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
+pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, UserRecord};
 pub use workspaces::StoredDataKey;
 
@@ -145,14 +149,24 @@ impl Store {
             Backend::Sqlite => Some(self.write_lock.lock().await),
             Backend::Postgres => None,
         };
-        let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        // IMMEDIATE: the transaction takes SQLite's write lock at BEGIN, so no other
+        // process can read the same audit chain head and append after it.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx {
+            tx,
+            _guard: guard,
+            backend: self.backend,
+        })
     }
 }
 
 struct WriteTx<'a> {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
+    backend: Backend,
 }
 
 impl WriteTx<'_> {

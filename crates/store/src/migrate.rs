@@ -9,6 +9,7 @@ const SQLITE: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_credentials.sql")),
     (3, include_str!("../migrations/sqlite/0003_keys.sql")),
     (5, include_str!("../migrations/sqlite/0005_tokens.sql")),
+    (6, include_str!("../migrations/sqlite/0006_audit.sql")),
     (8, include_str!("../migrations/sqlite/0008_users.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
@@ -19,6 +20,7 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (3, include_str!("../migrations/postgres/0003_keys.sql")),
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
+    (6, include_str!("../migrations/postgres/0006_audit.sql")),
     (8, include_str!("../migrations/postgres/0008_users.sql")),
 ];
 
@@ -55,5 +57,13 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
             .execute(&mut *tx.tx)
             .await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    let chained = crate::audit::chain_unchained(store).await?;
+    if chained > 0 {
+        tracing::info!(
+            chained,
+            "chained audit events written before the hash chain"
+        );
+    }
+    Ok(())
 }

@@ -1,9 +1,10 @@
-//! API tokens (stored as hashes) and the audit record table.
+//! API tokens (stored as hashes).
 
 use patchbay_core::permission::PermissionSet;
 use sqlx::Row;
 
-use crate::{now_millis, Result, Store, StoreError, WriteTx};
+pub(crate) use crate::audit::insert_audit;
+use crate::{now_millis, AuditEntry, Result, Store, StoreError};
 
 pub struct NewToken {
     pub id: String,
@@ -55,42 +56,6 @@ fn row_to_token(row: &sqlx::any::AnyRow) -> Result<TokenRecord> {
         user_id: row.try_get("user_id")?,
         created_at: row.try_get("created_at")?,
     })
-}
-
-/// One audit record to write. Plain rows for now; hash chaining comes with the audit work.
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub actor: String,
-    pub action: String,
-    pub workspace_id: Option<String>,
-    pub target_kind: String,
-    pub target_id: String,
-    /// Never secret values: field names, versions, counts.
-    pub details: serde_json::Value,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuditRecord {
-    pub id: i64,
-    pub at: i64,
-    pub entry: AuditEntry,
-}
-
-pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_events (at, actor, action, workspace_id, target_kind, target_id, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(now_millis())
-    .bind(&e.actor)
-    .bind(&e.action)
-    .bind(e.workspace_id.clone())
-    .bind(&e.target_kind)
-    .bind(&e.target_id)
-    .bind(e.details.to_string())
-    .execute(&mut *tx.tx)
-    .await?;
-    Ok(())
 }
 
 impl Store {
@@ -185,40 +150,5 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// Records an event that is not part of a change (e.g. a reveal).
-    pub async fn record_audit(&self, e: &AuditEntry) -> Result<()> {
-        let mut tx = self.write().await?;
-        insert_audit(&mut tx, e).await?;
-        tx.commit().await
-    }
-
-    pub async fn audit_for_target(&self, target_id: &str) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, workspace_id, target_kind, target_id, details \
-             FROM audit_events WHERE target_id = $1 ORDER BY id",
-        )
-        .bind(target_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let details: String = r.try_get("details")?;
-                Ok(AuditRecord {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    entry: AuditEntry {
-                        actor: r.try_get("actor")?,
-                        action: r.try_get("action")?,
-                        workspace_id: r.try_get("workspace_id")?,
-                        target_kind: r.try_get("target_kind")?,
-                        target_id: r.try_get("target_id")?,
-                        details: serde_json::from_str(&details)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    },
-                })
-            })
-            .collect()
     }
 }

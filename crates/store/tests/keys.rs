@@ -40,14 +40,7 @@ async fn postgres() -> Option<Store> {
 }
 
 fn audit() -> AuditEntry {
-    AuditEntry {
-        actor: "test".into(),
-        action: "test".into(),
-        workspace_id: None,
-        target_kind: "test".into(),
-        target_id: "t".into(),
-        details: json!({}),
-    }
+    AuditEntry::system("system:test", "test", None, "test", "t", json!({}))
 }
 
 fn dek(id: &str, ws: &str) -> StoredDataKey {

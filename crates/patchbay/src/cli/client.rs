@@ -97,6 +97,50 @@ impl Client {
         })
     }
 
+    /// Streams a successful response body to `out` as it arrives (large exports).
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<(), ApiFailure> {
+        let failed = |e: String| ApiFailure {
+            code: "connection_failed".into(),
+            message: e,
+            field: None,
+        };
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await.map_err(|e| {
+            failed(format!(
+                "could not reach {}: {}",
+                self.base,
+                e.without_url()
+            ))
+        })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+            return Err(ApiFailure {
+                code: s("code").unwrap_or_else(|| format!("http_{}", status.as_u16())),
+                message: s("message").unwrap_or_else(|| status.to_string()),
+                field: s("field"),
+            });
+        }
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| failed(format!("download interrupted: {}", e.without_url())))?
+        {
+            out.write_all(&chunk)
+                .map_err(|e| failed(format!("writing the output: {e}")))?;
+        }
+        out.flush()
+            .map_err(|e| failed(format!("writing the output: {e}")))
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, ApiFailure> {
         Ok(self.call(Method::GET, path, None, &[]).await?.body)
     }

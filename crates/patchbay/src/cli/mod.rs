@@ -1,6 +1,7 @@
 //! Client subcommands. Each resolves names to ids through the API, calls it, and prints
 //! the answer; API failures print `error: <code>: <message>` and exit 1.
 
+mod audit;
 mod client;
 mod connections;
 mod credentials;
@@ -83,6 +84,9 @@ pub enum ClientCommand {
     /// Key status and rotation (master key, workspace data keys).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The audit log: list, export (JSON lines), verify the hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -191,6 +195,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Connections(c) => connections::run(c, Ctx::new(g)).await,
         ClientCommand::Credentials(c) => credentials::run(c, Ctx::new(g)).await,
         ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
+        ClientCommand::Audit(c) => audit::run(c, Ctx::new(g)).await,
         ClientCommand::Tokens(c) => tokens::run(c, Ctx::new(g)).await,
         ClientCommand::Users(c) => users::users(c, Ctx::new(g)).await,
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,

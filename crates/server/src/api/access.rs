@@ -140,6 +140,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/workspaces/{ws}/roles",
         Needs(WorkspaceAdmin),
     ),
+    ("GET", "/api/v1/workspaces/{ws}/audit", Needs(AuditRead)),
+    ("GET", "/api/v1/audit/verify", Needs(InstanceAdmin)),
     ("GET", "/api/v1/keys", Needs(WorkspaceAdmin)),
     ("POST", "/api/v1/keys/rotate-master", Needs(InstanceAdmin)),
     ("GET", "/api/v1/keys/rotations/{id}", Needs(WorkspaceAdmin)),

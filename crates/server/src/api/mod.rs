@@ -2,6 +2,7 @@
 //! (body limit, request log, panic guard, security headers, JSON fallbacks).
 
 pub mod access;
+pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
@@ -42,6 +43,7 @@ use crate::state::AppState;
         users::create, users::list, users::list_members, users::put_member,
         users::delete_member, users::list_roles, users::create_role,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
+        audit::list, audit::verify,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -231,12 +233,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/workspaces/{ws}/keys/rotate-data",
             axum::routing::post(keys::rotate_data),
         )
+        .route("/api/v1/workspaces/{ws}/audit", g(audit::list))
+        .route("/api/v1/audit/verify", g(audit::verify))
         .route("/api/openapi.json", g(openapi_json))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::enforce,
         ))
-        .with_state(state);
+        .with_state(state.clone());
     api.merge(
         utoipa_swagger_ui::SwaggerUi::new("/api/docs")
             .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
@@ -249,6 +253,10 @@ pub fn router(state: AppState) -> Router {
     ))
     .layer(middleware::from_fn(request_log))
     .layer(middleware::from_fn(security_headers))
+    .layer(middleware::from_fn_with_state(
+        state,
+        crate::request::context,
+    ))
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

@@ -631,7 +631,10 @@ pub async fn reveal(
         &c.id,
         json!({"fields": fields, "version": c.version, "credential": {"id": cred.id, "version": version}}),
     );
-    state.store.record_audit(&entry).await?;
+    // No record, no secret: a reveal that cannot be audited fails.
+    if state.settings.audit_reads {
+        state.store.record_audit(&entry).await?;
+    }
     if let Err(e) = state
         .store
         .record_credential_use(&cred.id, &c.id, &p.actor())
@@ -672,6 +675,7 @@ async fn save(
     let mut details = json!({"from_version": expected});
     if let (Some(d), Some(extra)) = (details.as_object_mut(), plan.audit.as_object()) {
         d.extend(extra.clone());
+        d.insert("changes".into(), changes(ty, current, &w, &plan.audit));
     }
     let entry = audit(
         p,
@@ -685,6 +689,73 @@ async fn save(
         .store
         .update_connection(&current.id, expected, &w, &plan.change, &entry)
         .await?)
+}
+
+/// What an update changes, for the audit record: each changed non-secret field with its
+/// old and new value, each changed secret field (a setting the type marks secret, or a
+/// secret) as `"changed"` only.
+fn changes(ty: &ConnectorType, current: &Connection, w: &ConnectionWrite, plan: &Value) -> Value {
+    let mut out = Map::new();
+    let diff = |out: &mut Map<String, Value>, name: String, old: Value, new: Value| {
+        if old != new {
+            out.insert(name, json!({"old": old, "new": new}));
+        }
+    };
+    diff(&mut out, "name".into(), json!(current.name), json!(w.name));
+    diff(
+        &mut out,
+        "description".into(),
+        json!(current.description),
+        json!(w.description),
+    );
+    diff(
+        &mut out,
+        "environment".into(),
+        json!(current.environment),
+        json!(w.environment),
+    );
+    diff(&mut out, "tags".into(), json!(current.tags), json!(w.tags));
+    let keys: BTreeSet<&String> = current.settings.keys().chain(w.settings.keys()).collect();
+    for k in keys {
+        let (old, new) = (current.settings.get(k), w.settings.get(k));
+        if old == new {
+            continue;
+        }
+        if ty.is_secret(k) {
+            out.insert(format!("settings.{k}"), json!("changed"));
+        } else {
+            diff(
+                &mut out,
+                format!("settings.{k}"),
+                old.cloned().unwrap_or(Value::Null),
+                new.cloned().unwrap_or(Value::Null),
+            );
+        }
+    }
+    for f in plan["secrets_changed"].as_array().into_iter().flatten() {
+        if let Some(f) = f.as_str() {
+            out.insert(format!("secrets.{f}"), json!("changed"));
+        }
+    }
+    let old_cred = current
+        .credential
+        .as_ref()
+        .filter(|c| !c.owned)
+        .map(|c| c.id.clone());
+    if let Some(new_cred) = plan.get("credential").and_then(|c| c.get("id")) {
+        if old_cred.as_ref().map(|c| json!(c)).as_ref() != Some(new_cred) {
+            out.insert(
+                "credential".into(),
+                json!({"old": old_cred, "new": new_cred}),
+            );
+        }
+    } else if plan
+        .get("detached_credential")
+        .is_some_and(|d| !d.is_null())
+    {
+        out.insert("credential".into(), json!({"old": old_cred, "new": null}));
+    }
+    Value::Object(out)
 }
 
 fn check_type_unchanged(current: &Connection, f: &mut Fields) -> ApiResult<()> {

@@ -391,14 +391,48 @@ pub async fn patch(
         &current.id,
         json!({
             "from_revision": expected,
-            "name": {"old": current.name, "new": name},
-            "description_changed": description != current.description,
+            "changes": metadata_changes(&current, &name, &description),
         }),
     );
     Ok(state
         .store
         .update_credential_metadata(&current.id, expected, &name, &description, &entry)
         .await?)
+}
+
+/// Changed metadata for the audit record: name and description are not secret.
+fn metadata_changes(current: &Credential, name: &str, description: &str) -> Value {
+    let mut out = Map::new();
+    if current.name != name {
+        out.insert("name".into(), json!({"old": current.name, "new": name}));
+    }
+    if current.description != description {
+        out.insert(
+            "description".into(),
+            json!({"old": current.description, "new": description}),
+        );
+    }
+    Value::Object(out)
+}
+
+/// Changed fields of a rotation for the audit record: non-secret fields with old and new
+/// value, secret fields as `"changed"` only.
+fn value_changes(old: &Map<String, Value>, new: &VersionValues, sent: &[String]) -> Value {
+    let mut out = Map::new();
+    for f in sent {
+        if new.secrets.contains_key(f) || !new.public.contains_key(f) && !old.contains_key(f) {
+            out.insert(format!("fields.{f}"), json!("changed"));
+        } else {
+            let (o, n) = (old.get(f), new.public.get(f));
+            if o != n {
+                out.insert(
+                    format!("fields.{f}"),
+                    json!({"old": o.cloned().unwrap_or(Value::Null), "new": n.cloned().unwrap_or(Value::Null)}),
+                );
+            }
+        }
+    }
+    Value::Object(out)
 }
 
 /// The values of version `version` of a credential, decrypted: where a rotation starts
@@ -466,7 +500,8 @@ pub async fn rotate(
         Some(&current.workspace_id),
         "credential",
         &current.id,
-        json!({"version": version, "fields_changed": changed, "previous_usable_until": grace_until}),
+        json!({"version": version, "fields_changed": changed, "previous_usable_until": grace_until,
+               "changes": value_changes(&current.public_fields, &values, &changed)}),
     );
     let v = NewVersion {
         version,

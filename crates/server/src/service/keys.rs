@@ -445,14 +445,14 @@ fn system(
     target: &str,
     details: serde_json::Value,
 ) -> AuditEntry {
-    AuditEntry {
-        actor: "system:keys".into(),
-        action: action.into(),
-        workspace_id: workspace_id.map(str::to_owned),
-        target_kind: "key_rotation".into(),
-        target_id: target.into(),
+    AuditEntry::system(
+        "system:keys",
+        action,
+        workspace_id,
+        "key_rotation",
+        target,
         details,
-    }
+    )
 }
 
 /// After start-up: resume every running data rotation, and an unfinished master rotation

@@ -1,6 +1,7 @@
 //! Domain operations that need IO: validate against the catalog, encrypt with the key ring,
 //! persist through the store, record audit events. Handlers call these and only these.
 
+pub mod audit;
 pub mod connections;
 pub mod credentials;
 pub mod external;
@@ -12,7 +13,7 @@ pub mod workspaces;
 
 use patchbay_core::model::Principal;
 use patchbay_core::permission::Permission;
-use patchbay_store::AuditEntry;
+use patchbay_store::{AuditEntry, Outcome};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -26,6 +27,7 @@ pub(crate) fn require_in(p: &Principal, workspace_id: &str, perm: Permission) ->
     }
 }
 
+/// A successful action of `principal`, with its request id and source address.
 pub(crate) fn audit(
     principal: &Principal,
     action: &str,
@@ -37,9 +39,12 @@ pub(crate) fn audit(
     AuditEntry {
         actor: principal.actor(),
         action: action.to_owned(),
+        outcome: Outcome::Success,
         workspace_id: workspace_id.map(str::to_owned),
         target_kind: target_kind.to_owned(),
         target_id: target_id.to_owned(),
+        request_id: principal.request.request_id.clone(),
+        source_address: principal.request.source_address.clone(),
         details,
     }
 }

@@ -114,14 +114,14 @@ impl Service {
                     created_by: None,
                     user_id: None,
                 },
-                &patchbay_store::AuditEntry {
-                    actor: "test".into(),
-                    action: "token.create".into(),
-                    workspace_id: None,
-                    target_kind: "token".into(),
-                    target_id: id,
-                    details: serde_json::json!({}),
-                },
+                &patchbay_store::AuditEntry::system(
+                    "system:test",
+                    "token.create",
+                    None,
+                    "token",
+                    &id,
+                    serde_json::json!({}),
+                ),
             )
             .await
             .unwrap();

@@ -3,6 +3,7 @@
 //! job; the binary's end-to-end test runs this service on both).
 
 mod access;
+mod audit;
 mod bad_requests;
 mod connections;
 mod credentials;

@@ -1,0 +1,554 @@
+//! The audit log: an append-only, hash-chained table (`audit_events`) and its chain state
+//! (`audit_chain`: the origin a verification starts from and the head it must end at).
+//!
+//! Every event is appended by [`insert_audit`] inside the write transaction of the change
+//! it records, so a change without its record cannot commit. Appends are serialized: on
+//! SQLite by the single writer (`BEGIN IMMEDIATE` plus the in-process write lock), on
+//! PostgreSQL by `SELECT … FOR UPDATE` on the one `audit_chain` row.
+//!
+//! `hash = SHA-256(prev_hash || encoding)`, where `encoding` is
+//! `"patchbay-audit-v1"` followed by every field in a fixed order: integers as 8-byte
+//! big-endian, strings as an 8-byte big-endian byte length then the UTF-8 bytes, and
+//! optional strings as one byte (0 absent, 1 present) then the string. The field order is
+//! seq, at, actor, action, outcome, workspace_id?, target_kind, target_id, request_id?,
+//! source_address?, details (the stored JSON text). The first event's `prev_hash` is 32
+//! zero bytes. Hashes are stored as lowercase hex. See docs/audit.md.
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::{now_millis, Backend, Result, Store, StoreError, WriteTx};
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Refused for a missing permission (403).
+    Denied,
+    /// Attempted and failed after authorization (recorded by system tasks).
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Denied => "denied",
+            Self::Failure => "failure",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "success" => Self::Success,
+            "denied" => Self::Denied,
+            "failure" => Self::Failure,
+            _ => return None,
+        })
+    }
+}
+
+/// One audit record to write.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// `token:<id>`, `user:<id>` or `system:<task>`; never a credential.
+    pub actor: String,
+    pub action: String,
+    pub outcome: Outcome,
+    pub workspace_id: Option<String>,
+    pub target_kind: String,
+    pub target_id: String,
+    /// The request's id (`X-Request-Id`), `None` for system events.
+    pub request_id: Option<String>,
+    /// The peer address of the request, `None` for system events.
+    pub source_address: Option<String>,
+    /// Never secret values: field names, versions, counts, non-secret old/new values.
+    pub details: serde_json::Value,
+}
+
+impl AuditEntry {
+    /// An event of the server itself (start-up upgrade, sweeper, retention): no request.
+    pub fn system(
+        actor: &str,
+        action: &str,
+        workspace_id: Option<&str>,
+        target_kind: &str,
+        target_id: &str,
+        details: serde_json::Value,
+    ) -> Self {
+        Self {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: Outcome::Success,
+            workspace_id: workspace_id.map(str::to_owned),
+            target_kind: target_kind.to_owned(),
+            target_id: target_id.to_owned(),
+            request_id: None,
+            source_address: None,
+            details,
+        }
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub seq: i64,
+    pub at: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub entry: AuditEntry,
+}
+
+/// What to list; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub workspace_id: Option<String>,
+    pub actor: Option<String>,
+    /// Exact action, or a prefix when it ends in `.*` (`connection.*`).
+    pub action: Option<String>,
+    pub target_id: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Only events after this sequence number (the cursor).
+    pub after_seq: Option<i64>,
+}
+
+/// Where verification found the chain broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainBreak {
+    /// A row's stored hash is not the hash of its fields.
+    HashMismatch,
+    /// A sequence number is missing (a row was deleted).
+    Gap,
+    /// A row does not link to the row before it (rows moved or swapped).
+    Reordered,
+    /// The first row is not the recorded origin (rows deleted at the start).
+    OriginMismatch,
+    /// The last row is not the recorded head (rows deleted at the end, or appended
+    /// without the chain state).
+    HeadMismatch,
+}
+
+impl ChainBreak {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HashMismatch => "hash_mismatch",
+            Self::Gap => "gap",
+            Self::Reordered => "reordered",
+            Self::OriginMismatch => "origin_mismatch",
+            Self::HeadMismatch => "head_mismatch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    Ok {
+        count: i64,
+        head_seq: i64,
+        head_hash: String,
+    },
+    Broken {
+        seq: i64,
+        reason: ChainBreak,
+    },
+}
+
+const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+const COLUMNS: &str = "id, seq, at, actor, action, outcome, workspace_id, target_kind, \
+    target_id, request_id, source_address, details, prev_hash, hash";
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u64).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => buf.push(0),
+        Some(s) => {
+            buf.push(1);
+            put_str(buf, s);
+        }
+    }
+}
+
+/// The chain hash of one event (hex), given the previous event's hash (hex).
+pub fn event_hash(prev_hash: &str, seq: i64, at: i64, e: &AuditEntry, details: &str) -> String {
+    let mut buf = Vec::with_capacity(256 + details.len());
+    buf.extend_from_slice(b"patchbay-audit-v1");
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&at.to_be_bytes());
+    put_str(&mut buf, &e.actor);
+    put_str(&mut buf, &e.action);
+    put_str(&mut buf, e.outcome.as_str());
+    put_opt(&mut buf, e.workspace_id.as_deref());
+    put_str(&mut buf, &e.target_kind);
+    put_str(&mut buf, &e.target_id);
+    put_opt(&mut buf, e.request_id.as_deref());
+    put_opt(&mut buf, e.source_address.as_deref());
+    put_str(&mut buf, details);
+    let mut h = Sha256::new();
+    // A hex string that does not decode (tampered) still feeds the hash: it then mismatches.
+    h.update(hex::decode(prev_hash).unwrap_or_else(|_| prev_hash.as_bytes().to_vec()));
+    h.update(&buf);
+    hex::encode(h.finalize())
+}
+
+/// The chain head `(seq, hash)`, locked for this transaction on PostgreSQL (SQLite's write
+/// transaction already excludes other writers).
+async fn locked_head(tx: &mut WriteTx<'_>, backend: Backend) -> Result<(i64, String)> {
+    let sql = match backend {
+        Backend::Postgres => "SELECT head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE",
+        Backend::Sqlite => "SELECT head_seq, head_hash FROM audit_chain WHERE id = 1",
+    };
+    let row: Option<(i64, String)> = sqlx::query_as(sql).fetch_optional(&mut *tx.tx).await?;
+    row.ok_or_else(|| StoreError::Corrupt("audit_chain has no state row".into()))
+}
+
+async fn set_head(tx: &mut WriteTx<'_>, seq: i64, hash: &str) -> Result<()> {
+    sqlx::query("UPDATE audit_chain SET head_seq = $1, head_hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut *tx.tx)
+        .await?;
+    Ok(())
+}
+
+async fn append(
+    tx: &mut WriteTx<'_>,
+    head: (i64, String),
+    e: &AuditEntry,
+    at: i64,
+) -> Result<(i64, String)> {
+    let (head_seq, head_hash) = head;
+    let seq = head_seq + 1;
+    let details = e.details.to_string();
+    let hash = event_hash(&head_hash, seq, at, e, &details);
+    sqlx::query(
+        "INSERT INTO audit_events (seq, at, actor, action, outcome, workspace_id, target_kind, \
+         target_id, request_id, source_address, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(e.outcome.as_str())
+    .bind(e.workspace_id.clone())
+    .bind(&e.target_kind)
+    .bind(&e.target_id)
+    .bind(e.request_id.clone())
+    .bind(e.source_address.clone())
+    .bind(details)
+    .bind(&head_hash)
+    .bind(&hash)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok((seq, hash))
+}
+
+/// Appends one event to the chain inside the caller's write transaction.
+pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
+    let head = locked_head(tx, tx.backend).await?;
+    let (seq, hash) = append(tx, head, e, now_millis()).await?;
+    set_head(tx, seq, &hash).await
+}
+
+fn row_to_record(r: &sqlx::any::AnyRow) -> Result<AuditRecord> {
+    let details: String = r.try_get("details")?;
+    let outcome: String = r.try_get("outcome")?;
+    Ok(AuditRecord {
+        id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+        entry: AuditEntry {
+            actor: r.try_get("actor")?,
+            action: r.try_get("action")?,
+            outcome: Outcome::parse(&outcome)
+                .ok_or_else(|| StoreError::Corrupt(format!("audit outcome {outcome}")))?,
+            workspace_id: r.try_get("workspace_id")?,
+            target_kind: r.try_get("target_kind")?,
+            target_id: r.try_get("target_id")?,
+            request_id: r.try_get("request_id")?,
+            source_address: r.try_get("source_address")?,
+            details: serde_json::from_str(&details)
+                .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
+        },
+    })
+}
+
+/// Chains rows written before the chain existed (migration 0006 leaves them without
+/// `seq`), in insertion order. Idempotent; runs at start-up.
+pub(crate) async fn chain_unchained(store: &Store) -> Result<u64> {
+    let mut tx = store.write().await?;
+    let rows = sqlx::query(
+        "SELECT id, at, actor, action, outcome, workspace_id, target_kind, target_id, \
+         request_id, source_address, details FROM audit_events WHERE seq IS NULL ORDER BY id",
+    )
+    .fetch_all(&mut *tx.tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let (mut seq, mut prev) = locked_head(&mut tx, store.backend).await?;
+    for r in &rows {
+        let outcome: String = r.try_get("outcome")?;
+        let details: String = r.try_get("details")?;
+        let id: i64 = r.try_get("id")?;
+        let at: i64 = r.try_get("at")?;
+        let e = AuditEntry {
+            actor: r.try_get("actor")?,
+            action: r.try_get("action")?,
+            outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Success),
+            workspace_id: r.try_get("workspace_id")?,
+            target_kind: r.try_get("target_kind")?,
+            target_id: r.try_get("target_id")?,
+            request_id: r.try_get("request_id")?,
+            source_address: r.try_get("source_address")?,
+            details: serde_json::Value::Null,
+        };
+        seq += 1;
+        let hash = event_hash(&prev, seq, at, &e, &details);
+        sqlx::query("UPDATE audit_events SET seq = $1, prev_hash = $2, hash = $3 WHERE id = $4")
+            .bind(seq)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await?;
+        prev = hash;
+    }
+    set_head(&mut tx, seq, &prev).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+impl Store {
+    /// Records an event that is not part of a change (a reveal, a denied attempt).
+    pub async fn record_audit(&self, e: &AuditEntry) -> Result<()> {
+        let mut tx = self.write().await?;
+        insert_audit(&mut tx, e).await?;
+        tx.commit().await
+    }
+
+    pub async fn audit_for_target(&self, target_id: &str) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE target_id = $1 ORDER BY seq"
+        ))
+        .bind(target_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    /// Events matching `f` in chain order, at most `limit`.
+    pub async fn list_audit(&self, f: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE seq IS NOT NULL");
+        let mut n = 0;
+        let mut next = |cond: &str| {
+            n += 1;
+            format!(" AND {}", cond.replace('?', &format!("${n}")))
+        };
+        // Built in the same order as the binds below.
+        let prefix = f
+            .action
+            .as_deref()
+            .and_then(|a| a.strip_suffix('*'))
+            .map(str::to_owned);
+        if f.workspace_id.is_some() {
+            sql += &next("workspace_id = ?");
+        }
+        if f.actor.is_some() {
+            sql += &next("actor = ?");
+        }
+        if let Some(p) = &prefix {
+            // substr, not LIKE: action names contain `_`, a LIKE wildcard.
+            sql += &next(&format!("substr(action, 1, {}) = ?", p.len()));
+        } else if f.action.is_some() {
+            sql += &next("action = ?");
+        }
+        if f.target_id.is_some() {
+            sql += &next("target_id = ?");
+        }
+        if f.since.is_some() {
+            sql += &next("at >= ?");
+        }
+        if f.until.is_some() {
+            sql += &next("at < ?");
+        }
+        if f.after_seq.is_some() {
+            sql += &next("seq > ?");
+        }
+        sql += &format!(" ORDER BY seq LIMIT {limit}");
+        let mut q = sqlx::query(&sql);
+        if let Some(v) = &f.workspace_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = &f.actor {
+            q = q.bind(v);
+        }
+        if let Some(p) = &prefix {
+            q = q.bind(p);
+        } else if let Some(v) = &f.action {
+            q = q.bind(v);
+        }
+        if let Some(v) = &f.target_id {
+            q = q.bind(v);
+        }
+        if let Some(v) = f.since {
+            q = q.bind(v);
+        }
+        if let Some(v) = f.until {
+            q = q.bind(v);
+        }
+        if let Some(v) = f.after_seq {
+            q = q.bind(v);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row_to_record)
+            .collect()
+    }
+
+    /// Walks the whole chain from the recorded origin to the recorded head. Reads in
+    /// batches, so its memory does not grow with the log.
+    pub async fn verify_audit(&self) -> Result<Verification> {
+        // One snapshot: appends and retention running meanwhile are not seen half-done.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (origin_seq, origin_prev, head_seq, head_hash): (i64, String, i64, String) =
+            sqlx::query_as(
+                "SELECT origin_seq, origin_prev_hash, head_seq, head_hash \
+                 FROM audit_chain WHERE id = 1",
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("audit_chain has no state row".into()))?;
+        let mut expected_seq = origin_seq;
+        let mut prev = origin_prev;
+        let mut last_id = i64::MIN;
+        let mut count = 0i64;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT 1000"
+            ))
+            .bind(expected_seq)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let rec = row_to_record(r)?;
+                let details: String = r.try_get("details")?;
+                if rec.seq != expected_seq {
+                    let reason = if count == 0 {
+                        ChainBreak::OriginMismatch
+                    } else {
+                        ChainBreak::Gap
+                    };
+                    return Ok(Verification::Broken {
+                        seq: expected_seq,
+                        reason,
+                    });
+                }
+                if rec.prev_hash != prev || rec.id <= last_id {
+                    let reason = if count == 0 && rec.prev_hash != prev {
+                        ChainBreak::OriginMismatch
+                    } else {
+                        ChainBreak::Reordered
+                    };
+                    return Ok(Verification::Broken {
+                        seq: rec.seq,
+                        reason,
+                    });
+                }
+                if event_hash(&prev, rec.seq, rec.at, &rec.entry, &details) != rec.hash {
+                    return Ok(Verification::Broken {
+                        seq: rec.seq,
+                        reason: ChainBreak::HashMismatch,
+                    });
+                }
+                prev = rec.hash;
+                last_id = rec.id;
+                expected_seq += 1;
+                count += 1;
+            }
+        }
+        let last_seq = expected_seq - 1;
+        if last_seq != head_seq || prev != head_hash {
+            // The first position that differs from the recorded head: the first missing
+            // event, the first extra one, or the head itself.
+            let seq = match last_seq.cmp(&head_seq) {
+                std::cmp::Ordering::Less => expected_seq,
+                std::cmp::Ordering::Greater => head_seq + 1,
+                std::cmp::Ordering::Equal => head_seq,
+            };
+            return Ok(Verification::Broken {
+                seq,
+                reason: ChainBreak::HeadMismatch,
+            });
+        }
+        Ok(Verification::Ok {
+            count,
+            head_seq,
+            head_hash: prev,
+        })
+    }
+
+    /// Deletes the events older than `cutoff` (a prefix of the chain), records the new
+    /// origin and appends `event` (the deletion's own record), in one transaction.
+    /// Returns how many events were deleted.
+    pub async fn prune_audit(&self, cutoff: i64, event: &AuditEntry) -> Result<i64> {
+        let mut tx = self.write().await?;
+        let head = locked_head(&mut tx, self.backend).await?;
+        // The first kept event: the oldest one at or after the cutoff. Everything before it
+        // goes, so what remains is still one unbroken stretch of the chain.
+        let keep: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, prev_hash FROM audit_events WHERE seq = \
+             (SELECT MIN(seq) FROM audit_events WHERE at >= $1)",
+        )
+        .bind(cutoff)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        let (first_seq, first_prev) = keep.unwrap_or_else(|| (head.0 + 1, head.1.clone()));
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE seq < $1")
+            .bind(first_seq)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected() as i64;
+        if deleted == 0 {
+            return Ok(0);
+        }
+        sqlx::query("UPDATE audit_chain SET origin_seq = $1, origin_prev_hash = $2 WHERE id = 1")
+            .bind(first_seq)
+            .bind(&first_prev)
+            .execute(&mut *tx.tx)
+            .await?;
+        let mut e = event.clone();
+        if let Some(d) = e.details.as_object_mut() {
+            d.insert("deleted".into(), deleted.into());
+            d.insert("new_origin_seq".into(), first_seq.into());
+        }
+        let (seq, hash) = append(&mut tx, head, &e, now_millis()).await?;
+        set_head(&mut tx, seq, &hash).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
+/// The hash a chain starts from.
+pub fn zero_hash() -> &'static str {
+    ZERO_HASH
+}
