@@ -153,6 +153,8 @@ pub struct Principal {
     pub token_name: String,
     /// The user the token belongs to; `None` for tokens that predate users.
     pub user_id: Option<String>,
+    /// Authenticated by a browser session (`token_id` is then the session's id).
+    pub session: bool,
     /// `None`: the token reaches every workspace; `Some(ws)`: only that one.
     pub workspace_id: Option<String>,
     pub permissions: PermissionSet,
@@ -216,7 +218,10 @@ impl Principal {
 
     /// Label used in audit records.
     pub fn actor(&self) -> String {
-        format!("token:{}", self.token_id)
+        match (&self.user_id, self.session) {
+            (Some(user), true) => format!("user:{user}"),
+            _ => format!("token:{}", self.token_id),
+        }
     }
 }
 

@@ -69,6 +69,9 @@ struct ServeArgs {
     /// beyond it the caller gets 429 until the minute ends.
     #[arg(long, env = "PATCHBAY_AUTH_FAILURE_LIMIT", default_value_t = 20)]
     auth_failure_limit: u32,
+    /// How long a browser session lasts after signing in.
+    #[arg(long, env = "PATCHBAY_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
+    session_ttl: Duration,
     /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Both files
     /// are read again on SIGHUP.
     #[arg(long, env = "PATCHBAY_TLS_CERT", requires = "tls_key")]
@@ -170,6 +173,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sweep_interval: args.sweep_interval.max(Duration::from_millis(100)),
             external_cache_ttl: args.external_cache_ttl,
             auth_failure_limit: args.auth_failure_limit.max(1),
+            session_ttl: args.session_ttl.max(Duration::from_secs(60)),
+            // Set by the server from the TLS mode.
+            secure_cookies: false,
             audit_retention: args.audit_retention,
             audit_reads: args.audit_reads != "off",
         },

@@ -33,32 +33,34 @@ impl FromRequestParts<AppState> for Auth {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(Auth(p.clone()));
         }
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(unauthenticated)?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // No token: a browser session, if the request carries its cookie.
+            return match crate::session::cookie_secret(&parts.headers) {
+                Some(secret) => {
+                    let secret = secret.to_owned();
+                    session_principal(parts, state, &secret).await.map(Auth)
+                }
+                None => Err(unauthenticated()),
+            };
+        };
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(unauthenticated)?;
         // Guessing is throttled per source address and per token prefix; a blocked caller
         // is refused before the lookup, whatever it sends.
-        let keys = failure_keys(parts, token);
-        if let Some(wait) = keys.iter().find_map(|k| state.auth_failures.blocked(k)) {
-            return Err(ApiError::rate_limited(
-                "too many failed authentications; wait before retrying",
-                wait,
-            ));
-        }
+        let keys = failure_keys(parts, Some(token));
+        throttled(state, &keys)?;
         let record = match verify(state, token).await? {
             Some(r) => r,
             None => {
-                for k in &keys {
-                    state.auth_failures.record(k);
-                }
+                failed(state, &keys);
                 return Err(unauthenticated());
             }
         };
@@ -80,31 +82,94 @@ impl FromRequestParts<AppState> for Auth {
             token_id: record.id,
             token_name: record.name,
             user_id: record.user_id,
+            session: false,
             workspace_id: record.workspace_id,
             permissions: record.permissions,
             memberships,
-            request: parts
-                .extensions
-                .get::<patchbay_core::model::RequestMeta>()
-                .cloned()
-                .unwrap_or_default(),
+            request: request_meta(parts),
         };
         crate::request::remember_principal(parts, &principal);
         Ok(Auth(principal))
     }
 }
 
+fn request_meta(parts: &Parts) -> patchbay_core::model::RequestMeta {
+    parts
+        .extensions
+        .get::<patchbay_core::model::RequestMeta>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// 429 when any of `keys` used up its failures.
+pub(crate) fn throttled(state: &AppState, keys: &[String]) -> ApiResult<()> {
+    match keys.iter().find_map(|k| state.auth_failures.blocked(k)) {
+        Some(wait) => Err(ApiError::rate_limited(
+            "too many failed authentications; wait before retrying",
+            wait,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed authentication against every key.
+pub(crate) fn failed(state: &AppState, keys: &[String]) {
+    for k in keys {
+        state.auth_failures.record(k);
+    }
+}
+
+/// The principal of a browser session: the user, with every permission their roles give.
+/// Unsafe methods need the session's CSRF token in `X-CSRF-Token`.
+async fn session_principal(parts: &Parts, state: &AppState, secret: &str) -> ApiResult<Principal> {
+    let keys = failure_keys(parts, None);
+    throttled(state, &keys)?;
+    let Some(session) = state.store.find_session(&hash_token(secret)).await? else {
+        failed(state, &keys);
+        return Err(unauthenticated());
+    };
+    if !parts.method.is_safe() {
+        let sent = parts
+            .headers
+            .get(crate::session::CSRF_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let expected = crate::session::csrf_token(secret);
+        if !token_hashes_equal(sent, expected.as_bytes()) {
+            return Err(ApiError::new(
+                ErrorCode::CsrfTokenInvalid,
+                "a change made with a session cookie needs the session's CSRF token in X-CSRF-Token",
+            ));
+        }
+    }
+    let memberships = memberships(state, &session.user_id).await?;
+    let principal = Principal {
+        token_id: session.id,
+        token_name: "session".into(),
+        user_id: Some(session.user_id),
+        session: true,
+        workspace_id: None,
+        permissions: PermissionSet::all(),
+        memberships,
+        request: request_meta(parts),
+    };
+    crate::request::remember_principal(parts, &principal);
+    Ok(principal)
+}
+
 /// The limiter keys of a request: its source address (when known) and the token's prefix
 /// (`pbt_` and 8 characters: guessing at one known token from many addresses).
-fn failure_keys(parts: &Parts, token: &str) -> Vec<String> {
+pub(crate) fn failure_keys(parts: &Parts, token: Option<&str>) -> Vec<String> {
     let mut keys = Vec::with_capacity(2);
     if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
         keys.push(format!("addr:{}", addr.ip()));
     }
-    keys.push(format!(
-        "prefix:{}",
-        token.chars().take(12).collect::<String>()
-    ));
+    if let Some(token) = token {
+        keys.push(format!(
+            "prefix:{}",
+            token.chars().take(12).collect::<String>()
+        ));
+    }
     keys
 }
 

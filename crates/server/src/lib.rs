@@ -9,6 +9,7 @@ pub mod keyring;
 pub mod ratelimit;
 pub mod request;
 pub mod service;
+pub mod session;
 pub mod state;
 pub mod tls;
 
@@ -123,7 +124,10 @@ impl App {
             store,
             keys: ring,
             catalog: patchbay_catalog::Catalog::builtin(),
-            settings: Arc::new(config.settings.clone()),
+            settings: Arc::new(state::Settings {
+                secure_cookies: !matches!(config.tls, TlsMode::Off),
+                ..config.settings.clone()
+            }),
             oauth: Arc::new(oauth),
             external: Arc::new(service::external::External::new(
                 config.settings.external_cache_ttl,

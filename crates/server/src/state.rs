@@ -34,6 +34,10 @@ pub struct Settings {
     pub external_cache_ttl: std::time::Duration,
     /// Failed authentications allowed per source address, and per token prefix, per minute.
     pub auth_failure_limit: u32,
+    /// How long a browser session lasts after sign-in.
+    pub session_ttl: std::time::Duration,
+    /// Session cookies carry `Secure` (set when serving HTTPS).
+    pub secure_cookies: bool,
     /// How long audit events are kept (`None`: forever). Older ones are deleted, the
     /// deletion recorded, every `sweep_interval`.
     pub audit_retention: Option<std::time::Duration>,
@@ -49,6 +53,8 @@ impl Default for Settings {
             sweep_interval: std::time::Duration::from_secs(60),
             external_cache_ttl: std::time::Duration::from_secs(60),
             auth_failure_limit: 20,
+            session_ttl: std::time::Duration::from_secs(12 * 3600),
+            secure_cookies: false,
             audit_retention: None,
             audit_reads: true,
         }

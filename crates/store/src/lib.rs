@@ -33,7 +33,7 @@ pub use keys::{
     StartRotation,
 };
 pub use tokens::{NewToken, TokenRecord};
-pub use users::{Membership, NewUser, RoleRecord, UserRecord};
+pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
 pub use workspaces::StoredDataKey;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ const SQLITE: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_tokens.sql")),
     (6, include_str!("../migrations/sqlite/0006_audit.sql")),
     (8, include_str!("../migrations/sqlite/0008_users.sql")),
+    (9, include_str!("../migrations/sqlite/0009_sessions.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -22,6 +23,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
     (6, include_str!("../migrations/postgres/0006_audit.sql")),
     (8, include_str!("../migrations/postgres/0008_users.sql")),
+    (9, include_str!("../migrations/postgres/0009_sessions.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -266,3 +266,69 @@ impl Store {
         .collect()
     }
 }
+
+/// A browser session (never its secret).
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl Store {
+    pub async fn create_session(
+        &self,
+        s: &SessionRecord,
+        secret_hash: &[u8],
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, secret_hash, user_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.id)
+        .bind(secret_hash.to_vec())
+        .bind(&s.user_id)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .execute(&mut *tx.tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await
+    }
+
+    /// The unexpired session whose secret hashes to `secret_hash`.
+    pub async fn find_session(&self, secret_hash: &[u8]) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT id, user_id, created_at, expires_at FROM sessions \
+             WHERE secret_hash = $1 AND expires_at > $2",
+        )
+        .bind(secret_hash.to_vec())
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(SessionRecord {
+                id: r.try_get("id")?,
+                user_id: r.try_get("user_id")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Ends a session (sign-out); expired ones go with it.
+    pub async fn delete_session(&self, id: &str, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1 OR expires_at <= $2")
+            .bind(id)
+            .bind(now_millis())
+            .execute(&mut *tx.tx)
+            .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await
+    }
+}

@@ -34,6 +34,14 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/health", Public),
     ("GET", "/api/v1/ready", Public),
     ("GET", "/api/openapi.json", Public),
+    // Signing in is authentication itself; /logout and / read the session cookie and
+    // check the CSRF token themselves.
+    ("POST", "/api/v1/sessions", Public),
+    ("DELETE", "/api/v1/sessions/current", Authenticated),
+    ("GET", "/login", Public),
+    ("POST", "/login", Public),
+    ("POST", "/logout", Public),
+    ("GET", "/", Public),
     ("GET", "/api/v1/connection-types", Authenticated),
     ("GET", "/api/v1/connection-types/{type}", Authenticated),
     ("GET", "/api/v1/credential-kinds", Authenticated),
@@ -237,7 +245,8 @@ mod tests {
         let undocumented: Vec<_> = ROUTES
             .iter()
             .filter(|(m, p, _)| {
-                *p != "/api/openapi.json"
+                // HTML pages and the document itself are not API operations.
+                p.starts_with("/api/v1/")
                     && !documented.contains(&((*m).to_owned(), (*p).to_owned()))
             })
             .collect();

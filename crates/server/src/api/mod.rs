@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod connections;
 pub mod credentials;
 pub mod keys;
+pub mod sessions;
 pub mod tokens;
 pub mod users;
 pub mod workspaces;
@@ -42,6 +43,7 @@ use crate::state::AppState;
         tokens::create, tokens::list, tokens::revoke, tokens::create_runner,
         users::create, users::list, users::list_members, users::put_member,
         users::delete_member, users::list_roles, users::create_role,
+        sessions::create, sessions::delete,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         audit::list, audit::verify,
         health, ready,
@@ -213,6 +215,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/workspaces/{ws}/runner-tokens",
             axum::routing::post(tokens::create_runner),
         )
+        .route("/api/v1/sessions", axum::routing::post(sessions::create))
+        .route(
+            "/api/v1/sessions/current",
+            axum::routing::delete(sessions::delete),
+        )
+        .route("/login", g(sessions::login_form).post(sessions::login))
+        .route("/logout", axum::routing::post(sessions::logout))
+        .route("/", g(sessions::home))
         .route("/api/v1/users", g(users::list).post(users::create))
         .route("/api/v1/workspaces/{ws}/members", g(users::list_members))
         .route(

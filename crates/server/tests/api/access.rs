@@ -112,7 +112,7 @@ async fn authorization_matrix_every_builtin_role_against_every_route() {
                 Access::Public | Access::Authenticated => true,
                 Access::Needs(p) => perms.contains(p),
             };
-            let denied = r.status == StatusCode::FORBIDDEN;
+            let denied = r.status == StatusCode::FORBIDDEN && r.body["code"] == "forbidden";
             assert_ne!(
                 r.status,
                 StatusCode::UNAUTHORIZED,

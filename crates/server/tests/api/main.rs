@@ -10,5 +10,6 @@ mod credentials;
 mod external;
 mod keys;
 mod kit;
+mod sessions;
 mod tls;
 mod tokens;
