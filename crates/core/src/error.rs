@@ -30,6 +30,7 @@ error_codes! {
     InvalidQuery => ("invalid_query", "invalid_request", 400, "A query parameter is malformed (limit, cursor, filter)."),
     UnsupportedMediaType => ("unsupported_media_type", "invalid_request", 415, "The Content-Type is not application/json (or application/merge-patch+json for PATCH)."),
     PayloadTooLarge => ("payload_too_large", "invalid_request", 413, "The body exceeds 1 MiB."),
+    RateLimited => ("rate_limited", "invalid_request", 429, "Too many connection tests by this principal (default 30 a minute) or too many running at once; retry a minute later."),
     Unauthenticated => ("unauthenticated", "auth", 401, "No valid bearer token was presented."),
     Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs."),
     NotFound => ("not_found", "not_found", 404, "No such resource, or not visible to this token."),

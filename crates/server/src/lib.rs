@@ -111,6 +111,7 @@ impl App {
                 config.settings.external_cache_ttl,
             )),
             key_manager: Arc::new(keys.manager),
+            probes: Arc::new(service::probes::Probes::new(config.settings.probes.clone())),
         };
         bootstrap(&state, &config.data_dir).await?;
         service::keys::resume(&state)

@@ -19,6 +19,8 @@ pub struct AppState {
     pub external: Arc<crate::service::external::External>,
     /// Key rotation machinery (service::keys).
     pub key_manager: Arc<crate::service::keys::KeyManager>,
+    /// Connection tests: network guard and rate limits (service::probes).
+    pub probes: Arc<crate::service::probes::Probes>,
 }
 
 /// Tunables read once at start.
@@ -30,6 +32,8 @@ pub struct Settings {
     pub sweep_interval: std::time::Duration,
     /// How long a value fetched from an external secret manager is reused.
     pub external_cache_ttl: std::time::Duration,
+    /// Connection tests: network policy, deadline, rate limits.
+    pub probes: crate::service::probes::ProbeSettings,
 }
 
 impl Default for Settings {
@@ -38,6 +42,7 @@ impl Default for Settings {
             credential_grace_ms: 24 * 3600 * 1000,
             sweep_interval: std::time::Duration::from_secs(60),
             external_cache_ttl: std::time::Duration::from_secs(60),
+            probes: Default::default(),
         }
     }
 }

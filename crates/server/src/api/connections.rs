@@ -335,3 +335,24 @@ pub async fn delete(
     svc::delete(&state, &auth.0, &id, expected).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Tests a saved connection stage by stage (resolve, dns, tcp, tls, auth, query,
+/// permissions) through the server's network guard. A failing test is still a 200 with
+/// `ok: false`, the failed stage, an error class and a hint.
+#[utoipa::path(post, path = "/api/v1/connections/{id}/test", tag = "connections",
+    params(("id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 200, description = "`{ok, duration_ms, stages: [{stage, status, duration_ms, detail}], error?: {stage, class, message, hint}, server?: {product, version}, warnings}`", body = Object),
+        (status = 400, body = ErrorBody, description = "The settings cannot describe a target (URL with credentials, scheme the type does not declare)"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "rate_limited: per-principal limit or concurrency cap")),
+    security(("bearer" = [])))]
+pub async fn test(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<patchbay_probe::ProbeResult>> {
+    Ok(Json(
+        crate::service::probes::test_saved(&state, &auth.0, &id).await?,
+    ))
+}

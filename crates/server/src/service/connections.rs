@@ -611,19 +611,11 @@ pub async fn reveal(
     if !p.can(Permission::ConnectionsReveal) {
         return Err(ApiError::forbidden(Permission::ConnectionsReveal));
     }
+    let out = resolve_secrets(state, c).await?;
     let Some(cred) = &c.credential else {
-        // Rows the start-up upgrade could not move (they fail their integrity check):
-        // reading them reports that, never an empty answer.
-        let legacy = state.store.legacy_secrets_of(&c.id).await?;
-        return decrypt_legacy(state, c, &legacy).await;
+        return Ok(out);
     };
     let version = cred.effective_version();
-    let ty = connector(state, &c.connector_type)?;
-    let out = fill_secrets(
-        ty,
-        &cred.kind,
-        credentials::values_for_use(state, &c.workspace_id, cred).await?,
-    );
     let fields: Vec<&String> = out.keys().collect();
     let entry = audit(
         p,
@@ -642,6 +634,27 @@ pub async fn reveal(
         tracing::warn!(error = %e, "could not record credential use");
     }
     Ok(out)
+}
+
+/// The decrypted secrets of a connection (from the credential version in effect, or the
+/// legacy rows the start-up upgrade could not move), renamed to the type's fields. No
+/// permission check and no audit: its callers (reveal, test) do both.
+pub async fn resolve_secrets(
+    state: &AppState,
+    c: &Connection,
+) -> ApiResult<BTreeMap<String, SecretString>> {
+    let Some(cred) = &c.credential else {
+        // Rows the start-up upgrade could not move (they fail their integrity check):
+        // reading them reports that, never an empty answer.
+        let legacy = state.store.legacy_secrets_of(&c.id).await?;
+        return decrypt_legacy(state, c, &legacy).await;
+    };
+    let ty = connector(state, &c.connector_type)?;
+    Ok(fill_secrets(
+        ty,
+        &cred.kind,
+        credentials::values_for_use(state, &c.workspace_id, cred).await?,
+    ))
 }
 
 /// Expected version from If-Match: `None` is `*` (any version).

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod external;
 pub mod keys;
 pub mod oauth;
+pub mod probes;
 pub mod tokens;
 pub mod workspaces;
 

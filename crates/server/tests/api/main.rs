@@ -8,4 +8,5 @@ mod credentials;
 mod external;
 mod keys;
 mod kit;
+mod probe;
 mod tokens;
