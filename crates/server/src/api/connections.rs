@@ -356,3 +356,24 @@ pub async fn test(
         crate::service::probes::test_saved(&state, &auth.0, &id).await?,
     ))
 }
+
+/// Tests a draft connection: the body of a create (inline `secrets` or a shared
+/// `credential`), validated the same way; nothing is stored.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/connections/test", tag = "connections",
+    params(("project" = String, Path, description = "Project id")),
+    request_body = ConnectionInput,
+    responses(
+        (status = 200, description = "The staged result, as for a saved connection", body = Object),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn test_draft(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(project): Path<String>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<patchbay_probe::ProbeResult>> {
+    Ok(Json(
+        crate::service::probes::test_draft(&state, &auth.0, &project, body).await?,
+    ))
+}

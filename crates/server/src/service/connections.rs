@@ -32,7 +32,7 @@ use crate::state::AppState;
 pub const MASK: &str = "********";
 
 /// Fields of a connection body.
-const WRITABLE: &[&str] = &[
+pub(crate) const WRITABLE: &[&str] = &[
     "name",
     "type",
     "description",
@@ -56,7 +56,7 @@ const READ_ONLY: &[&str] = &[
 ];
 
 /// The body's `credential` member.
-enum CredentialInput {
+pub(crate) enum CredentialInput {
     /// Not sent: keep the connection's current source.
     Absent,
     /// `null`: stop using a shared credential (inline `secrets` follow).
@@ -68,7 +68,7 @@ enum CredentialInput {
     },
 }
 
-fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
+pub(crate) fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
     let bad = |msg: &str| ApiError::field(ErrorCode::InvalidField, "/credential", msg);
     match f.take("credential") {
         None => Ok(CredentialInput::Absent),
@@ -118,14 +118,14 @@ fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
 }
 
 /// The body's `secrets`, with masks (keep the value) dropped. `None` when not sent.
-fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
+pub(crate) fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
     Ok(f.optional_object("secrets")?.map(|mut m| {
         m.retain(|_, v| v.as_str() != Some(MASK));
         m
     }))
 }
 
-fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
+pub(crate) fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
     state.catalog.get(id).ok_or_else(|| {
         ApiError::field(
             ErrorCode::UnknownType,
@@ -225,7 +225,7 @@ pub fn fill_secrets(
 }
 
 /// A shared credential a connection of type `ty` in `workspace_id` may reference.
-async fn shared_credential(
+pub(crate) async fn shared_credential(
     state: &AppState,
     p: &Principal,
     ty: &ConnectorType,
@@ -505,7 +505,7 @@ async fn owned_change(
     })
 }
 
-fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
     settings.retain(|_, v| !v.is_null());
     settings
 }

@@ -3,20 +3,24 @@
 //! and a cap on concurrently running tests; records a `connection.test` audit event with
 //! the outcome (never secrets).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use patchbay_core::model::{Connection, Principal};
+use patchbay_core::model::{Connection, ConnectionCredential, Principal};
 use patchbay_core::permission::Permission;
+use patchbay_core::schema::ConnectorType;
+use patchbay_core::validate::{check_required, validate_secret_names, validate_settings};
 use patchbay_core::ErrorCode;
+use patchbay_crypto::SecretString;
 use patchbay_probe::{ErrorClass, NetworkGuard, ProbeResult};
 use patchbay_store::StoreError;
-use serde_json::json;
-use tokio::sync::Semaphore;
+use serde_json::{json, Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::audit;
-use super::connections::{provided_settings, resolve_secrets};
+use super::connections::{self as conn, provided_settings, resolve_secrets};
+use super::{audit, credentials, workspaces};
+use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -104,20 +108,13 @@ async fn load_for_test(state: &AppState, p: &Principal, id: &str) -> ApiResult<C
 /// cannot describe a target at all (URL with credentials, undeclared scheme) answer 400.
 pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<ProbeResult> {
     let c = load_for_test(state, p, id).await?;
-    let probes = &state.probes;
-    probes.admit(&p.actor())?;
-    let _permit = probes.running.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            ErrorCode::RateLimited,
-            "too many connection tests are running; retry in a moment",
-        )
-    })?;
     let ty = state.catalog.get(&c.connector_type).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownType,
             "the connection's type is no longer in the catalog",
         )
     })?;
+    let permit = admit(state, p)?;
     let secrets = resolve_secrets(state, &c).await?;
     let mut settings = c
         .credential
@@ -127,28 +124,170 @@ pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<
     for (k, v) in &c.settings {
         settings.insert(k.clone(), v.clone());
     }
+    let subject = Subject {
+        workspace_id: &c.workspace_id,
+        kind: "connection",
+        id: &c.id,
+        details: json!({"version": c.version}),
+    };
+    run(state, p, ty, &settings, secrets, subject, permit).await
+}
+
+/// Tests a draft: a body like create's (inline `secrets` or a shared `credential`),
+/// validated the same way, nothing stored.
+pub async fn test_draft(
+    state: &AppState,
+    p: &Principal,
+    project_id: &str,
+    body: Map<String, Value>,
+) -> ApiResult<ProbeResult> {
+    let project = workspaces::project(state, p, project_id).await?;
+    if !p.can(Permission::ConnectionsTest) {
+        return Err(ApiError::forbidden(Permission::ConnectionsTest));
+    }
+    let mut f = Fields::new(body, conn::WRITABLE, &[])?;
+    // Metadata is accepted (a create body can be tested as is) but plays no part.
+    let _ = f.take("name");
+    let _ = f.optional_string("description")?;
+    let _ = f.optional_string("environment")?;
+    let _ = f.optional_string_list("tags")?;
+    let ty = conn::connector(state, &f.required_string("type")?)?;
+    let mut settings = conn::strip_nulls(f.optional_object("settings")?.unwrap_or_default());
+    validate_settings(ty, &settings)?;
+    let credential = conn::credential_input(&mut f)?;
+    let inline = conn::secrets_input(&mut f)?.unwrap_or_default();
+    let secrets = match credential {
+        conn::CredentialInput::Ref {
+            id_or_name,
+            version,
+        } => {
+            if !inline.is_empty() {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidField,
+                    "/secrets",
+                    "`secrets` and `credential` are alternatives: send one",
+                ));
+            }
+            let cred =
+                conn::shared_credential(state, p, ty, &project.workspace_id, &id_or_name, version)
+                    .await?;
+            let public = match version {
+                Some(v) => state.store.credential_public_fields(&cred.id, v).await?,
+                None => cred.public_fields.clone(),
+            };
+            for (k, v) in public {
+                if let Some(target) = ty.credential_target(&cred.kind, &k) {
+                    if ty.settings.properties.get(target).is_some() {
+                        settings.entry(target.to_owned()).or_insert(v);
+                    }
+                }
+            }
+            let link = ConnectionCredential {
+                id: cred.id.clone(),
+                name: cred.name.clone(),
+                kind: cred.kind.clone(),
+                owned: false,
+                pinned_version: version,
+                current_version: cred.current_version,
+                external: cred.external.is_some(),
+                secret_fields: cred.secret_fields.clone(),
+                public_fields: Map::new(),
+            };
+            conn::fill_secrets(
+                ty,
+                &cred.kind,
+                credentials::values_for_use(state, &project.workspace_id, &link).await?,
+            )
+        }
+        conn::CredentialInput::Absent | conn::CredentialInput::Detach => {
+            validate_secret_names(ty, inline.keys().map(String::as_str))?;
+            let mut out = BTreeMap::new();
+            for (k, v) in inline {
+                match v {
+                    Value::String(s) => {
+                        out.insert(k, SecretString::new(s));
+                    }
+                    Value::Null => {}
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidSetting,
+                            format!("/secrets/{k}"),
+                            "secret values are strings",
+                        ))
+                    }
+                }
+            }
+            out
+        }
+    };
+    let names: BTreeSet<String> = secrets.keys().cloned().collect();
+    check_required(ty, &settings, &names)?;
+    let permit = admit(state, p)?;
+    let subject = Subject {
+        workspace_id: &project.workspace_id,
+        kind: "project",
+        id: &project.id,
+        details: json!({"draft": true, "type": ty.id}),
+    };
+    run(state, p, ty, &settings, secrets, subject, permit).await
+}
+
+/// What an audit record of a test is about.
+struct Subject<'a> {
+    workspace_id: &'a str,
+    kind: &'a str,
+    id: &'a str,
+    details: Value,
+}
+
+/// Rate limit, then a slot under the concurrency cap.
+fn admit(state: &AppState, p: &Principal) -> ApiResult<OwnedSemaphorePermit> {
+    let probes = &state.probes;
+    probes.admit(&p.actor())?;
+    probes.running.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            ErrorCode::RateLimited,
+            "too many connection tests are running; retry in a moment",
+        )
+    })
+}
+
+async fn run(
+    state: &AppState,
+    p: &Principal,
+    ty: &ConnectorType,
+    settings: &Map<String, Value>,
+    secrets: BTreeMap<String, SecretString>,
+    subject: Subject<'_>,
+    permit: OwnedSemaphorePermit,
+) -> ApiResult<ProbeResult> {
+    let probes = &state.probes;
     let result = patchbay_probe::probe(
         ty,
-        &settings,
+        settings,
         &secrets,
         &probes.guard,
         probes.settings.deadline,
     )
     .await;
     drop(secrets);
+    drop(permit);
+    let mut details = json!({
+        "ok": result.ok,
+        "duration_ms": result.duration_ms,
+        "stage": result.error.as_ref().map(|e| e.stage.as_str()),
+        "class": result.error.as_ref().map(|e| e.class.as_str()),
+    });
+    if let (Some(d), Some(extra)) = (details.as_object_mut(), subject.details.as_object()) {
+        d.extend(extra.clone());
+    }
     let entry = audit(
         p,
         "connection.test",
-        Some(&c.workspace_id),
-        "connection",
-        &c.id,
-        json!({
-            "ok": result.ok,
-            "duration_ms": result.duration_ms,
-            "stage": result.error.as_ref().map(|e| e.stage.as_str()),
-            "class": result.error.as_ref().map(|e| e.class.as_str()),
-            "version": c.version,
-        }),
+        Some(subject.workspace_id),
+        subject.kind,
+        subject.id,
+        details,
     );
     state.store.record_audit(&entry).await?;
     if let Some(e) = &result.error {

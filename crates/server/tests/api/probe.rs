@@ -327,3 +327,86 @@ async fn probe_tests_are_rate_limited_per_principal() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+async fn draft(s: &Service, body: Value) -> crate::kit::Reply {
+    let project = s.default_project().await;
+    s.call(
+        Method::POST,
+        &format!("/api/v1/projects/{project}/connections/test"),
+        Some(body),
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn probe_a_draft_is_tested_and_nothing_is_stored() {
+    let s = service(30).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let r = draft(
+        &s,
+        json!({"name": "draft-pg", "type": "postgresql",
+               "settings": {"host": "127.0.0.1", "port": closed, "database": "x", "username": "u"},
+               "secrets": {"password": CANARY}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["error"]["class"], "connection_refused");
+    assert!(!r.text.contains(CANARY));
+    let project = s.default_project().await;
+    let list = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/projects/{project}/connections"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 0);
+    // Validated like a create: unknown types and settings are 400s.
+    let r = draft(&s, json!({"type": "nope"})).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_type"))
+    );
+    let r = draft(
+        &s,
+        json!({"type": "redis", "settings": {"host": "127.0.0.1", "bogus": 1}}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_setting"))
+    );
+}
+
+#[tokio::test]
+async fn probe_a_draft_may_take_its_secrets_from_a_shared_credential() {
+    if !peer_up(5433) {
+        return;
+    }
+    let s = service(30).await;
+    let ws = s.default_workspace().await;
+    let cred = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/credentials"),
+            Some(json!({"name": "pb-ro", "kind": "username_password",
+                        "secrets": {"username": "pb_ro", "password": "pb-ro-pass"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(cred.status, StatusCode::CREATED, "{}", cred.text);
+    let mut settings = pg_settings(5433);
+    settings.as_object_mut().unwrap().remove("username");
+    let r = draft(
+        &s,
+        json!({"type": "postgresql", "settings": settings, "credential": {"name": "pb-ro"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["ok"], true, "{}", r.text);
+}
