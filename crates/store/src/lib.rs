@@ -11,6 +11,7 @@ mod credentials;
 mod keys;
 mod migrate;
 mod oauth;
+mod probe_results;
 mod tokens;
 mod workspaces;
 
@@ -27,6 +28,7 @@ pub use keys::{
     BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
     StartRotation,
 };
+pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use tokens::{AuditEntry, AuditRecord, NewToken, TokenRecord};
 pub use workspaces::StoredDataKey;
 

@@ -9,6 +9,10 @@ const SQLITE: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_credentials.sql")),
     (3, include_str!("../migrations/sqlite/0003_keys.sql")),
     (5, include_str!("../migrations/sqlite/0005_tokens.sql")),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_probe_results.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -18,6 +22,10 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (3, include_str!("../migrations/postgres/0003_keys.sql")),
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
+    (
+        7,
+        include_str!("../migrations/postgres/0007_probe_results.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -377,3 +377,41 @@ pub async fn test_draft(
         crate::service::probes::test_draft(&state, &auth.0, &project, body).await?,
     ))
 }
+
+/// One stored test result.
+#[derive(Serialize, ToSchema)]
+pub struct TestRecordOut {
+    pub at: String,
+    pub ok: bool,
+    /// The result as `POST …/test` answered it.
+    #[schema(value_type = Object)]
+    pub result: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TestHistoryOut {
+    /// Newest first: the first item is the connection's last test; at most 20 are kept.
+    pub items: Vec<TestRecordOut>,
+}
+
+/// The connection's last test results (at most 20, newest first).
+#[utoipa::path(get, path = "/api/v1/connections/{id}/tests", tag = "connections",
+    params(("id" = String, Path, description = "Connection id")),
+    responses((status = 200, body = TestHistoryOut), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn test_history(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TestHistoryOut>> {
+    let items = crate::service::probes::history(&state, &auth.0, &id)
+        .await?
+        .into_iter()
+        .map(|r| TestRecordOut {
+            at: format_rfc3339(r.at),
+            ok: r.ok,
+            result: r.result,
+        })
+        .collect();
+    Ok(Json(TestHistoryOut { items }))
+}

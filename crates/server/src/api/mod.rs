@@ -33,6 +33,7 @@ use crate::state::AppState;
         workspaces::list, workspaces::create, workspaces::list_projects, workspaces::create_project,
         connections::list, connections::create, connections::get, connections::replace,
         connections::patch, connections::delete, connections::test, connections::test_draft,
+        connections::test_history,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
@@ -185,6 +186,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/connections/{id}/test",
             axum::routing::post(connections::test),
+        )
+        .route(
+            "/api/v1/connections/{id}/tests",
+            g(connections::test_history),
         )
         .route(
             "/api/v1/workspaces/{ws}/credentials",

@@ -289,11 +289,31 @@ async fn run(
         subject.id,
         details,
     );
-    state.store.record_audit(&entry).await?;
+    if subject.kind == "connection" {
+        // The result becomes the connection's last result (20 kept), with its audit record.
+        let json = serde_json::to_value(&result)
+            .map_err(|_| ApiError(patchbay_core::Error::internal()))?;
+        state
+            .store
+            .record_connection_test(subject.id, result.ok, &json, &entry)
+            .await?;
+    } else {
+        state.store.record_audit(&entry).await?;
+    }
     if let Some(e) = &result.error {
         if e.class == ErrorClass::InvalidSettings {
             return Err(ApiError::new(ErrorCode::InvalidSetting, e.message.clone()));
         }
     }
     Ok(result)
+}
+
+/// The stored results of a connection's tests, newest first (the first is its last result).
+pub async fn history(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> ApiResult<Vec<patchbay_store::StoredTestResult>> {
+    let c = conn::load(state, p, id).await?;
+    Ok(state.store.connection_tests(&c.id).await?)
 }

@@ -410,3 +410,55 @@ async fn probe_a_draft_may_take_its_secrets_from_a_shared_credential() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["ok"], true, "{}", r.text);
 }
+
+#[tokio::test]
+async fn probe_the_last_20_results_are_kept_on_the_connection_newest_first() {
+    let s = service(100).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let id = create(
+        &s,
+        "hist",
+        "redis",
+        json!({"host": "127.0.0.1", "port": closed}),
+        json!({}),
+    )
+    .await;
+    for _ in 0..22 {
+        assert_eq!(test(&s, &id).await.status, StatusCode::OK);
+    }
+    let h = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/connections/{id}/tests"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.text);
+    let items = h.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 20);
+    assert_eq!(items[0]["ok"], false);
+    assert_eq!(items[0]["result"]["error"]["class"], "connection_refused");
+    // Deleting the connection deletes its results (and a foreign id answers 404).
+    let del = s
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/connections/{id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert!(del.status.is_success(), "{}", del.text);
+    let gone = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/connections/{id}/tests"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+}
