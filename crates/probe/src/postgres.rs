@@ -293,13 +293,30 @@ fn error_fields(body: &[u8]) -> (String, String) {
         if let Some((&k, v)) = field.split_first() {
             let v = String::from_utf8_lossy(v).into_owned();
             match k {
-                b'C' => code = v,
+                b'C' => {
+                    code = v
+                        .chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .take(5)
+                        .collect()
+                }
                 b'M' => message = v,
                 _ => {}
             }
         }
     }
     (code, message)
+}
+
+/// A short, printable excerpt of server text: the target is chosen by the caller, so what
+/// it says is echoed only briefly and without control characters.
+fn excerpt(s: &str) -> String {
+    let clean: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+    if s.chars().count() > 200 {
+        format!("{clean}…")
+    } else {
+        clean
+    }
 }
 
 fn server_error(body: &[u8], p: Option<&Params>) -> Failure {
@@ -328,7 +345,11 @@ fn server_error(body: &[u8], p: Option<&Params>) -> Failure {
         }
         _ => format!("the server answered SQLSTATE {code}"),
     };
-    Failure::new(class, format!("server: {message} (SQLSTATE {code})")).hint(hint)
+    Failure::new(
+        class,
+        format!("server: {} (SQLSTATE {code})", excerpt(&message)),
+    )
+    .hint(hint)
 }
 
 /// Startup and authentication up to ReadyForQuery. Returns (server_version parameter,

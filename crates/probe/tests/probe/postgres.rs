@@ -231,3 +231,14 @@ async fn a_redis_port_is_not_postgres() {
         "{e:?}"
     );
 }
+
+#[tokio::test]
+async fn the_sni_override_is_a_catalog_setting() {
+    let ty = kit::ty("postgresql");
+    assert!(ty.settings.properties.get("tls_server_name").is_some());
+    assert!(kit::ty("redis")
+        .settings
+        .properties
+        .get("tls_server_name")
+        .is_some());
+}
