@@ -91,6 +91,20 @@ struct ServeArgs {
     /// then leave no trace.
     #[arg(long, env = "PATCHBAY_AUDIT_READS", default_value = "on", value_parser = ["on", "off"])]
     audit_reads: String,
+    /// Connection tests may reach these (comma-separated CIDRs, addresses or host patterns,
+    /// each optionally `:port`), overriding the built-in deny set. Loopback is denied by
+    /// default: a deployment testing databases on the same host must allow 127.0.0.1.
+    #[arg(long, env = "PATCHBAY_NETWORK_ALLOW", default_value = "")]
+    network_allow: String,
+    /// Connection tests may never reach these (same syntax; wins over allow).
+    #[arg(long, env = "PATCHBAY_NETWORK_DENY", default_value = "")]
+    network_deny: String,
+    /// The deadline of one connection test (at most 60s).
+    #[arg(long, env = "PATCHBAY_TEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    test_deadline: Duration,
+    /// Connection tests one principal may start per minute.
+    #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
+    tests_per_minute: usize,
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -178,6 +192,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             secure_cookies: false,
             audit_retention: args.audit_retention,
             audit_reads: args.audit_reads != "off",
+            probes: patchbay_server::service::probes::ProbeSettings {
+                policy: patchbay_probe::Policy::parse(&args.network_allow, &args.network_deny)
+                    .map_err(|e| anyhow::anyhow!("network policy: {e}"))?,
+                deadline: args.test_deadline.min(patchbay_probe::MAX_DEADLINE),
+                per_minute: args.tests_per_minute,
+                ..Default::default()
+            },
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -137,6 +137,7 @@ impl App {
                 config.settings.auth_failure_limit,
                 std::time::Duration::from_secs(60),
             )),
+            probes: Arc::new(service::probes::Probes::new(config.settings.probes.clone())),
         };
         bootstrap(&state, &config.data_dir).await?;
         service::keys::resume(&state)

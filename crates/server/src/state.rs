@@ -21,6 +21,8 @@ pub struct AppState {
     pub key_manager: Arc<crate::service::keys::KeyManager>,
     /// Failed authentications, per source address and per token prefix.
     pub auth_failures: Arc<crate::ratelimit::WindowLimiter>,
+    /// Connection tests: network guard and rate limits (service::probes).
+    pub probes: Arc<crate::service::probes::Probes>,
 }
 
 /// Tunables read once at start.
@@ -44,6 +46,8 @@ pub struct Settings {
     /// Whether reveals are audited. Only for measuring the audit's cost
     /// (PATCHBAY_AUDIT_READS=off): switching it off is unsafe, reveals then leave no trace.
     pub audit_reads: bool,
+    /// Connection tests: network policy, deadline, rate limits.
+    pub probes: crate::service::probes::ProbeSettings,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             secure_cookies: false,
             audit_retention: None,
             audit_reads: true,
+            probes: Default::default(),
         }
     }
 }

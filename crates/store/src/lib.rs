@@ -12,6 +12,7 @@ mod credentials;
 mod keys;
 mod migrate;
 mod oauth;
+mod probe_results;
 mod tokens;
 mod users;
 mod workspaces;
@@ -32,6 +33,7 @@ pub use keys::{
     BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
     StartRotation,
 };
+pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
 pub use workspaces::StoredDataKey;

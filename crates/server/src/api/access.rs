@@ -68,6 +68,21 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(ConnectionsWrite),
     ),
     ("GET", "/api/v1/connections/{id}", Needs(ConnectionsRead)),
+    (
+        "POST",
+        "/api/v1/connections/{id}/test",
+        Needs(ConnectionsTest),
+    ),
+    (
+        "GET",
+        "/api/v1/connections/{id}/tests",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/connections/test",
+        Needs(ConnectionsTest),
+    ),
     ("PUT", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     ("PATCH", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     (

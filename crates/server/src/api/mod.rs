@@ -36,7 +36,8 @@ use crate::state::AppState;
         catalog::list, catalog::get, catalog::credential_kinds,
         workspaces::list, workspaces::create, workspaces::list_projects, workspaces::create_project,
         connections::list, connections::create, connections::get, connections::replace,
-        connections::patch, connections::delete,
+        connections::patch, connections::delete, connections::test, connections::test_draft,
+        connections::test_history,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
@@ -185,6 +186,18 @@ pub fn router(state: AppState) -> Router {
                 .put(connections::replace)
                 .patch(connections::patch)
                 .delete(connections::delete),
+        )
+        .route(
+            "/api/v1/projects/{project}/connections/test",
+            axum::routing::post(connections::test_draft),
+        )
+        .route(
+            "/api/v1/connections/{id}/test",
+            axum::routing::post(connections::test),
+        )
+        .route(
+            "/api/v1/connections/{id}/tests",
+            g(connections::test_history),
         )
         .route(
             "/api/v1/workspaces/{ws}/credentials",

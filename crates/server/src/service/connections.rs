@@ -32,7 +32,7 @@ use crate::state::AppState;
 pub const MASK: &str = "********";
 
 /// Fields of a connection body.
-const WRITABLE: &[&str] = &[
+pub(crate) const WRITABLE: &[&str] = &[
     "name",
     "type",
     "description",
@@ -56,7 +56,7 @@ const READ_ONLY: &[&str] = &[
 ];
 
 /// The body's `credential` member.
-enum CredentialInput {
+pub(crate) enum CredentialInput {
     /// Not sent: keep the connection's current source.
     Absent,
     /// `null`: stop using a shared credential (inline `secrets` follow).
@@ -68,7 +68,7 @@ enum CredentialInput {
     },
 }
 
-fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
+pub(crate) fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
     let bad = |msg: &str| ApiError::field(ErrorCode::InvalidField, "/credential", msg);
     match f.take("credential") {
         None => Ok(CredentialInput::Absent),
@@ -118,14 +118,14 @@ fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
 }
 
 /// The body's `secrets`, with masks (keep the value) dropped. `None` when not sent.
-fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
+pub(crate) fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
     Ok(f.optional_object("secrets")?.map(|mut m| {
         m.retain(|_, v| v.as_str() != Some(MASK));
         m
     }))
 }
 
-fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
+pub(crate) fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
     state.catalog.get(id).ok_or_else(|| {
         ApiError::field(
             ErrorCode::UnknownType,
@@ -225,7 +225,7 @@ pub fn fill_secrets(
 }
 
 /// A shared credential a connection of type `ty` in `workspace_id` may reference.
-async fn shared_credential(
+pub(crate) async fn shared_credential(
     state: &AppState,
     p: &Principal,
     ty: &ConnectorType,
@@ -503,7 +503,7 @@ async fn owned_change(
     })
 }
 
-fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
     settings.retain(|_, v| !v.is_null());
     settings
 }
@@ -609,19 +609,11 @@ pub async fn reveal(
     c: &Connection,
 ) -> ApiResult<BTreeMap<String, SecretString>> {
     require_in(p, &c.workspace_id, Permission::ConnectionsReveal)?;
+    let out = resolve_secrets(state, c).await?;
     let Some(cred) = &c.credential else {
-        // Rows the start-up upgrade could not move (they fail their integrity check):
-        // reading them reports that, never an empty answer.
-        let legacy = state.store.legacy_secrets_of(&c.id).await?;
-        return decrypt_legacy(state, c, &legacy).await;
+        return Ok(out);
     };
     let version = cred.effective_version();
-    let ty = connector(state, &c.connector_type)?;
-    let out = fill_secrets(
-        ty,
-        &cred.kind,
-        credentials::values_for_use(state, &c.workspace_id, cred).await?,
-    );
     let fields: Vec<&String> = out.keys().collect();
     let entry = audit(
         p,
@@ -643,6 +635,27 @@ pub async fn reveal(
         tracing::warn!(error = %e, "could not record credential use");
     }
     Ok(out)
+}
+
+/// The decrypted secrets of a connection (from the credential version in effect, or the
+/// legacy rows the start-up upgrade could not move), renamed to the type's fields. No
+/// permission check and no audit: its callers (reveal, test) do both.
+pub async fn resolve_secrets(
+    state: &AppState,
+    c: &Connection,
+) -> ApiResult<BTreeMap<String, SecretString>> {
+    let Some(cred) = &c.credential else {
+        // Rows the start-up upgrade could not move (they fail their integrity check):
+        // reading them reports that, never an empty answer.
+        let legacy = state.store.legacy_secrets_of(&c.id).await?;
+        return decrypt_legacy(state, c, &legacy).await;
+    };
+    let ty = connector(state, &c.connector_type)?;
+    Ok(fill_secrets(
+        ty,
+        &cred.kind,
+        credentials::values_for_use(state, &c.workspace_id, cred).await?,
+    ))
 }
 
 /// Expected version from If-Match: `None` is `*` (any version).

@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod external;
 pub mod keys;
 pub mod oauth;
+pub mod probes;
 pub mod sessions;
 pub mod tokens;
 pub mod users;

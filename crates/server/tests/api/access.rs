@@ -55,8 +55,10 @@ async fn fixture(s: &Service, name: &str) -> Fixture {
         .call(
             Method::POST,
             &format!("/api/v1/projects/{project}/connections"),
+            // Loopback, port 1: a test of it is refused by the network guard before any
+            // packet leaves.
             Some(json!({"name": "warehouse", "type": "postgresql",
-                        "settings": {"host": "db.internal", "database": "dw"},
+                        "settings": {"host": "127.0.0.1", "port": 1, "database": "dw"},
                         "credential": {"id": credential}})),
             &[],
         )
@@ -479,6 +481,15 @@ async fn ids_from_another_workspace_answer_404_like_nonexistent_ids() {
             ),
         ),
         (Method::DELETE, "/api/v1/connections/{id}", None),
+        (Method::POST, "/api/v1/connections/{id}/test", None),
+        (Method::GET, "/api/v1/connections/{id}/tests", None),
+        (
+            Method::POST,
+            "/api/v1/projects/{project}/connections/test",
+            Some(
+                json!({"type": "postgresql", "settings": {"host": "127.0.0.1", "port": 1, "database": "d"}}),
+            ),
+        ),
         (Method::GET, "/api/v1/credentials/{cred}", None),
         (
             Method::PATCH,

@@ -10,6 +10,7 @@ mod credentials;
 mod external;
 mod keys;
 mod kit;
+mod probe;
 mod sessions;
 mod tls;
 mod tokens;
