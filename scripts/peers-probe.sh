@@ -3,7 +3,7 @@
 #  - PostgreSQL 15 cluster on 5433: scram-sha-256 (plus one md5 and one cleartext-password
 #    role), TLS with a test CA generated here; roles pb_ro (read-only) and pb_rw (can write),
 #    database pbtest.
-#  - Redis on 6380 with requirepass.
+#  - Redis on 6380 with requirepass, and a TLS one on 6381 (same password, test CA).
 # Files (CA, server cert) live in $PEERS_DIR; the probe tests read ca.pem from there.
 set -euo pipefail
 
@@ -91,3 +91,18 @@ if ! redis_up; then
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
 fi
 if redis_up; then echo "peers-probe: Redis (requirepass) ready on 127.0.0.1:6380"; else echo "peers-probe: Redis on 6380 is NOT available"; fi
+
+# --- Redis with TLS on 6381 (same password, the test CA's server certificate) ------------
+redis_tls_up() {
+  redis-cli --tls --cacert "$PEERS_DIR/ca.pem" -h 127.0.0.1 -p 6381 --no-auth-warning -a pb-redis-pass ping 2>/dev/null | grep -q PONG
+}
+if ! redis_tls_up; then
+  echo "peers-probe: starting Redis (TLS) on 6381"
+  redis-server --bind 127.0.0.1 --port 0 --tls-port 6381 --requirepass pb-redis-pass \
+    --tls-cert-file "$PEERS_DIR/server.pem" --tls-key-file "$PEERS_DIR/server.key" \
+    --tls-ca-cert-file "$PEERS_DIR/ca.pem" --tls-auth-clients no --daemonize yes \
+    --save "" --appendonly no --dir "$PEERS_DIR" --logfile "$PEERS_DIR/redis6381.log" \
+    --pidfile "$PEERS_DIR/redis6381.pid" >/dev/null
+  for _ in $(seq 1 50); do redis_tls_up && break; sleep 0.1; done
+fi
+if redis_tls_up; then echo "peers-probe: Redis (TLS, requirepass) ready on 127.0.0.1:6381"; else echo "peers-probe: Redis TLS on 6381 is NOT available"; fi

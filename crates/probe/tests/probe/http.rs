@@ -233,3 +233,31 @@ async fn https_with_the_ca_passes_and_without_it_is_untrusted_at_tls() {
     assert_ok(&r);
     assert!(r.warnings.iter().any(|w| w.contains("verification is off")));
 }
+
+#[tokio::test]
+async fn https_to_a_name_the_certificate_does_not_list_is_a_hostname_mismatch() {
+    if !peer(5433, "probe peers (test CA)") {
+        return;
+    }
+    let port = tls_responder().await;
+    let mut names = std::collections::HashMap::new();
+    names.insert(
+        "api.other.test".to_owned(),
+        vec!["127.0.0.1".parse().unwrap()],
+    );
+    let guard = patchbay_probe::NetworkGuard::with_resolver(
+        patchbay_probe::Policy::parse("127.0.0.1", "").unwrap(),
+        Arc::new(patchbay_probe::guard::StaticResolver(names)),
+    );
+    let mut settings = rest_tls(port, json!({"tls_ca_certificate": kit::ca_pem()}));
+    settings["base_url"] = json!(format!("https://api.other.test:{port}"));
+    let r = kit::run(
+        &guard,
+        "rest",
+        settings,
+        &[("bearer_token", GOOD_KEY)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsHostnameMismatch);
+}

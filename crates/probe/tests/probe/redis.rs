@@ -103,3 +103,57 @@ async fn tls_against_a_plain_port_fails_at_tls() {
     assert!(!r.ok);
     assert_eq!(r.error.unwrap().stage, ProbeStage::Tls);
 }
+
+const TLS_PORT: u16 = 6381;
+
+fn tls_settings(extra: Value) -> Value {
+    let mut s = json!({"host": "127.0.0.1", "port": TLS_PORT, "tls": true, "tls_ca_certificate": kit::ca_pem()});
+    for (k, v) in extra.as_object().unwrap() {
+        s[k] = v.clone();
+    }
+    s
+}
+
+#[tokio::test]
+async fn tls_with_the_ca_passes_and_the_tls_stage_is_reported() {
+    if !peer(TLS_PORT, "Redis (TLS)") {
+        return;
+    }
+    let r = redis(tls_settings(json!({})), &[("password", "pb-redis-pass")]).await;
+    assert_ok(&r);
+    let tls = r
+        .stages
+        .iter()
+        .find(|s| s.stage == ProbeStage::Tls)
+        .unwrap();
+    assert!(
+        tls.detail.as_deref().unwrap().contains("verification full"),
+        "{tls:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_without_the_ca_is_untrusted_and_another_name_is_a_mismatch() {
+    if !peer(TLS_PORT, "Redis (TLS)") {
+        return;
+    }
+    let r = redis(
+        tls_settings(json!({"tls_ca_certificate": null})),
+        &[("password", "pb-redis-pass")],
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsUntrustedCertificate);
+    let r = redis(
+        tls_settings(json!({"tls_server_name": "cache.other.example"})),
+        &[("password", "pb-redis-pass")],
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsHostnameMismatch);
+    let r = redis(
+        tls_settings(json!({"tls_verify": false, "tls_ca_certificate": null})),
+        &[("password", "pb-redis-pass")],
+    )
+    .await;
+    assert_ok(&r);
+    assert!(r.warnings.iter().any(|w| w.contains("verification is off")));
+}
