@@ -301,7 +301,26 @@ async fn run(
             return Err(ApiError::new(ErrorCode::InvalidSetting, e.message.clone()));
         }
     }
-    Ok(result)
+    Ok(redact_for(p, result))
+}
+
+/// Non-admins get no remote banner (product version) and no resolved addresses: the target
+/// is caller-chosen, so those would map internal networks and fingerprint services.
+fn redact_for(p: &Principal, mut result: ProbeResult) -> ProbeResult {
+    if p.can(Permission::WorkspaceAdmin) {
+        return result;
+    }
+    result.server = None;
+    for s in &mut result.stages {
+        if s.status == patchbay_probe::StageStatus::Ok {
+            match s.stage {
+                patchbay_probe::ProbeStage::Dns => s.detail = Some("resolved and allowed".into()),
+                patchbay_probe::ProbeStage::Tcp => s.detail = Some("connected".into()),
+                _ => {}
+            }
+        }
+    }
+    result
 }
 
 /// The stored results of a connection's tests, newest first (the first is its last result).
@@ -311,5 +330,13 @@ pub async fn history(
     id: &str,
 ) -> ApiResult<Vec<patchbay_store::StoredTestResult>> {
     let c = conn::load(state, p, id).await?;
-    Ok(state.store.connection_tests(&c.id).await?)
+    let mut rows = state.store.connection_tests(&c.id).await?;
+    if !p.can(Permission::WorkspaceAdmin) {
+        for r in &mut rows {
+            if let Ok(parsed) = serde_json::from_value::<ProbeResult>(r.result.clone()) {
+                r.result = serde_json::to_value(redact_for(p, parsed)).unwrap_or_default();
+            }
+        }
+    }
+    Ok(rows)
 }

@@ -462,3 +462,71 @@ async fn probe_the_last_20_results_are_kept_on_the_connection_newest_first() {
         .await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn probe_non_admins_get_no_banner_and_no_resolved_addresses() {
+    if !peer_up(5433) {
+        return;
+    }
+    let s = service(30).await;
+    let id = create(
+        &s,
+        "pg-ro",
+        "postgresql",
+        pg_settings(5433),
+        json!({"password": "pb-ro-pass"}),
+    )
+    .await;
+    let ws = s.default_workspace().await;
+    let tester = s
+        .token_with(
+            &[Permission::ConnectionsTest, Permission::ConnectionsRead],
+            Some(&ws),
+        )
+        .await;
+    let r = s
+        .raw(
+            Method::POST,
+            &format!("/api/v1/connections/{id}/test"),
+            Some(&tester),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.body["ok"], true, "{}", r.text);
+    assert!(r.body.get("server").is_none(), "{}", r.text);
+    // The host the caller typed is echoed in `resolve`; what it resolved to is not.
+    assert_eq!(
+        r.body["stages"][1]["detail"], "resolved and allowed",
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["stages"][2]["detail"], "connected");
+    let h = s
+        .raw(
+            Method::GET,
+            &format!("/api/v1/connections/{id}/tests"),
+            Some(&tester),
+            &[],
+            None,
+        )
+        .await;
+    assert!(
+        h.body["items"][0]["result"].get("server").is_none(),
+        "{}",
+        h.text
+    );
+    // The admin sees the banner in the stored result.
+    let h = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/connections/{id}/tests"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        h.body["items"][0]["result"]["server"]["product"],
+        "PostgreSQL"
+    );
+}
