@@ -301,13 +301,13 @@ async fn run(
             return Err(ApiError::new(ErrorCode::InvalidSetting, e.message.clone()));
         }
     }
-    Ok(redact_for(p, result))
+    Ok(redact_for(p, subject.workspace_id, result))
 }
 
 /// Non-admins get no remote banner (product version) and no resolved addresses: the target
 /// is caller-chosen, so those would map internal networks and fingerprint services.
-fn redact_for(p: &Principal, mut result: ProbeResult) -> ProbeResult {
-    if p.can(Permission::WorkspaceAdmin) {
+fn redact_for(p: &Principal, workspace_id: &str, mut result: ProbeResult) -> ProbeResult {
+    if p.can_in(workspace_id, Permission::WorkspaceAdmin) {
         return result;
     }
     result.server = None;
@@ -331,10 +331,11 @@ pub async fn history(
 ) -> ApiResult<Vec<patchbay_store::StoredTestResult>> {
     let c = conn::load(state, p, id).await?;
     let mut rows = state.store.connection_tests(&c.id).await?;
-    if !p.can(Permission::WorkspaceAdmin) {
+    if !p.can_in(&c.workspace_id, Permission::WorkspaceAdmin) {
         for r in &mut rows {
             if let Ok(parsed) = serde_json::from_value::<ProbeResult>(r.result.clone()) {
-                r.result = serde_json::to_value(redact_for(p, parsed)).unwrap_or_default();
+                r.result = serde_json::to_value(redact_for(p, &c.workspace_id, parsed))
+                    .unwrap_or_default();
             }
         }
     }
