@@ -4,6 +4,7 @@
 
 mod deadline;
 mod http;
+mod kafka;
 mod kit;
 mod postgres;
 mod redis;

