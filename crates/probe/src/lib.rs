@@ -12,6 +12,7 @@
 pub mod guard;
 mod http;
 mod kafka;
+mod ldap;
 mod net;
 mod postgres;
 mod redis;
@@ -39,7 +40,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
-pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "kafka"];
+pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "kafka", "ldap"];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
 pub struct Target<'a> {
@@ -122,6 +123,7 @@ pub async fn probe(
         "redis" => redis::probe(&target, guard, budget).await,
         "http" => http::probe(&target, guard, budget).await,
         "kafka" => kafka::probe(&target, guard, budget).await,
+        "ldap" => ldap::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

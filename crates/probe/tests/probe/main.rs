@@ -6,6 +6,7 @@ mod deadline;
 mod http;
 mod kafka;
 mod kit;
+mod ldap;
 mod postgres;
 mod redis;
 mod ssrf;
