@@ -6,7 +6,8 @@
 #  - LDAP: Debian slapd on 3389 (plain, StartTLS) and 6636 (LDAPS), suffix dc=example,dc=org,
 #    admin cn=admin,dc=example,dc=org with password pb-ldap-pass.
 #  - FTP: PyPI pyftpdlib==2.0.1 on 2121, user pbftp / pb-ftp-pass, root $PEERS_DIR/ftp with
-#    a directory "incoming".
+#    a directory "incoming"; explicit FTPS (AUTH TLS, pyopenssl==25.1.0, test CA) on 2990
+#    with the same user and root.
 # moto (S3, Athena) is started by peers-aws.sh.
 set -euo pipefail
 
@@ -108,3 +109,31 @@ if ! port_up 2121; then
   wait_port 2121 || true
 fi
 if port_up 2121; then echo "peers-infra: FTP ready on 127.0.0.1:2121"; else echo "peers-infra: FTP on 2121 is NOT available"; fi
+
+# --- explicit FTPS (pyftpdlib TLS_FTPHandler) on 2990 -----------------------------------
+if ! port_up 2990; then
+  if ! python3 -c 'import OpenSSL' 2>/dev/null; then
+    echo "peers-infra: installing pyopenssl==25.1.0"
+    # cryptography stays ≥ 45 (moto's joserfc needs it).
+    python3 -m pip install -q 'pyopenssl==25.1.0' 'cryptography>=45.0.1,<46'
+  fi
+  cat >"$PEERS_DIR/ftps.py" <<'PY'
+import sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import TLS_FTPHandler
+from pyftpdlib.servers import FTPServer
+peers = sys.argv[1]
+auth = DummyAuthorizer()
+auth.add_user("pbftp", "pb-ftp-pass", peers + "/ftp", perm="elr")
+TLS_FTPHandler.certfile = peers + "/server.pem"
+TLS_FTPHandler.keyfile = peers + "/server.key"
+TLS_FTPHandler.tls_control_required = True
+TLS_FTPHandler.authorizer = auth
+FTPServer(("127.0.0.1", 2990), TLS_FTPHandler).serve_forever()
+PY
+  echo "peers-infra: starting FTPS on 2990"
+  nohup python3 "$PEERS_DIR/ftps.py" "$PEERS_DIR" >>"$PEERS_DIR/ftps.log" 2>&1 </dev/null &
+  disown || true
+  wait_port 2990 || true
+fi
+if port_up 2990; then echo "peers-infra: FTPS (explicit) ready on 127.0.0.1:2990"; else echo "peers-infra: FTPS on 2990 is NOT available"; fi

@@ -9,6 +9,7 @@
 //! Families: `postgres` (wire protocol by hand), `redis` (RESP), `http` (the catalog's
 //! declared HTTP check). Other probe kinds answer `not_implemented` — said, not faked.
 
+mod ftp;
 pub mod guard;
 mod http;
 mod kafka;
@@ -40,7 +41,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
-pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "kafka", "ldap"];
+pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "kafka", "ldap", "ftp"];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
 pub struct Target<'a> {
@@ -124,6 +125,7 @@ pub async fn probe(
         "http" => http::probe(&target, guard, budget).await,
         "kafka" => kafka::probe(&target, guard, budget).await,
         "ldap" => ldap::probe(&target, guard, budget).await,
+        "ftp" => ftp::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

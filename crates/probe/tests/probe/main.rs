@@ -3,6 +3,7 @@
 //! allows 127.0.0.1 (or one port of it) explicitly.
 
 mod deadline;
+mod ftp;
 mod http;
 mod kafka;
 mod kit;
