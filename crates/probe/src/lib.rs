@@ -9,6 +9,7 @@
 //! Families: `postgres` (wire protocol by hand), `redis` (RESP), `http` (the catalog's
 //! declared HTTP check). Other probe kinds answer `not_implemented` — said, not faked.
 
+mod aws;
 mod ftp;
 pub mod guard;
 mod http;
@@ -41,7 +42,9 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
-pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "kafka", "ldap", "ftp"];
+pub const IMPLEMENTED_KINDS: &[&str] = &[
+    "postgres", "redis", "http", "kafka", "ldap", "ftp", "s3", "athena",
+];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
 pub struct Target<'a> {
@@ -126,6 +129,8 @@ pub async fn probe(
         "kafka" => kafka::probe(&target, guard, budget).await,
         "ldap" => ldap::probe(&target, guard, budget).await,
         "ftp" => ftp::probe(&target, guard, budget).await,
+        "s3" => aws::probe_s3(&target, guard, budget).await,
+        "athena" => aws::probe_athena(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

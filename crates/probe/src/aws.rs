@@ -1,0 +1,619 @@
+//! S3-compatible storage (s3, minio, r2) and Athena probes: one SigV4-signed request
+//! (patchbay-external's signer) through the guard — HeadBucket for a bucket (200 ok, 404
+//! not_found, 403 explained by a signed ListObjectsV2 that carries S3's error code), and
+//! Athena GetWorkGroup for the configured workgroup. The HTTP client is pinned to the
+//! guard's checked addresses and follows no redirects.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use patchbay_crypto::SecretString;
+use patchbay_external::sigv4::{self, Credentials, Scope};
+use reqwest::{Method, Url};
+
+use crate::guard::Checked;
+use crate::net;
+use crate::result::{
+    ms, ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, StageReport, StageStatus, Stopped,
+};
+use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::{NetworkGuard, Target};
+
+const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
+const MAX_BODY: usize = 64 * 1024;
+
+struct Call {
+    method: Method,
+    url: Url,
+    service: &'static str,
+    region: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+struct Answer {
+    status: u16,
+    region_header: Option<String>,
+    body: Vec<u8>,
+}
+
+fn credentials(t: &Target<'_>) -> Result<Credentials, Failure> {
+    let key = t.str("access_key_id");
+    let secret = t.secret("secret_access_key");
+    match (key, secret) {
+        (Some(k), Some(s)) => Ok(Credentials::new(
+            k,
+            s.clone(),
+            t.secret("session_token").cloned(),
+        )),
+        _ if t.bool("use_default_credentials") == Some(true) => Err(Failure::new(
+            ErrorClass::NotImplemented,
+            "testing with the server's default AWS credentials is not implemented yet",
+        )
+        .hint("set an access key id and secret access key to test")),
+        _ => Err(Failure::new(
+            ErrorClass::InvalidSettings,
+            "the access key id and secret access key are required to test this connection",
+        )),
+    }
+}
+
+fn tls_options(t: &Target<'_>) -> TlsOptions {
+    TlsOptions {
+        mode: Some(match t.bool("tls_verify") {
+            Some(false) => VerifyMode::None,
+            _ => VerifyMode::Full,
+        }),
+        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
+        ..TlsOptions::default()
+    }
+}
+
+fn parse_url(raw: &str) -> Result<Url, Failure> {
+    Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            Failure::new(
+                ErrorClass::InvalidSettings,
+                "the endpoint URL is not a valid http(s) URL",
+            )
+            .hint("e.g. https://s3.eu-west-1.amazonaws.com or http://minio.internal:9000")
+        })
+}
+
+/// The HeadBucket request of an S3-compatible type.
+fn s3_call(t: &Target<'_>) -> Result<(Call, String), Failure> {
+    let bucket = t.required_str("bucket")?.to_owned();
+    if !bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+    {
+        return Err(Failure::new(
+            ErrorClass::InvalidSettings,
+            "a bucket name has lower-case letters, digits, dots and hyphens only",
+        ));
+    }
+    let (endpoint, region, path_style) = if t.ty.id == "r2" {
+        let account = t.required_str("account_id")?;
+        let jurisdiction = match t.str("jurisdiction").unwrap_or("default") {
+            "default" => String::new(),
+            j => format!(".{j}"),
+        };
+        (
+            format!("https://{account}{jurisdiction}.r2.cloudflarestorage.com"),
+            "auto".to_owned(),
+            true,
+        )
+    } else {
+        let region = t.str("region").unwrap_or("us-east-1").to_owned();
+        match t.str("endpoint_url") {
+            Some(e) => (
+                e.to_owned(),
+                region,
+                t.bool("force_path_style").unwrap_or(true),
+            ),
+            None => (
+                format!("https://s3.{region}.amazonaws.com"),
+                region,
+                t.bool("force_path_style").unwrap_or(false),
+            ),
+        }
+    };
+    let mut url = parse_url(&endpoint)?;
+    if path_style {
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}/{bucket}"));
+    } else {
+        let host = format!("{bucket}.{}", url.host_str().unwrap_or_default());
+        url.set_host(Some(&host)).map_err(|_| {
+            Failure::new(
+                ErrorClass::InvalidSettings,
+                "the bucket host name is not valid",
+            )
+        })?;
+    }
+    let detail = format!("HeadBucket {bucket} at {}", origin(&url));
+    Ok((
+        Call {
+            method: Method::HEAD,
+            url,
+            service: "s3",
+            region,
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+        detail,
+    ))
+}
+
+fn athena_call(t: &Target<'_>) -> Result<(Call, String), Failure> {
+    let region = t.required_str("region")?.to_owned();
+    let workgroup = t.str("workgroup").unwrap_or("primary").to_owned();
+    let endpoint = t
+        .str("endpoint_url")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("https://athena.{region}.amazonaws.com"));
+    let url = parse_url(&endpoint)?;
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "WorkGroup": workgroup })).unwrap_or_default();
+    let detail = format!("GetWorkGroup {workgroup} at {}", origin(&url));
+    Ok((
+        Call {
+            method: Method::POST,
+            url,
+            service: "athena",
+            region,
+            headers: vec![
+                ("content-type", sigv4::JSON_CONTENT_TYPE.to_owned()),
+                ("x-amz-target", "AmazonAthena.GetWorkGroup".to_owned()),
+            ],
+            body,
+        },
+        detail,
+    ))
+}
+
+fn origin(u: &Url) -> String {
+    match u.port() {
+        Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or_default()),
+        None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
+    }
+}
+
+pub async fn probe_s3(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
+    let mut run = Run::new(budget, PLANNED);
+    let _ = steps(&mut run, t, guard, true).await;
+    run.finish()
+}
+
+pub async fn probe_athena(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
+    let mut run = Run::new(budget, PLANNED);
+    let _ = steps(&mut run, t, guard, false).await;
+    run.finish()
+}
+
+async fn steps(
+    run: &mut Run,
+    t: &Target<'_>,
+    guard: &NetworkGuard,
+    s3: bool,
+) -> Result<(), Stopped> {
+    let (call, creds) = run
+        .stage(S::Resolve, async {
+            let (call, detail) = if s3 { s3_call(t)? } else { athena_call(t)? };
+            crate::guard::check_url_shape(&call.url, &["https", "http"])
+                .map_err(|e| net::guard_failure(e, ""))?;
+            Ok(((call, credentials(t)?), Some(detail)))
+        })
+        .await?;
+    if t.str("role_arn").is_some() {
+        run.warn("role_arn is not assumed by the test: it checks the access key itself");
+    }
+    let host = call.url.host_str().unwrap_or_default().to_owned();
+    let checked = run
+        .stage(S::Dns, async {
+            let c = guard
+                .check_url(&call.url, &["https", "http"])
+                .await
+                .map_err(|e| net::guard_failure(e, &host))?;
+            let d = c
+                .addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok((c, Some(d)))
+        })
+        .await?;
+    run.stage(S::Tcp, async {
+        let (_, d) = net::tcp(&checked.addrs).await?;
+        Ok(((), d))
+    })
+    .await?;
+    let opts = tls_options(t);
+    let https = call.url.scheme() == "https";
+    let started = Instant::now();
+    let answer =
+        match tokio::time::timeout_at(run.deadline(), send(&call, &creds, &checked, &opts)).await {
+            Err(_) => return Err(run.fail(
+                if https { S::Tls } else { S::Query },
+                Failure::new(ErrorClass::Timeout, "no HTTP answer within the deadline").hint(
+                    "the server accepted the connection but did not answer: is this the endpoint?",
+                ),
+            )),
+            Ok(Err((stage, f))) => return Err(run.fail(stage, f)),
+            Ok(Ok(a)) => a,
+        };
+    if https {
+        run.push(StageReport {
+            stage: S::Tls,
+            status: StageStatus::Ok,
+            duration_ms: ms(started.elapsed()),
+            detail: Some(format!(
+                "negotiated within the request, certificate verification {}",
+                opts.mode().as_str()
+            )),
+        });
+        if let Some(w) = opts.warning() {
+            run.warn(w);
+        }
+    } else {
+        run.skip(S::Tls, "plain HTTP endpoint");
+        run.warn("the endpoint is plain HTTP: requests are signed but not encrypted");
+    }
+    if s3 {
+        s3_outcome(run, &call, &creds, &checked, &opts, answer).await
+    } else {
+        athena_outcome(run, answer)
+    }
+}
+
+async fn s3_outcome(
+    run: &mut Run,
+    call: &Call,
+    creds: &Credentials,
+    checked: &Checked,
+    opts: &TlsOptions,
+    answer: Answer,
+) -> Result<(), Stopped> {
+    let bucket_ok = |run: &mut Run| {
+        run.push(ok(S::Auth, "the signature and access key were accepted"));
+    };
+    match answer.status {
+        200 => {
+            bucket_ok(run);
+            run.push(ok(
+                S::Query,
+                "HeadBucket answered 200: the bucket exists and the key may use it",
+            ));
+            Ok(())
+        }
+        404 => {
+            bucket_ok(run);
+            Err(run.fail(
+                S::Query,
+                Failure::new(
+                    ErrorClass::NotFound,
+                    "the bucket does not exist (HeadBucket 404)",
+                )
+                .hint("check the bucket name and the account or endpoint it lives in"),
+            ))
+        }
+        301 | 400 if answer.region_header.is_some() => Err(run.fail(
+            S::Query,
+            Failure::new(
+                ErrorClass::InvalidSettings,
+                format!(
+                    "the bucket is in region {}, not the configured one",
+                    answer.region_header.unwrap_or_default()
+                ),
+            )
+            .hint("set the connection's region to the bucket's region"),
+        )),
+        403 => {
+            // HEAD answers carry no error code: ask the same question with a body.
+            let mut list = Call {
+                method: Method::GET,
+                url: call.url.clone(),
+                service: call.service,
+                region: call.region.clone(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            list.url
+                .query_pairs_mut()
+                .append_pair("list-type", "2")
+                .append_pair("max-keys", "0");
+            let code = match send(&list, creds, checked, opts).await {
+                Ok(a) => xml_code(&a.body),
+                Err(_) => None,
+            };
+            match code.as_deref() {
+                Some(
+                    "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidToken"
+                    | "ExpiredToken"
+                    | "TokenRefreshRequired",
+                ) => Err(run.fail(
+                    S::Auth,
+                    Failure::new(
+                        ErrorClass::AuthFailed,
+                        format!(
+                            "the storage rejected the credentials ({})",
+                            code.unwrap_or_default()
+                        ),
+                    )
+                    .hint("check the access key id and secret access key (and the session token)"),
+                )),
+                other => {
+                    bucket_ok(run);
+                    Err(run.fail(
+                        S::Query,
+                        Failure::new(
+                            ErrorClass::PermissionDenied,
+                            format!(
+                                "the key may not access the bucket (HeadBucket 403{})",
+                                other.map(|c| format!(", {c}")).unwrap_or_default()
+                            ),
+                        )
+                        .hint("grant s3:ListBucket on the bucket to this key"),
+                    ))
+                }
+            }
+        }
+        s => Err(run.fail(S::Query, unexpected(s))),
+    }
+}
+
+fn athena_outcome(run: &mut Run, answer: Answer) -> Result<(), Stopped> {
+    if answer.status == 200 {
+        run.push(ok(S::Auth, "the signature and access key were accepted"));
+        let json = serde_json::from_slice::<serde_json::Value>(&answer.body).unwrap_or_default();
+        // AWS answers a missing workgroup with InvalidRequestException; some emulators
+        // answer 200 with an empty or null WorkGroup.
+        if json.pointer("/WorkGroup/Name").is_none() {
+            return Err(run.fail(
+                S::Query,
+                Failure::new(ErrorClass::NotFound, "the workgroup does not exist")
+                    .hint("check the workgroup name and the region"),
+            ));
+        }
+        let state = json
+            .pointer("/WorkGroup/State")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        if state.as_deref() == Some("DISABLED") {
+            return Err(run.fail(
+                S::Query,
+                Failure::new(ErrorClass::PermissionDenied, "the workgroup is disabled")
+                    .hint("enable the workgroup or choose another one"),
+            ));
+        }
+        run.push(ok(S::Query, "GetWorkGroup answered 200"));
+        return Ok(());
+    }
+    let kind = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("__type").and_then(|t| t.as_str()).map(str::to_owned))
+        .map(|t| t.rsplit('#').next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    match kind.as_str() {
+        "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId" => Err(run.fail(
+            S::Auth,
+            Failure::new(
+                ErrorClass::AuthFailed,
+                format!("AWS rejected the credentials ({kind})"),
+            )
+            .hint("check the access key id and secret access key (and the session token)"),
+        )),
+        "AccessDeniedException" => {
+            run.push(ok(S::Auth, "the signature and access key were accepted"));
+            Err(run.fail(
+                S::Query,
+                Failure::new(
+                    ErrorClass::PermissionDenied,
+                    "the key may not read the workgroup (AccessDeniedException)",
+                )
+                .hint("grant athena:GetWorkGroup on the workgroup"),
+            ))
+        }
+        "InvalidRequestException" | "ResourceNotFoundException" => {
+            run.push(ok(S::Auth, "the signature and access key were accepted"));
+            Err(run.fail(
+                S::Query,
+                Failure::new(
+                    ErrorClass::NotFound,
+                    format!("the workgroup does not exist ({kind})"),
+                )
+                .hint("check the workgroup name and the region"),
+            ))
+        }
+        "ThrottlingException" | "TooManyRequestsException" => Err(run.fail(
+            S::Query,
+            Failure::new(ErrorClass::RateLimited, "AWS is throttling the requests")
+                .hint("retry later"),
+        )),
+        _ => Err(run.fail(S::Query, unexpected(answer.status))),
+    }
+}
+
+fn ok(stage: S, detail: &str) -> StageReport {
+    StageReport {
+        stage,
+        status: StageStatus::Ok,
+        duration_ms: 0,
+        detail: Some(detail.to_owned()),
+    }
+}
+
+fn unexpected(status: u16) -> Failure {
+    Failure::new(
+        ErrorClass::ProtocolMismatch,
+        format!("unexpected HTTP {status}"),
+    )
+    .hint("is the endpoint URL the storage or Athena API?")
+}
+
+/// `<Code>…</Code>` of an S3 XML error, if it is a plain token.
+fn xml_code(body: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(body).ok()?;
+    let start = s.find("<Code>")? + 6;
+    let end = s[start..].find("</Code>")? + start;
+    let code = &s[start..end];
+    (code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric())).then(|| code.to_owned())
+}
+
+type SendError = (S, Failure);
+
+async fn send(
+    call: &Call,
+    creds: &Credentials,
+    checked: &Checked,
+    opts: &TlsOptions,
+) -> Result<Answer, SendError> {
+    let config = tls::client_config(opts).map_err(|f| (S::Tls, f))?;
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(config);
+    if let crate::guard::Host::Name(n) = &checked.host {
+        builder = builder.resolve_to_addrs(n, &checked.addrs);
+    }
+    let client = builder.build().map_err(|_| {
+        (
+            S::Query,
+            Failure::new(ErrorClass::Unknown, "could not build the HTTP client"),
+        )
+    })?;
+    let amz_date = sigv4::amz_date(SystemTime::now());
+    let host = match call.url.port() {
+        Some(p) => format!("{}:{p}", call.url.host_str().unwrap_or_default()),
+        None => call.url.host_str().unwrap_or_default().to_owned(),
+    };
+    let payload_hash = hex_sha256(&call.body);
+    let mut headers = call.headers.clone();
+    headers.push(("host", host));
+    headers.push(("x-amz-date", amz_date.clone()));
+    if call.service == "s3" {
+        headers.push(("x-amz-content-sha256", payload_hash));
+    }
+    let token: Option<&SecretString> = creds.session_token();
+    if let Some(tok) = token {
+        headers.push(("x-amz-security-token", tok.expose_secret().to_owned()));
+    }
+    let query: Vec<(String, String)> = call.url.query_pairs().into_owned().collect();
+    let query_ref: Vec<(&str, &str)> = query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let to_sign: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (_, authorization) = sigv4::sign(
+        &sigv4::Request {
+            method: call.method.as_str(),
+            path: call.url.path(),
+            query: &query_ref,
+            headers: &to_sign,
+            payload: &call.body,
+        },
+        &Scope {
+            service: call.service,
+            region: &call.region,
+            amz_date: &amz_date,
+        },
+        creds,
+    );
+    let mut rb = client.request(call.method.clone(), call.url.clone());
+    for (k, v) in &headers {
+        if *k != "host" {
+            rb = rb.header(*k, v);
+        }
+    }
+    rb = rb.header("authorization", authorization);
+    if !call.body.is_empty() {
+        rb = rb.body(call.body.clone());
+    }
+    let mut resp = rb.send().await.map_err(|e| send_failure(&e, checked))?;
+    let status = resp.status().as_u16();
+    let region_header = resp
+        .headers()
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| r.len() < 32 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(str::to_owned);
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| send_failure(&e, checked))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            break;
+        }
+    }
+    Ok(Answer {
+        status,
+        region_header,
+        body,
+    })
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn send_failure(e: &reqwest::Error, checked: &Checked) -> SendError {
+    // A rustls error anywhere in the chain is a TLS failure.
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return (S::Tls, tls::classify(r));
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return (S::Tls, tls::classify(r));
+            }
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        let addr = checked.addrs.first().copied();
+        return (
+            S::Tcp,
+            match addr {
+                Some(a) => net::connect_failure(
+                    a,
+                    &std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                ),
+                None => Failure::new(ErrorClass::ConnectionRefused, "the connection failed"),
+            },
+        );
+    }
+    (
+        S::Query,
+        Failure::new(
+            ErrorClass::ProtocolMismatch,
+            "the HTTP exchange failed (the server closed it or did not speak HTTP)",
+        )
+        .hint("is the endpoint URL right, and does it need https?"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_error_codes_are_read_only_when_they_are_plain_tokens() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>InvalidAccessKeyId</Code><Message>x</Message></Error>";
+        assert_eq!(xml_code(body).as_deref(), Some("InvalidAccessKeyId"));
+        assert_eq!(xml_code(b"<Error><Code>a b</Code></Error>"), None);
+        assert_eq!(xml_code(b"not xml"), None);
+    }
+}
