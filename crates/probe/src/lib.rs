@@ -15,6 +15,7 @@ pub mod guard;
 mod http;
 mod kafka;
 mod ldap;
+mod logsink;
 mod net;
 mod postgres;
 mod redis;
@@ -131,6 +132,9 @@ pub async fn probe(
         "ftp" => ftp::probe(&target, guard, budget).await,
         "s3" => aws::probe_s3(&target, guard, budget).await,
         "athena" => aws::probe_athena(&target, guard, budget).await,
+        "syslog" => logsink::probe(&target, guard, budget, logsink::Kind::Syslog).await,
+        "gelf" => logsink::probe(&target, guard, budget, logsink::Kind::Gelf).await,
+        "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -9,6 +9,7 @@ mod http;
 mod kafka;
 mod kit;
 mod ldap;
+mod logsink;
 mod postgres;
 mod redis;
 mod ssrf;
