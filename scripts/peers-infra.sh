@@ -137,3 +137,35 @@ PY
   wait_port 2990 || true
 fi
 if port_up 2990; then echo "peers-infra: FTPS (explicit) ready on 127.0.0.1:2990"; else echo "peers-infra: FTPS on 2990 is NOT available"; fi
+
+# --- moto with IAM authentication on 15001 (wrong-key and no-permission tests) ----------
+# INITIAL_NO_AUTH_ACTION_COUNT=5: the first five requests (two users, their keys, one
+# policy) run unauthenticated, every later one is checked against IAM. Keys go to
+# $PEERS_DIR/moto-iam.json: pb-s3 may do anything, pb-none nothing; bucket pb-iam-bucket.
+moto_iam_up() { curl -s -o /dev/null --max-time 2 http://127.0.0.1:15001/moto-api/ 2>/dev/null; }
+if ! moto_iam_up || [[ ! -s $PEERS_DIR/moto-iam.json ]]; then
+  if ! moto_iam_up && command -v moto_server >/dev/null; then
+    echo "peers-infra: starting moto (IAM mode) on 15001"
+    INITIAL_NO_AUTH_ACTION_COUNT=5 nohup moto_server -H 127.0.0.1 -p 15001 \
+      >>"$PEERS_DIR/moto-iam.log" 2>&1 </dev/null &
+    disown || true
+    for _ in $(seq 1 100); do moto_iam_up && break; sleep 0.2; done
+  fi
+  python3 - "$PEERS_DIR/moto-iam.json" <<'PY' || echo "peers-infra: moto IAM setup failed (restart moto on 15001 to reset its unauthenticated allowance)"
+import json, sys, boto3
+kw = dict(endpoint_url="http://127.0.0.1:15001", region_name="us-east-1",
+          aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+iam = boto3.client("iam", **kw)
+iam.create_user(UserName="pb-s3")
+full = iam.create_access_key(UserName="pb-s3")["AccessKey"]
+iam.put_user_policy(UserName="pb-s3", PolicyName="all", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+iam.create_user(UserName="pb-none")
+none = iam.create_access_key(UserName="pb-none")["AccessKey"]
+kw.update(aws_access_key_id=full["AccessKeyId"], aws_secret_access_key=full["SecretAccessKey"])
+boto3.client("s3", **kw).create_bucket(Bucket="pb-iam-bucket")
+json.dump({"full": [full["AccessKeyId"], full["SecretAccessKey"]],
+           "none": [none["AccessKeyId"], none["SecretAccessKey"]]}, open(sys.argv[1], "w"))
+PY
+fi
+if moto_iam_up && [[ -s $PEERS_DIR/moto-iam.json ]]; then echo "peers-infra: moto (IAM mode) ready on 127.0.0.1:15001"; else echo "peers-infra: moto IAM on 15001 is NOT available"; fi

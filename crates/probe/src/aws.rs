@@ -397,9 +397,13 @@ fn athena_outcome(run: &mut Run, answer: Answer) -> Result<(), Stopped> {
         .ok()
         .and_then(|v| v.get("__type").and_then(|t| t.as_str()).map(str::to_owned))
         .map(|t| t.rsplit('#').next().unwrap_or_default().to_owned())
+        // Some emulators answer in the query protocol's XML instead.
+        .or_else(|| xml_code(&answer.body))
         .unwrap_or_default();
     match kind.as_str() {
         "UnrecognizedClientException"
+        | "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
         | "InvalidSignatureException"
         | "IncompleteSignature"
         | "MissingAuthenticationToken"

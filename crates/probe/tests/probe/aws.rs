@@ -1,7 +1,7 @@
-//! S3 (s3, minio, r2 share the probe) and Athena probes against moto on 15000
-//! (scripts/peers-aws.sh). moto accepts any key pair unless its IAM mode is on, so a wrong
-//! key is not tested here; the 403 → auth_failed / permission_denied split is covered by
-//! the unit tests of the S3 error codes.
+//! S3 (s3, minio, r2 share the probe) and Athena probes against moto: on 15000
+//! (scripts/peers-aws.sh) any key pair is accepted; on 15001 (scripts/peers-infra.sh) IAM
+//! authentication is on, with a key that may do anything and one that may do nothing
+//! (written to moto-iam.json), for the wrong-key and no-permission cases.
 
 use std::time::{Duration, SystemTime};
 
@@ -165,5 +165,83 @@ async fn a_missing_athena_workgroup_is_not_found() {
     )
     .await;
     assert_failed(&r, ProbeStage::Query, ErrorClass::NotFound);
+    assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+}
+
+const MOTO_IAM: u16 = 15001;
+
+/// (full key, no-permission key) of the IAM-mode moto.
+fn iam_keys() -> Option<((String, String), (String, String))> {
+    if !peer(MOTO_IAM, "moto (IAM mode)") {
+        return None;
+    }
+    let raw = std::fs::read_to_string(format!("{}/moto-iam.json", kit::PEERS_DIR))
+        .expect("moto-iam.json (scripts/peers-infra.sh)");
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    let pair = |k: &str| {
+        (
+            v[k][0].as_str().unwrap().to_owned(),
+            v[k][1].as_str().unwrap().to_owned(),
+        )
+    };
+    Some((pair("full"), pair("none")))
+}
+
+fn iam_s3(key: &str) -> Value {
+    json!({
+        "bucket": "pb-iam-bucket",
+        "endpoint_url": format!("http://127.0.0.1:{MOTO_IAM}"),
+        "force_path_style": true,
+        "access_key_id": key,
+    })
+}
+
+#[tokio::test]
+async fn with_iam_on_the_right_key_passes_and_a_wrong_secret_is_auth_failed_at_auth() {
+    let Some(((key, secret), _)) = iam_keys() else {
+        return;
+    };
+    let r = probe("s3", iam_s3(&key), &[("secret_access_key", &secret)]).await;
+    assert_ok(&r);
+    let r = probe("s3", iam_s3(&key), &[("secret_access_key", CANARY)]).await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
+    assert!(r
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("SignatureDoesNotMatch"));
+    assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+    let r = probe(
+        "s3",
+        iam_s3("AKIAUNKNOWNKEY000000"),
+        &[("secret_access_key", &secret)],
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
+    assert!(r.error.unwrap().message.contains("InvalidAccessKeyId"));
+}
+
+#[tokio::test]
+async fn with_iam_on_a_key_without_rights_is_permission_denied_at_query() {
+    let Some((_, (key, secret))) = iam_keys() else {
+        return;
+    };
+    let r = probe("s3", iam_s3(&key), &[("secret_access_key", &secret)]).await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::PermissionDenied);
+}
+
+#[tokio::test]
+async fn with_iam_on_a_wrong_athena_secret_is_auth_failed() {
+    let Some(((key, _), _)) = iam_keys() else {
+        return;
+    };
+    let r = probe(
+        "athena",
+        json!({"region": "us-east-1", "endpoint_url": format!("http://127.0.0.1:{MOTO_IAM}"), "access_key_id": key}),
+        &[("secret_access_key", CANARY)],
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
     assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
 }
