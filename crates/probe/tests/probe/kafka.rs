@@ -1,6 +1,6 @@
 //! Kafka probe against tansu brokers (scripts/peers-infra.sh): 19092 without
 //! authentication (topic pb-topic), 19093 requiring SASL SCRAM (no user can log in there:
-//! see below).
+//! see below), and an in-test protocol responder for successful SASL logins.
 
 use std::time::Duration;
 
@@ -171,4 +171,230 @@ async fn ssl_against_a_plaintext_listener_fails_at_tls() {
 async fn a_bootstrap_server_without_a_port_is_invalid_settings() {
     let r = kafka(json!({"bootstrap_servers": ["127.0.0.1"]}), &[]).await;
     assert_failed(&r, ProbeStage::Resolve, ErrorClass::InvalidSettings);
+}
+
+/// A Kafka SASL responder for the login paths tansu cannot show: it follows the protocol
+/// (ApiVersions v0, SaslHandshake v1, SaslAuthenticate v0, Metadata v4) and checks PLAIN
+/// and SCRAM-SHA-256/512 the way RFC 5802 describes a server (StoredKey = H(ClientKey)).
+mod responder {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256, Sha512};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub const USER: &str = "pb-user";
+    pub const PASSWORD: &str = "pb-responder-pass";
+
+    fn hmac(sha512: bool, key: &[u8], msg: &[u8]) -> Vec<u8> {
+        if sha512 {
+            let mut m = <Hmac<Sha512> as Mac>::new_from_slice(key).unwrap();
+            m.update(msg);
+            m.finalize().into_bytes().to_vec()
+        } else {
+            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+            m.update(msg);
+            m.finalize().into_bytes().to_vec()
+        }
+    }
+
+    fn h(sha512: bool, b: &[u8]) -> Vec<u8> {
+        if sha512 {
+            Sha512::digest(b).to_vec()
+        } else {
+            Sha256::digest(b).to_vec()
+        }
+    }
+
+    fn salted(sha512: bool, salt: &[u8], i: u32) -> Vec<u8> {
+        let mut u = hmac(
+            sha512,
+            PASSWORD.as_bytes(),
+            &[salt, &1u32.to_be_bytes()].concat(),
+        );
+        let mut out = u.clone();
+        for _ in 1..i {
+            u = hmac(sha512, PASSWORD.as_bytes(), &u);
+            out.iter_mut().zip(&u).for_each(|(o, x)| *o ^= x);
+        }
+        out
+    }
+
+    fn str16(b: &[u8]) -> (String, &[u8]) {
+        let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+        (
+            String::from_utf8_lossy(&b[2..2 + n]).into_owned(),
+            &b[2 + n..],
+        )
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as i16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn auth_answer(code: i16, token: &[u8]) -> Vec<u8> {
+        let mut out = code.to_be_bytes().to_vec();
+        out.extend_from_slice(&(-1i16).to_be_bytes()); // null error message
+        out.extend_from_slice(&(token.len() as i32).to_be_bytes());
+        out.extend_from_slice(token);
+        out
+    }
+
+    pub async fn start() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(serve(s, port));
+            }
+        });
+        port
+    }
+
+    async fn serve(mut s: TcpStream, port: u16) {
+        let mut mechanism = String::new();
+        // (sha512, client-first-bare, server-first, salted password)
+        let mut scram: Option<(bool, String, String, Vec<u8>)> = None;
+        loop {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut req = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut req).await.unwrap();
+            let key = i16::from_be_bytes([req[0], req[1]]);
+            let correlation = &req[4..8];
+            let (_client, body) = str16(&req[8..]);
+            let answer = match key {
+                18 => {
+                    let mut out = 0i16.to_be_bytes().to_vec();
+                    let apis: [(i16, i16, i16); 4] =
+                        [(3, 0, 12), (17, 0, 1), (18, 0, 3), (36, 0, 2)];
+                    out.extend_from_slice(&(apis.len() as i32).to_be_bytes());
+                    for (k, lo, hi) in apis {
+                        for v in [k, lo, hi] {
+                            out.extend_from_slice(&v.to_be_bytes());
+                        }
+                    }
+                    out
+                }
+                17 => {
+                    mechanism = str16(body).0;
+                    let offered = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+                    let code: i16 = if offered.contains(&mechanism.as_str()) {
+                        0
+                    } else {
+                        33
+                    };
+                    let mut out = code.to_be_bytes().to_vec();
+                    out.extend_from_slice(&(offered.len() as i32).to_be_bytes());
+                    for m in offered {
+                        put_str(&mut out, m);
+                    }
+                    out
+                }
+                36 => {
+                    let n = i32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+                    let token = String::from_utf8_lossy(&body[4..4 + n]).into_owned();
+                    if mechanism == "PLAIN" {
+                        let ok = token == format!("\0{USER}\0{PASSWORD}");
+                        auth_answer(if ok { 0 } else { 58 }, b"")
+                    } else if let Some((sha512, first_bare, server_first, salted)) = scram.take() {
+                        let (without_proof, proof) = token.rsplit_once(",p=").unwrap();
+                        let auth_message = format!("{first_bare},{server_first},{without_proof}");
+                        let client_key = hmac(sha512, &salted, b"Client Key");
+                        let stored = h(sha512, &client_key);
+                        let signature = hmac(sha512, &stored, auth_message.as_bytes());
+                        let proof = B64.decode(proof).unwrap();
+                        let recovered: Vec<u8> =
+                            proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+                        if h(sha512, &recovered) == stored {
+                            let server_key = hmac(sha512, &salted, b"Server Key");
+                            let v = B64.encode(hmac(sha512, &server_key, auth_message.as_bytes()));
+                            auth_answer(0, format!("v={v}").as_bytes())
+                        } else {
+                            auth_answer(58, b"")
+                        }
+                    } else {
+                        let sha512 = mechanism == "SCRAM-SHA-512";
+                        let first_bare = token.strip_prefix("n,,").unwrap().to_owned();
+                        let nonce = first_bare.split(",r=").nth(1).unwrap();
+                        let user = first_bare
+                            .strip_prefix("n=")
+                            .unwrap()
+                            .split(',')
+                            .next()
+                            .unwrap();
+                        assert_eq!(user, USER);
+                        let salt = b"patchbay-salt";
+                        let server_first =
+                            format!("r={nonce}srv0123,s={},i=4096", B64.encode(salt));
+                        let answer = auth_answer(0, server_first.as_bytes());
+                        scram = Some((
+                            sha512,
+                            first_bare.clone(),
+                            server_first,
+                            salted(sha512, salt, 4096),
+                        ));
+                        answer
+                    }
+                }
+                3 => {
+                    let (topic, _) = str16(&body[4..]);
+                    let mut out = 0i32.to_be_bytes().to_vec(); // throttle
+                    out.extend_from_slice(&1i32.to_be_bytes());
+                    out.extend_from_slice(&1i32.to_be_bytes());
+                    put_str(&mut out, "127.0.0.1");
+                    out.extend_from_slice(&(port as i32).to_be_bytes());
+                    out.extend_from_slice(&(-1i16).to_be_bytes()); // rack
+                    out.extend_from_slice(&(-1i16).to_be_bytes()); // cluster id
+                    out.extend_from_slice(&1i32.to_be_bytes()); // controller
+                    out.extend_from_slice(&1i32.to_be_bytes());
+                    out.extend_from_slice(&0i16.to_be_bytes());
+                    put_str(&mut out, &topic);
+                    out.push(0);
+                    out.extend_from_slice(&1i32.to_be_bytes());
+                    out.extend_from_slice(&0i16.to_be_bytes());
+                    out.extend_from_slice(&0i32.to_be_bytes());
+                    out.extend_from_slice(&1i32.to_be_bytes()); // leader
+                    for _ in 0..2 {
+                        out.extend_from_slice(&1i32.to_be_bytes());
+                        out.extend_from_slice(&1i32.to_be_bytes());
+                    }
+                    out
+                }
+                _ => return,
+            };
+            let mut frame = ((answer.len() + 4) as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(correlation);
+            frame.extend_from_slice(&answer);
+            s.write_all(&frame).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn plain_and_scram_logins_pass_against_a_protocol_responder_and_a_wrong_password_fails() {
+    let port = responder::start().await;
+    let settings = |mech: &str| {
+        json!({
+            "bootstrap_servers": [format!("127.0.0.1:{port}")],
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": mech,
+            "sasl_username": responder::USER,
+            "topic": "pb-topic",
+        })
+    };
+    for mech in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let r = kafka(settings(mech), &[("sasl_password", responder::PASSWORD)]).await;
+        assert_ok(&r);
+        let r = kafka(settings(mech), &[("sasl_password", CANARY)]).await;
+        assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
+        assert!(
+            !serde_json::to_string(&r).unwrap().contains(CANARY),
+            "{mech}"
+        );
+    }
 }
