@@ -1,6 +1,6 @@
 //! Log sinks that only receive: syslog (RFC 5424 or 3164 over UDP, TCP or TLS), GELF
-//! (Graylog, JSON over UDP or TCP) and Logback's socket receiver. The test sends one
-//! message and reports ok after the write: none of these protocols answers, so UDP cannot
+//! (Graylog, JSON over UDP, TCP or HTTP) and Logback's socket receiver. The test sends one
+//! message and reports ok after the write: only GELF's HTTP input answers, UDP cannot
 //! confirm delivery at all (a closed port is noticed only when the host says so with an
 //! ICMP port-unreachable), and Logback gets a connection but no event (its wire format is
 //! Java serialization).
@@ -28,6 +28,8 @@ enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// GELF HTTP input: one POST, which (unlike the other transports) is answered.
+    Http,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -58,10 +60,7 @@ fn transport(t: &Target<'_>, kind: Kind) -> Result<Transport, Failure> {
         (Kind::Syslog, Some("tcp")) => Ok(Transport::Tcp),
         (Kind::Syslog, Some("tls")) => Ok(Transport::Tls),
         (Kind::Gelf, Some("tcp")) => Ok(if tls { Transport::Tls } else { Transport::Tcp }),
-        (Kind::Gelf, Some("http")) => Err(Failure::new(
-            ErrorClass::NotImplemented,
-            "testing GELF over HTTP is not implemented yet (UDP and TCP are)",
-        )),
+        (Kind::Gelf, Some("http")) => Ok(Transport::Http),
         (_, Some(other)) => Err(Failure::new(
             ErrorClass::InvalidSettings,
             format!("unknown transport `{other}`"),
@@ -102,6 +101,8 @@ async fn steps(
                     Transport::Udp => "UDP",
                     Transport::Tcp => "TCP",
                     Transport::Tls => "TLS",
+                    Transport::Http if t.bool("tls") == Some(true) => "HTTPS",
+                    Transport::Http => "HTTP",
                 }
             );
             Ok(((host, port, transport, message), Some(detail)))
@@ -116,6 +117,9 @@ async fn steps(
         run.stage(S::Query, send_udp(addr, message)).await?;
         run.warn(UDP_WARNING);
         return Ok(());
+    }
+    if transport == Transport::Http {
+        return gelf_http(run, t, &checked, port, message).await;
     }
     let tcp = run.stage(S::Tcp, net::tcp(&checked.addrs)).await?;
     let mut io: Box<dyn Io> = if transport == Transport::Tls {
@@ -272,10 +276,135 @@ fn gelf_message(t: &Target<'_>, transport: Transport) -> Vec<u8> {
         msg["_facility"] = f.into();
     }
     let mut out = serde_json::to_vec(&msg).unwrap_or_default();
-    // GELF TCP frames end with a NUL byte; UDP datagrams are the JSON itself (sent
-    // uncompressed, which GELF UDP inputs accept beside gzip and zlib).
-    if transport != Transport::Udp {
+    // GELF TCP frames end with a NUL byte; UDP datagrams and HTTP bodies are the JSON
+    // itself (sent uncompressed, which GELF inputs accept beside gzip and zlib).
+    if matches!(transport, Transport::Tcp | Transport::Tls) {
         out.push(0);
     }
     out
+}
+
+/// GELF over HTTP(S): POST the message to `http_path`; Graylog answers 202 Accepted.
+async fn gelf_http(
+    run: &mut Run,
+    t: &Target<'_>,
+    checked: &crate::guard::Checked,
+    port: u16,
+    message: Vec<u8>,
+) -> Result<(), Stopped> {
+    run.stage(S::Tcp, async {
+        let (_, d) = net::tcp(&checked.addrs).await?;
+        Ok(((), d))
+    })
+    .await?;
+    let https = t.bool("tls").unwrap_or(false);
+    let opts = tls_options(t);
+    let host = match &checked.host {
+        crate::guard::Host::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        crate::guard::Host::Ip(ip) => ip.to_string(),
+        crate::guard::Host::Name(n) => n.clone(),
+    };
+    let path = t.str("http_path").unwrap_or("/gelf");
+    let url = format!(
+        "{}://{host}:{port}/{}",
+        if https { "https" } else { "http" },
+        path.trim_start_matches('/')
+    );
+    let config = match tls::client_config(&opts) {
+        Ok(c) => c,
+        Err(f) => return Err(run.fail(S::Tls, f)),
+    };
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls(config);
+    if let crate::guard::Host::Name(n) = &checked.host {
+        builder = builder.resolve_to_addrs(n, &checked.addrs);
+    }
+    let sent = match builder.build() {
+        Ok(client) => {
+            tokio::time::timeout_at(
+                run.deadline(),
+                client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(message)
+                    .send(),
+            )
+            .await
+        }
+        Err(_) => {
+            return Err(run.fail(
+                S::Query,
+                Failure::new(ErrorClass::Unknown, "could not build the HTTP client"),
+            ))
+        }
+    };
+    let status = match sent {
+        Err(_) => {
+            return Err(run.fail(
+                if https { S::Tls } else { S::Query },
+                Failure::new(ErrorClass::Timeout, "no HTTP answer within the deadline"),
+            ))
+        }
+        Ok(Err(e)) => {
+            let stage = if https && e.is_connect() {
+                S::Tls
+            } else {
+                S::Query
+            };
+            let f = if stage == S::Tls {
+                Failure::new(ErrorClass::TlsHandshake, "the HTTPS connection failed")
+                    .hint("check the CA certificate and that the input listens with TLS")
+            } else {
+                Failure::new(
+                    ErrorClass::ProtocolMismatch,
+                    "the HTTP exchange failed (the server closed it or did not speak HTTP)",
+                )
+                .hint("is this the GELF HTTP input's port?")
+            };
+            return Err(run.fail(stage, f));
+        }
+        Ok(Ok(r)) => r.status().as_u16(),
+    };
+    if https {
+        run.push(crate::result::StageReport {
+            stage: S::Tls,
+            status: crate::result::StageStatus::Ok,
+            duration_ms: 0,
+            detail: Some(format!(
+                "negotiated within the request, certificate verification {}",
+                opts.mode().as_str()
+            )),
+        });
+        if let Some(w) = opts.warning() {
+            run.warn(w);
+        }
+    } else {
+        run.skip(S::Tls, "plain HTTP");
+        run.warn("the connection is not encrypted");
+    }
+    run.stage(S::Query, async {
+        match status {
+            200..=299 => Ok((
+                (),
+                Some(format!("POST {path} answered {status}: the input accepted the test message")),
+            )),
+            401 | 403 => Err(Failure::new(
+                ErrorClass::PermissionDenied,
+                format!("the GELF HTTP input refused the message (HTTP {status})"),
+            )
+            .hint("a proxy in front of the input may require credentials, which this type does not carry")),
+            404 | 405 => Err(Failure::new(
+                ErrorClass::NotFound,
+                format!("nothing accepts GELF at {path} (HTTP {status})"),
+            )
+            .hint("check http_path (Graylog's input listens on /gelf)")),
+            s => Err(Failure::new(
+                ErrorClass::ProtocolMismatch,
+                format!("the input answered HTTP {s}"),
+            )),
+        }
+    })
+    .await
 }

@@ -257,14 +257,77 @@ async fn gelf_over_tcp_is_nul_terminated_json() {
     assert_eq!(v["host"], "patchbay");
 }
 
+/// A minimal GELF HTTP input: answers 202 on /gelf (404 elsewhere) and hands over the
+/// request's path and body.
+async fn gelf_http_input() -> (u16, tokio::task::JoinHandle<(String, Vec<u8>)>) {
+    use tokio::io::AsyncWriteExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = tokio::spawn(async move {
+        // The probe's tcp stage opens (and closes) a connection of its own first.
+        let (mut s, mut buf, head_end, len) = 'conn: loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    continue 'conn;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                        .unwrap_or(0);
+                    break 'conn (s, buf, i + 4, len);
+                }
+            }
+        };
+        let mut chunk = [0u8; 4096];
+        while buf.len() < head_end + len {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let path = head.split(' ').nth(1).unwrap().to_owned();
+        let status = if path == "/gelf" {
+            "202 Accepted"
+        } else {
+            "404 Not Found"
+        };
+        s.write_all(
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        (path, buf[head_end..head_end + len].to_vec())
+    });
+    (port, h)
+}
+
 #[tokio::test]
-async fn gelf_over_http_answers_not_implemented() {
+async fn gelf_over_http_is_posted_to_the_input_and_its_answer_counts() {
+    let (port, got) = gelf_http_input().await;
     let r = probe(
         "graylog",
-        json!({"host": "127.0.0.1", "port": 12201, "transport": "http"}),
+        json!({"host": "127.0.0.1", "port": port, "transport": "http"}),
     )
     .await;
-    assert_failed(&r, ProbeStage::Resolve, ErrorClass::NotImplemented);
+    assert_ok(&r);
+    let (path, body) = got.await.unwrap();
+    assert_eq!(path, "/gelf");
+    parse_gelf(&body);
+    let (port, _) = gelf_http_input().await;
+    let r = probe(
+        "graylog",
+        json!({"host": "127.0.0.1", "port": port, "transport": "http", "http_path": "/wrong"}),
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::NotFound);
 }
 
 #[tokio::test]
