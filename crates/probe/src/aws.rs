@@ -1,13 +1,11 @@
 //! S3-compatible storage (s3, minio, r2) and Athena probes: one SigV4-signed request
-//! (patchbay-external's signer) through the guard — HeadBucket for a bucket (200 ok, 404
+//! (signed_http.rs) through the guard — HeadBucket for a bucket (200 ok, 404
 //! not_found, 403 explained by a signed ListObjectsV2 that carries S3's error code), and
-//! Athena GetWorkGroup for the configured workgroup. The HTTP client is pinned to the
-//! guard's checked addresses and follows no redirects.
+//! Athena GetWorkGroup for the configured workgroup.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use patchbay_crypto::SecretString;
-use patchbay_external::sigv4::{self, Credentials, Scope};
+use patchbay_external::sigv4::{self, Credentials};
 use reqwest::{Method, Url};
 
 use crate::guard::Checked;
@@ -15,26 +13,11 @@ use crate::net;
 use crate::result::{
     ms, ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, StageReport, StageStatus, Stopped,
 };
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::signed_http::{send, Answer, Call};
+use crate::tls::{TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
-const MAX_BODY: usize = 64 * 1024;
-
-struct Call {
-    method: Method,
-    url: Url,
-    service: &'static str,
-    region: String,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-struct Answer {
-    status: u16,
-    region_header: Option<String>,
-    body: Vec<u8>,
-}
 
 fn credentials(t: &Target<'_>) -> Result<Credentials, Failure> {
     let key = t.str("access_key_id");
@@ -471,142 +454,6 @@ fn xml_code(body: &[u8]) -> Option<String> {
     let end = s[start..].find("</Code>")? + start;
     let code = &s[start..end];
     (code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric())).then(|| code.to_owned())
-}
-
-type SendError = (S, Failure);
-
-async fn send(
-    call: &Call,
-    creds: &Credentials,
-    checked: &Checked,
-    opts: &TlsOptions,
-) -> Result<Answer, SendError> {
-    let config = tls::client_config(opts).map_err(|f| (S::Tls, f))?;
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .use_preconfigured_tls(config);
-    if let crate::guard::Host::Name(n) = &checked.host {
-        builder = builder.resolve_to_addrs(n, &checked.addrs);
-    }
-    let client = builder.build().map_err(|_| {
-        (
-            S::Query,
-            Failure::new(ErrorClass::Unknown, "could not build the HTTP client"),
-        )
-    })?;
-    let amz_date = sigv4::amz_date(SystemTime::now());
-    let host = match call.url.port() {
-        Some(p) => format!("{}:{p}", call.url.host_str().unwrap_or_default()),
-        None => call.url.host_str().unwrap_or_default().to_owned(),
-    };
-    let payload_hash = hex_sha256(&call.body);
-    let mut headers = call.headers.clone();
-    headers.push(("host", host));
-    headers.push(("x-amz-date", amz_date.clone()));
-    if call.service == "s3" {
-        headers.push(("x-amz-content-sha256", payload_hash));
-    }
-    let token: Option<&SecretString> = creds.session_token();
-    if let Some(tok) = token {
-        headers.push(("x-amz-security-token", tok.expose_secret().to_owned()));
-    }
-    let query: Vec<(String, String)> = call.url.query_pairs().into_owned().collect();
-    let query_ref: Vec<(&str, &str)> = query
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let to_sign: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let (_, authorization) = sigv4::sign(
-        &sigv4::Request {
-            method: call.method.as_str(),
-            path: call.url.path(),
-            query: &query_ref,
-            headers: &to_sign,
-            payload: &call.body,
-        },
-        &Scope {
-            service: call.service,
-            region: &call.region,
-            amz_date: &amz_date,
-        },
-        creds,
-    );
-    let mut rb = client.request(call.method.clone(), call.url.clone());
-    for (k, v) in &headers {
-        if *k != "host" {
-            rb = rb.header(*k, v);
-        }
-    }
-    rb = rb.header("authorization", authorization);
-    if !call.body.is_empty() {
-        rb = rb.body(call.body.clone());
-    }
-    let mut resp = rb.send().await.map_err(|e| send_failure(&e, checked))?;
-    let status = resp.status().as_u16();
-    let region_header = resp
-        .headers()
-        .get("x-amz-bucket-region")
-        .and_then(|v| v.to_str().ok())
-        .filter(|r| r.len() < 32 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .map(str::to_owned);
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| send_failure(&e, checked))? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_BODY {
-            break;
-        }
-    }
-    Ok(Answer {
-        status,
-        region_header,
-        body,
-    })
-}
-
-fn hex_sha256(b: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-fn send_failure(e: &reqwest::Error, checked: &Checked) -> SendError {
-    // A rustls error anywhere in the chain is a TLS failure.
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<rustls::Error>() {
-            return (S::Tls, tls::classify(r));
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return (S::Tls, tls::classify(r));
-            }
-        }
-        source = s.source();
-    }
-    if e.is_connect() {
-        let addr = checked.addrs.first().copied();
-        return (
-            S::Tcp,
-            match addr {
-                Some(a) => net::connect_failure(
-                    a,
-                    &std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-                ),
-                None => Failure::new(ErrorClass::ConnectionRefused, "the connection failed"),
-            },
-        );
-    }
-    (
-        S::Query,
-        Failure::new(
-            ErrorClass::ProtocolMismatch,
-            "the HTTP exchange failed (the server closed it or did not speak HTTP)",
-        )
-        .hint("is the endpoint URL right, and does it need https?"),
-    )
 }
 
 #[cfg(test)]

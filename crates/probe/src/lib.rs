@@ -21,6 +21,7 @@ mod postgres;
 mod redis;
 mod result;
 mod scram;
+mod signed_http;
 pub mod tls;
 
 use std::collections::BTreeMap;
