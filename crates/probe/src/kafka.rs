@@ -209,7 +209,15 @@ async fn steps(
                     "the broker supports only Metadata v0 (Kafka before 0.10)",
                 ));
             }
-            metadata(&mut conn, v, topic.as_deref()).await
+            match metadata(&mut conn, v, topic.as_deref()).await {
+                // A SASL listener drops a client that asks anything before logging in.
+                Err(f) if !p.sasl && f.message.starts_with("the server closed the connection") => Err(Failure::new(
+                    ErrorClass::AuthFailed,
+                    "the broker closed the connection at the first request after ApiVersions",
+                )
+                .hint("the listener probably requires SASL: set security_protocol to SASL_PLAINTEXT or SASL_SSL and the SASL user")),
+                other => other,
+            }
         })
         .await?;
     if let Some(w) = warning {

@@ -402,3 +402,17 @@ async fn plain_and_scram_logins_pass_against_a_protocol_responder_and_a_wrong_pa
         );
     }
 }
+
+#[tokio::test]
+async fn no_sasl_against_a_broker_that_requires_it_is_auth_failed_at_query() {
+    if !peer(SASL, "tansu (SASL SCRAM)") {
+        return;
+    }
+    let r = kafka(
+        json!({"bootstrap_servers": [format!("127.0.0.1:{SASL}")], "topic": "pb-topic"}),
+        &[],
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::AuthFailed);
+    assert!(r.error.unwrap().hint.unwrap().contains("SASL"));
+}
