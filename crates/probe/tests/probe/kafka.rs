@@ -185,8 +185,8 @@ mod responder {
     use base64::Engine;
     use hmac::{Hmac, Mac};
     use sha2::{Digest, Sha256, Sha512};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     pub const USER: &str = "pb-user";
     pub const PASSWORD: &str = "pb-responder-pass";
@@ -257,7 +257,42 @@ mod responder {
         port
     }
 
-    async fn serve(mut s: TcpStream, port: u16) {
+    /// The same responder behind TLS with the peers' test server certificate.
+    pub async fn start_tls() -> Option<u16> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = crate::kit::PEERS_DIR;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
+                .ok()?
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).ok()?;
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let a = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(s) = a.accept(s).await {
+                        serve(s, port).await;
+                    }
+                });
+            }
+        });
+        Some(port)
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, port: u16) {
         let mut mechanism = String::new();
         // (sha512, client-first-bare, server-first, salted password)
         let mut scram: Option<(bool, String, String, Vec<u8>)> = None;
@@ -415,4 +450,30 @@ async fn no_sasl_against_a_broker_that_requires_it_is_auth_failed_at_query() {
     .await;
     assert_failed(&r, ProbeStage::Query, ErrorClass::AuthFailed);
     assert!(r.error.unwrap().hint.unwrap().contains("SASL"));
+}
+
+#[tokio::test]
+async fn sasl_ssl_with_the_ca_passes_and_without_it_is_untrusted_at_tls() {
+    let Some(port) = responder::start_tls().await else {
+        kit::peer(0, "the test CA (scripts/peers-probe.sh)");
+        return;
+    };
+    let settings = json!({
+        "bootstrap_servers": [format!("127.0.0.1:{port}")],
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": responder::USER,
+        "ssl_ca_certificate": kit::ca_pem(),
+        "topic": "pb-topic",
+    });
+    let r = kafka(settings.clone(), &[("sasl_password", responder::PASSWORD)]).await;
+    assert_ok(&r);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let mut untrusted = settings;
+    untrusted
+        .as_object_mut()
+        .unwrap()
+        .remove("ssl_ca_certificate");
+    let r = kafka(untrusted, &[("sasl_password", responder::PASSWORD)]).await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsUntrustedCertificate);
 }

@@ -154,7 +154,7 @@ async fn starttls_with_the_ca_passes_and_without_it_is_untrusted() {
     }
     let r = ldap(
         "ldap",
-        plain(json!({"url": format!("ldap://localhost:{PORT}"), "start_tls": true, "tls_ca_certificate": kit::ca_pem()})),
+        plain(json!({"url": format!("ldap://127.0.0.1:{PORT}"), "start_tls": true, "tls_ca_certificate": kit::ca_pem()})),
         &[("bind_password", PASSWORD)],
     )
     .await;
