@@ -633,11 +633,14 @@ pub async fn reveal(
         &c.id,
         json!({"fields": fields, "version": c.version, "credential": {"id": cred.id, "version": version}}),
     );
-    // No record, no secret: a reveal that cannot be audited fails.
     if state.settings.audit_reads {
-        state.store.record_audit(&entry).await?;
-    }
-    if let Err(e) = state
+        // No record, no secret: a reveal that cannot be audited fails. The credential's
+        // last use is written in the same transaction (one commit per reveal).
+        state
+            .store
+            .record_reveal(&cred.id, &c.id, &p.actor(), &entry)
+            .await?;
+    } else if let Err(e) = state
         .store
         .record_credential_use(&cred.id, &c.id, &p.actor())
         .await
