@@ -1012,7 +1012,18 @@ pub async fn upgrade_legacy_secrets(state: &AppState) -> ApiResult<()> {
             secrets,
             created_by: "system:upgrade".into(),
         };
-        state.store.adopt_legacy_secrets(&c.id, &owned).await?;
+        let entry = patchbay_store::AuditEntry::system(
+            "system:upgrade",
+            "connection.secrets.upgrade",
+            Some(&c.workspace_id),
+            "connection",
+            &c.id,
+            json!({"credential": owned.id, "fields": rows.len()}),
+        );
+        state
+            .store
+            .adopt_legacy_secrets(&c.id, &owned, &entry)
+            .await?;
         tracing::info!(connection_id = %c.id, fields = rows.len(), "moved inline secrets into the connection's own credential");
     }
     Ok(())
