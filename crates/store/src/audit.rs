@@ -228,6 +228,19 @@ async fn append(
     let seq = head_seq + 1;
     let details = e.details.to_string();
     let hash = event_hash(&head_hash, seq, at, e, &details);
+    insert_row(tx, seq, at, e, details, &head_hash, &hash).await?;
+    Ok((seq, hash))
+}
+
+async fn insert_row(
+    tx: &mut WriteTx<'_>,
+    seq: i64,
+    at: i64,
+    e: &AuditEntry,
+    details: String,
+    prev_hash: &str,
+    hash: &str,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_events (seq, at, actor, action, outcome, workspace_id, target_kind, \
          target_id, request_id, source_address, details, prev_hash, hash) \
@@ -244,18 +257,58 @@ async fn append(
     .bind(e.request_id.clone())
     .bind(e.source_address.clone())
     .bind(details)
-    .bind(&head_hash)
-    .bind(&hash)
+    .bind(prev_hash)
+    .bind(hash)
     .execute(&mut *tx.tx)
     .await?;
-    Ok((seq, hash))
+    Ok(())
+}
+
+/// The head `(seq, hash)` this process last appended. Only a hint: another process (or a
+/// rolled-back transaction) may have moved the real head, which the compare-and-set in
+/// [`insert_audit`] detects.
+pub(crate) type HeadHint = std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>;
+
+fn remember(tx: &WriteTx<'_>, seq: i64, hash: &str) {
+    if let Ok(mut g) = tx.audit_head.lock() {
+        *g = Some((seq, hash.to_owned()));
+    }
 }
 
 /// Appends one event to the chain inside the caller's write transaction.
+///
+/// Fast path: move the head from the remembered one with one conditional UPDATE (which
+/// also takes PostgreSQL's row lock); when it matches no row the hint was stale, and the
+/// head is read under lock instead. Either way the new event links to the real head.
 pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
+    let at = now_millis();
+    let hint = tx.audit_head.lock().ok().and_then(|g| g.clone());
+    if let Some((head_seq, head_hash)) = hint {
+        let seq = head_seq + 1;
+        let details = e.details.to_string();
+        let hash = event_hash(&head_hash, seq, at, e, &details);
+        let moved = sqlx::query(
+            "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
+             WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
+        )
+        .bind(seq)
+        .bind(&hash)
+        .bind(head_seq)
+        .bind(&head_hash)
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            insert_row(tx, seq, at, e, details, &head_hash, &hash).await?;
+            remember(tx, seq, &hash);
+            return Ok(());
+        }
+    }
     let head = locked_head(tx, tx.backend).await?;
-    let (seq, hash) = append(tx, head, e, now_millis()).await?;
-    set_head(tx, seq, &hash).await
+    let (seq, hash) = append(tx, head, e, at).await?;
+    set_head(tx, seq, &hash).await?;
+    remember(tx, seq, &hash);
+    Ok(())
 }
 
 fn row_to_record(r: &sqlx::any::AnyRow) -> Result<AuditRecord> {
