@@ -605,3 +605,66 @@ impl Store {
 pub fn zero_hash() -> &'static str {
     ZERO_HASH
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(actor: &str, action: &str) -> AuditEntry {
+        AuditEntry::system(
+            actor,
+            action,
+            None,
+            "connection",
+            "c1",
+            serde_json::json!({}),
+        )
+    }
+
+    #[test]
+    fn the_encoding_is_length_prefixed_so_moving_bytes_between_fields_changes_the_hash() {
+        let a = event_hash(ZERO_HASH, 1, 0, &entry("ab", "c"), "{}");
+        let b = event_hash(ZERO_HASH, 1, 0, &entry("a", "bc"), "{}");
+        assert_ne!(a, b);
+        let mut absent = entry("a", "b");
+        let mut empty = entry("a", "b");
+        empty.request_id = Some(String::new());
+        assert_ne!(
+            event_hash(ZERO_HASH, 1, 0, &absent, "{}"),
+            event_hash(ZERO_HASH, 1, 0, &empty, "{}")
+        );
+        absent.outcome = Outcome::Denied;
+        assert_ne!(
+            event_hash(ZERO_HASH, 1, 0, &absent, "{}"),
+            event_hash(ZERO_HASH, 1, 0, &entry("a", "b"), "{}")
+        );
+    }
+
+    #[test]
+    fn the_hash_follows_the_documented_encoding() {
+        // docs/audit.md, written out by hand.
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&[0u8; 32]);
+        buf.extend_from_slice(b"patchbay-audit-v1");
+        buf.extend_from_slice(&7i64.to_be_bytes());
+        buf.extend_from_slice(&1_000i64.to_be_bytes());
+        for s in ["system:test", "x.y", "success"] {
+            buf.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        buf.push(0); // workspace_id absent
+        for s in ["connection", "c1"] {
+            buf.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        buf.push(0); // request_id absent
+        buf.push(0); // source_address absent
+        buf.extend_from_slice(&2u64.to_be_bytes());
+        buf.extend_from_slice(b"{}");
+        let expected = hex::encode(Sha256::digest(&buf));
+        assert_eq!(
+            event_hash(ZERO_HASH, 7, 1_000, &entry("system:test", "x.y"), "{}"),
+            expected
+        );
+    }
+}
