@@ -3,8 +3,10 @@
 //!
 //! Every event is appended by [`insert_audit`] inside the write transaction of the change
 //! it records, so a change without its record cannot commit. Appends are serialized: on
-//! SQLite by the single writer (`BEGIN IMMEDIATE` plus the in-process write lock), on
-//! PostgreSQL by `SELECT … FOR UPDATE` on the one `audit_chain` row.
+//! SQLite by the single writer (`BEGIN IMMEDIATE` plus the in-process write lock), with
+//! triggers refusing an event that does not extend the recorded head and moving the head;
+//! on PostgreSQL by the lock on the one `audit_chain` row (a compare-and-set UPDATE, or
+//! `SELECT … FOR UPDATE`).
 //!
 //! `hash = SHA-256(prev_hash || encoding)`, where `encoding` is
 //! `"patchbay-audit-v1"` followed by every field in a fixed order: integers as 8-byte
@@ -283,6 +285,28 @@ fn remember(tx: &WriteTx<'_>, seq: i64, hash: &str) {
 pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
     let at = now_millis();
     let hint = tx.audit_head.lock().ok().and_then(|g| g.clone());
+    if tx.backend == Backend::Sqlite {
+        // Triggers check that the event extends the head and move it (migration 0006).
+        if let Some((head_seq, head_hash)) = hint {
+            let seq = head_seq + 1;
+            let details = e.details.to_string();
+            let hash = event_hash(&head_hash, seq, at, e, &details);
+            match insert_row(tx, seq, at, e, details, &head_hash, &hash).await {
+                Ok(()) => {
+                    remember(tx, seq, &hash);
+                    return Ok(());
+                }
+                // RAISE(ABORT) undoes only the statement: the transaction goes on.
+                Err(StoreError::Database(sqlx::Error::Database(db)))
+                    if db.message().contains("audit chain head moved") => {}
+                Err(other) => return Err(other),
+            }
+        }
+        let head = locked_head(tx, tx.backend).await?;
+        let (seq, hash) = append(tx, head, e, at).await?;
+        remember(tx, seq, &hash);
+        return Ok(());
+    }
     if let Some((head_seq, head_hash)) = hint {
         let seq = head_seq + 1;
         let details = e.details.to_string();
