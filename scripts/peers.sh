@@ -28,3 +28,6 @@ fi
 
 # AWS APIs (KMS, Secrets Manager) for the key-management and external-manager tests.
 bash "$(dirname "$0")/peers-aws.sh"
+
+# Test-connection peers: a scram + TLS PostgreSQL on 5433 and a password Redis on 6380.
+bash "$(dirname "$0")/peers-probe.sh"

@@ -30,8 +30,9 @@ error_codes! {
     InvalidQuery => ("invalid_query", "invalid_request", 400, "A query parameter is malformed (limit, cursor, filter)."),
     UnsupportedMediaType => ("unsupported_media_type", "invalid_request", 415, "The Content-Type is not application/json (or application/merge-patch+json for PATCH)."),
     PayloadTooLarge => ("payload_too_large", "invalid_request", 413, "The body exceeds 1 MiB."),
+    RateLimited => ("rate_limited", "invalid_request", 429, "Too many requests of one kind: failed authentications from this address, token prefix or username, or connection tests by this principal (default 30 a minute, and a cap on concurrent ones). Retry after the seconds in Retry-After."),
     Unauthenticated => ("unauthenticated", "auth", 401, "No valid bearer token was presented."),
-    Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs."),
+    Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs, or its user's role does not grant it in this workspace."),
     NotFound => ("not_found", "not_found", 404, "No such resource, or not visible to this token."),
     MethodNotAllowed => ("method_not_allowed", "invalid_request", 405, "The resource does not support this HTTP method."),
     CredentialKindMismatch => ("credential_kind_mismatch", "invalid_request", 400, "The credential's kind is not one the connector type accepts; `field` is /credential."),
@@ -52,6 +53,7 @@ error_codes! {
     SecretIntegrity => ("secret_integrity_error", "conflict", 409, "A stored secret failed its integrity check: its ciphertext does not belong to the row that holds it (copied or tampered). The server log names the row."),
     RotationInProgress => ("rotation_in_progress", "conflict", 409, "A key rotation of the same scope is already running; wait for it (GET /api/v1/keys/rotations/{id})."),
     RotationUnsupported => ("rotation_unsupported", "conflict", 409, "The master key source cannot rotate online; for an inline key, restart once with PATCHBAY_MASTER_KEY (new) and PATCHBAY_MASTER_KEY_PREVIOUS (old)."),
+    CsrfTokenInvalid => ("csrf_token_invalid", "auth", 403, "A change made with a session cookie lacks the session's CSRF token (header X-CSRF-Token, or the csrf_token form field)."),
     Internal => ("internal", "internal", 500, "An unexpected server error; details are in the server log."),
     Unavailable => ("unavailable", "internal", 503, "A dependency (database, key) is not ready."),
 }

@@ -5,6 +5,7 @@ pub mod error;
 pub mod model;
 pub mod names;
 pub mod permission;
+pub mod roles;
 pub mod schema;
 pub mod validate;
 

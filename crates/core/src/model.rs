@@ -1,6 +1,8 @@
 //! Domain records shared by the store and the server. Secret values never appear here:
 //! a connection knows only the *names* of its secret fields that are set.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::permission::{Permission, PermissionSet};
@@ -141,13 +143,24 @@ pub struct CredentialVersion {
 }
 
 /// Who is calling: resolved from a bearer token.
+///
+/// Two limits apply together: the token's own ceiling (`permissions`, optionally one
+/// `workspace_id`) and, for a token that belongs to a user, what the user's role grants in
+/// each workspace (`memberships`). A permission holds in a workspace only when both allow it.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub token_id: String,
     pub token_name: String,
+    /// The user the token belongs to; `None` for tokens that predate users.
+    pub user_id: Option<String>,
+    /// Authenticated by a browser session (`token_id` is then the session's id).
+    pub session: bool,
     /// `None`: the token reaches every workspace; `Some(ws)`: only that one.
     pub workspace_id: Option<String>,
     pub permissions: PermissionSet,
+    /// `None`: no per-workspace limit (instance admins, tokens without a user).
+    /// `Some(map)`: the workspaces the user is a member of and what their role grants there.
+    pub memberships: Option<BTreeMap<String, PermissionSet>>,
     /// The request this principal acts in, for audit records.
     pub request: RequestMeta,
 }
@@ -162,20 +175,53 @@ pub struct RequestMeta {
 }
 
 impl Principal {
+    /// Whether the principal holds `p` in at least one workspace (or instance-wide). Routes
+    /// check this first; the service then checks the workspace of the resource with
+    /// [`Principal::can_in`].
     pub fn can(&self, p: Permission) -> bool {
         self.permissions.contains(p)
+            && self.memberships.as_ref().is_none_or(|m| {
+                m.iter()
+                    .any(|(ws, perms)| perms.contains(p) && self.token_reaches(ws))
+            })
     }
 
-    /// Whether the workspace is visible at all. Invisible workspaces answer 404, never 403.
-    pub fn sees_workspace(&self, workspace_id: &str) -> bool {
+    /// Whether the principal holds `p` in workspace `workspace_id`.
+    pub fn can_in(&self, workspace_id: &str, p: Permission) -> bool {
+        self.sees_workspace(workspace_id)
+            && self.permissions.contains(p)
+            && self
+                .memberships
+                .as_ref()
+                .is_none_or(|m| m.get(workspace_id).is_some_and(|perms| perms.contains(p)))
+    }
+
+    /// Whether the principal holds `p` instance-wide: every workspace, present and future.
+    pub fn can_everywhere(&self, p: Permission) -> bool {
+        self.workspace_id.is_none() && self.memberships.is_none() && self.permissions.contains(p)
+    }
+
+    fn token_reaches(&self, workspace_id: &str) -> bool {
         self.workspace_id
             .as_deref()
             .is_none_or(|w| w == workspace_id)
     }
 
+    /// Whether the workspace is visible at all. Invisible workspaces answer 404, never 403.
+    pub fn sees_workspace(&self, workspace_id: &str) -> bool {
+        self.token_reaches(workspace_id)
+            && self
+                .memberships
+                .as_ref()
+                .is_none_or(|m| m.contains_key(workspace_id))
+    }
+
     /// Label used in audit records.
     pub fn actor(&self) -> String {
-        format!("token:{}", self.token_id)
+        match (&self.user_id, self.session) {
+            (Some(user), true) => format!("user:{user}"),
+            _ => format!("token:{}", self.token_id),
+        }
     }
 }
 

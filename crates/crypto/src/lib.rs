@@ -10,6 +10,7 @@
 //!   they carry 256 bits of entropy, so a slow hash adds nothing).
 
 mod envelope;
+mod password;
 mod secret;
 mod token;
 
@@ -17,5 +18,6 @@ pub use envelope::{
     sync_parent, CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey,
     OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION,
 };
+pub use password::{hash_password, verify_password, PasswordError, MIN_PASSWORD_LEN};
 pub use secret::{KeyBytes, SecretString};
-pub use token::{generate_token, hash_token, token_hashes_equal, TOKEN_PREFIX};
+pub use token::{generate_password, generate_token, hash_token, token_hashes_equal, TOKEN_PREFIX};

@@ -18,6 +18,14 @@ pub fn generate_token() -> SecretString {
     SecretString::new(format!("{TOKEN_PREFIX}{body}"))
 }
 
+/// A random password for a generated account (the bootstrap admin): 24 URL-safe
+/// characters, 144 bits.
+pub fn generate_password() -> SecretString {
+    let mut raw = [0u8; 18];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    SecretString::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
 /// The stored form of a token.
 pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()

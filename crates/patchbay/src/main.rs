@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use patchbay_crypto::SecretString;
-use patchbay_server::{Config, MasterKeySource};
+use patchbay_server::tls::TlsFiles;
+use patchbay_server::{Config, MasterKeySource, TlsMode};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +65,24 @@ struct ServeArgs {
     /// How long a value fetched from an external secret manager is reused.
     #[arg(long, env = "PATCHBAY_EXTERNAL_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     external_cache_ttl: Duration,
+    /// Failed authentications allowed per source address, and per token prefix, per minute;
+    /// beyond it the caller gets 429 until the minute ends.
+    #[arg(long, env = "PATCHBAY_AUTH_FAILURE_LIMIT", default_value_t = 20)]
+    auth_failure_limit: u32,
+    /// How long a browser session lasts after signing in.
+    #[arg(long, env = "PATCHBAY_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
+    session_ttl: Duration,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Both files
+    /// are read again on SIGHUP.
+    #[arg(long, env = "PATCHBAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PATCHBAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate for localhost, created in
+    /// <data-dir>/tls/ on first start. Development only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    dev_tls: bool,
     /// How long audit events are kept (e.g. 90d); older ones are deleted and the deletion
     /// recorded. Default: kept forever.
     #[arg(long, env = "PATCHBAY_AUDIT_RETENTION", value_parser = parse_duration)]
@@ -72,6 +91,20 @@ struct ServeArgs {
     /// then leave no trace.
     #[arg(long, env = "PATCHBAY_AUDIT_READS", default_value = "on", value_parser = ["on", "off"])]
     audit_reads: String,
+    /// Connection tests may reach these (comma-separated CIDRs, addresses or host patterns,
+    /// each optionally `:port`), overriding the built-in deny set. Loopback is denied by
+    /// default: a deployment testing databases on the same host must allow 127.0.0.1.
+    #[arg(long, env = "PATCHBAY_NETWORK_ALLOW", default_value = "")]
+    network_allow: String,
+    /// Connection tests may never reach these (same syntax; wins over allow).
+    #[arg(long, env = "PATCHBAY_NETWORK_DENY", default_value = "")]
+    network_deny: String,
+    /// The deadline of one connection test (at most 60s).
+    #[arg(long, env = "PATCHBAY_TEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    test_deadline: Duration,
+    /// Connection tests one principal may start per minute.
+    #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
+    tests_per_minute: usize,
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -137,8 +170,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None, Some(inline)) => MasterKeySource::Inline(inline),
         (None, None, None) => MasterKeySource::File(args.data_dir.join("master.key")),
     };
+    let tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
+        (Some(cert), Some(key), _) => TlsMode::Files(TlsFiles { cert, key }),
+        (_, _, true) => TlsMode::Dev,
+        _ => TlsMode::Off,
+    };
     let config = Config {
         listen: args.listen,
+        tls,
         data_dir: args.data_dir,
         database_url,
         master_key,
@@ -147,8 +186,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or(i64::MAX),
             sweep_interval: args.sweep_interval.max(Duration::from_millis(100)),
             external_cache_ttl: args.external_cache_ttl,
+            auth_failure_limit: args.auth_failure_limit.max(1),
+            session_ttl: args.session_ttl.max(Duration::from_secs(60)),
+            // Set by the server from the TLS mode.
+            secure_cookies: false,
             audit_retention: args.audit_retention,
             audit_reads: args.audit_reads != "off",
+            probes: patchbay_server::service::probes::ProbeSettings {
+                policy: patchbay_probe::Policy::parse(&args.network_allow, &args.network_deny)
+                    .map_err(|e| anyhow::anyhow!("network policy: {e}"))?,
+                deadline: args.test_deadline.min(patchbay_probe::MAX_DEADLINE),
+                per_minute: args.tests_per_minute,
+                ..Default::default()
+            },
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -34,8 +34,13 @@ fn free_port() -> u16 {
 }
 
 fn start(data_dir: &Path, database_url: Option<&str>) -> Server {
+    start_env(data_dir, database_url, &[])
+}
+
+fn start_env(data_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let mut cmd = Command::new(BIN);
+    cmd.envs(env.iter().copied());
     cmd.arg("serve")
         .env("PATCHBAY_LISTEN", format!("127.0.0.1:{port}"))
         .env("PATCHBAY_DATA_DIR", data_dir)
@@ -331,6 +336,7 @@ fn journey(s: &Server) -> String {
         .unwrap()
         .to_owned();
     cli(s, &["tokens", "revoke", &id], &mut seen);
+    people_journey(s, &mut seen);
     let types = cli(s, &["types", "list", "--category", "warehouses"], &mut seen);
     assert!(types.contains("snowflake"), "{types}");
     let completions = cli(s, &["completions", "bash"], &mut String::new());
@@ -352,6 +358,58 @@ fn journey(s: &Server) -> String {
     let verified = cli(s, &["audit", "verify"], &mut seen);
     assert!(verified.contains("audit chain intact"), "{verified}");
     seen
+}
+
+/// Users, members and roles through the CLI: a password read from a file, never from argv.
+fn people_journey(s: &Server, seen: &mut String) {
+    let pw_file = s.data_dir.parent().unwrap().join("dana-password");
+    std::fs::write(&pw_file, format!("{CANARY}-password\n")).unwrap();
+    let pw_arg = format!("@{}", pw_file.display());
+    cli(s, &["users", "create", "dana", "--password", &pw_arg], seen);
+    let out = cli_raw(
+        &s.url,
+        Some(&s.data_dir),
+        &[
+            "users",
+            "create",
+            "erin",
+            "--password",
+            "plain-text-password",
+        ],
+    )
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "a password on the command line is refused"
+    );
+    let users = cli(s, &["users", "list"], seen);
+    assert!(users.contains("dana") && users.contains("admin"), "{users}");
+    cli(
+        s,
+        &[
+            "roles",
+            "create",
+            "reader",
+            "--permission",
+            "connections:read",
+            "--permission",
+            "credentials:read",
+        ],
+        seen,
+    );
+    let roles = cli(s, &["roles", "list"], seen);
+    assert!(
+        roles.contains("reader") && roles.contains("secret_manager"),
+        "{roles}"
+    );
+    cli(s, &["members", "set", "dana", "reader"], seen);
+    let members = cli(s, &["members", "list"], seen);
+    assert!(
+        members.contains("dana") && members.contains("reader"),
+        "{members}"
+    );
+    cli(s, &["members", "remove", "dana"], seen);
+    assert!(!cli(s, &["members", "list"], seen).contains("dana"));
 }
 
 /// A shared credential through the CLI: created from a file, used by two connections,
@@ -614,4 +672,79 @@ fn postgres_backend_crud_and_canary() {
             &format!("DROP DATABASE IF EXISTS {db}"),
         ])
         .output();
+}
+
+/// `patchbay connections test` through the real binary against the scram PostgreSQL on
+/// 5433: stages as a table, non-zero exit on failure, and a canary password appears in
+/// neither the CLI output nor the server's debug log.
+#[test]
+fn cli_connection_test_prints_stages_and_fails_with_nonzero_exit() {
+    let up = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5433".parse().unwrap(),
+        Duration::from_millis(300),
+    )
+    .is_ok();
+    if !up {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("PostgreSQL on 5433 not reachable (CI=true: scripts/peers-probe.sh starts it)");
+        }
+        eprintln!("SKIPPED: PostgreSQL on 5433 not reachable (run scripts/peers.sh)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = start_env(&data, None, &[("PATCHBAY_NETWORK_ALLOW", "127.0.0.1")]);
+    let mut seen = String::new();
+    for (name, password) in [("pg-good", "pb-ro-pass"), ("pg-bad", CANARY)] {
+        cli(
+            &s,
+            &[
+                "connections",
+                "create",
+                name,
+                "--type",
+                "postgresql",
+                "--set",
+                "host=127.0.0.1",
+                "--set",
+                "port=5433",
+                "--set",
+                "database=pbtest",
+                "--set",
+                "username=pb_ro",
+                "--set",
+                "sslmode=require",
+                "--secret",
+                &format!("password={password}"),
+            ],
+            &mut seen,
+        );
+    }
+    let table = cli(&s, &["connections", "test", "pg-good"], &mut seen);
+    assert!(
+        table.contains("STAGE") && table.contains("permissions"),
+        "{table}"
+    );
+    assert!(table.contains("server: PostgreSQL 15"), "{table}");
+    let out = cli_raw(
+        &s.url,
+        Some(&s.data_dir),
+        &["connections", "test", "pg-bad"],
+    )
+    .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("auth") && stdout.contains("failed"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("auth_failed"), "{stderr}");
+    seen.push_str(&stdout);
+    seen.push_str(&stderr);
+    assert!(!seen.contains(CANARY), "CLI output carries the canary");
+    assert!(
+        !s.log.lock().unwrap().contains(CANARY),
+        "the server log carries the canary"
+    );
 }

@@ -90,6 +90,7 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
+            tls: Default::default(),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             database_url: None,

@@ -71,6 +71,7 @@ async fn load(url: &str, token: &str, concurrency: usize, secs: f64) -> (u64, f6
 /// A started service with `CONNECTIONS` connections: (URL of one revealed GET, token).
 async fn service(dir: &std::path::Path, audit_reads: bool) -> (String, String) {
     let config = Config {
+        tls: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.join("data"),
         database_url: None,

@@ -249,6 +249,7 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = Config {
+        tls: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.clone(),
         database_url: database_url.clone().map(SecretString::new),

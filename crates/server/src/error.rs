@@ -51,12 +51,22 @@ impl ApiError {
     pub fn forbidden(permission: patchbay_core::permission::Permission) -> Self {
         let mut err = Error::new(
             ErrorCode::Forbidden,
-            format!("this token lacks the {permission} permission"),
+            format!("this call needs the {permission} permission, which neither this token nor its user's role grants here"),
         );
         err.details = Some(Box::new(
             serde_json::json!({"permission": permission.as_str()}),
         ));
         Self(err)
+    }
+    pub fn internal() -> Self {
+        Self(Error::internal())
+    }
+    /// 429 with `Retry-After` (whole seconds, at least 1) and `details.retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let mut e = Error::new(ErrorCode::RateLimited, message);
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        e.details = Some(Box::new(serde_json::json!({"retry_after": secs.max(1)})));
+        Self(e)
     }
 }
 
@@ -150,7 +160,14 @@ impl IntoResponse for ApiError {
             current_version: e.current_version,
             details: e.details.map(|d| *d),
         };
+        let retry_after = (e.code == ErrorCode::RateLimited)
+            .then(|| body.details.as_ref()?.get("retry_after")?.as_u64())
+            .flatten();
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if let Some(d) = denied {
             resp.extensions_mut().insert(d);
         }

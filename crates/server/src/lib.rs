@@ -6,9 +6,12 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod keyring;
+pub mod ratelimit;
 pub mod request;
 pub mod service;
+pub mod session;
 pub mod state;
+pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use patchbay_core::permission::PermissionSet;
-use patchbay_crypto::{generate_token, hash_token, SecretString};
-use patchbay_store::{new_id, AuditEntry, NewToken, Store, StoreError};
+use patchbay_crypto::{generate_password, generate_token, hash_token, SecretString};
+use patchbay_store::{new_id, AuditEntry, NewToken, NewUser, Store, StoreError};
 
 use crate::state::AppState;
 
@@ -33,8 +36,21 @@ pub enum MasterKeySource {
     Kms { kms_key_id: String, file: PathBuf },
 }
 
+/// How the listener speaks.
+#[derive(Debug, Clone, Default)]
+pub enum TlsMode {
+    /// Plain HTTP: the default, meant for loopback (a warning otherwise).
+    #[default]
+    Off,
+    /// HTTPS with this certificate and key (PATCHBAY_TLS_CERT, PATCHBAY_TLS_KEY).
+    Files(tls::TlsFiles),
+    /// HTTPS with a self-signed certificate made on first start (`--dev-tls`).
+    Dev,
+}
+
 pub struct Config {
     pub listen: SocketAddr,
+    pub tls: TlsMode,
     pub data_dir: PathBuf,
     /// `None`: SQLite in the data directory.
     pub database_url: Option<SecretString>,
@@ -58,6 +74,8 @@ pub enum StartError {
     Keys(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A started service: state plus its router, before binding (tests and benchmarks serve it
@@ -106,12 +124,20 @@ impl App {
             store,
             keys: ring,
             catalog: patchbay_catalog::Catalog::builtin(),
-            settings: Arc::new(config.settings.clone()),
+            settings: Arc::new(state::Settings {
+                secure_cookies: !matches!(config.tls, TlsMode::Off),
+                ..config.settings.clone()
+            }),
             oauth: Arc::new(oauth),
             external: Arc::new(service::external::External::new(
                 config.settings.external_cache_ttl,
             )),
             key_manager: Arc::new(keys.manager),
+            auth_failures: Arc::new(ratelimit::WindowLimiter::new(
+                config.settings.auth_failure_limit,
+                std::time::Duration::from_secs(60),
+            )),
+            probes: Arc::new(service::probes::Probes::new(config.settings.probes.clone())),
         };
         bootstrap(&state, &config.data_dir).await?;
         service::keys::resume(&state)
@@ -153,19 +179,35 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Listen(config.listen, e))?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put TLS in front");
+    let files = match &config.tls {
+        TlsMode::Off => None,
+        TlsMode::Files(f) => Some(f.clone()),
+        TlsMode::Dev => Some(tls::dev_certificate(&config.data_dir).map_err(StartError::Tls)?),
+    };
+    match files {
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: set PATCHBAY_TLS_CERT and PATCHBAY_TLS_KEY, or put TLS in front");
+            }
+            tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening (http)");
+            axum::serve(
+                listener,
+                app.router()
+                    .into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| StartError::Listen(addr, e))?;
+        }
+        Some(files) => {
+            let slot = tls::CertificateSlot::load(files).map_err(StartError::Tls)?;
+            tls::reload_on_sighup(slot.clone());
+            tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening (https)");
+            tls::serve_tls(listener, app.router(), slot, shutdown_signal())
+                .await
+                .map_err(StartError::Tls)?;
+        }
     }
-    tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening");
-
-    axum::serve(
-        listener,
-        app.router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| StartError::Listen(addr, e))?;
     app.state.store.close().await;
     Ok(())
 }
@@ -194,9 +236,12 @@ fn restrict_dir(dir: &Path) {
 }
 
 pub const INITIAL_TOKEN_FILE: &str = "initial-admin-token";
+pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 
-/// First start on an empty database: workspace `default`, project `default`, and an admin
-/// token printed once to stderr and written to `<data dir>/initial-admin-token` (0600).
+/// First start on an empty database: workspace `default`, project `default`, the instance
+/// administrator `admin` and an API token of theirs. The password and the token are printed
+/// once to stderr and written to `<data dir>/initial-admin-password` and
+/// `<data dir>/initial-admin-token` (0600).
 /// Replicas racing on a shared PostgreSQL: the loser sees `name_taken` and leaves it.
 async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> {
     if state.store.count_workspaces().await? > 0 {
@@ -231,6 +276,21 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
         .store
         .create_project(&ws_id, "default", &system("project.create", "project", ""))
         .await?;
+    let password = generate_password();
+    let admin = state
+        .store
+        .create_user(
+            &NewUser {
+                id: new_id(),
+                username: "admin".into(),
+                password_hash: service::users::hash(password.clone())
+                    .await
+                    .map_err(|e| StartError::Bootstrap(e.0.to_string()))?,
+                is_admin: true,
+            },
+            &system("user.create", "user", "admin"),
+        )
+        .await?;
     let token = generate_token();
     let token_id = new_id();
     state
@@ -245,6 +305,7 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
                 expires_at: None,
                 kind: "personal".into(),
                 created_by: None,
+                user_id: Some(admin.id),
             },
             &system("token.create", "token", &token_id),
         )
@@ -252,16 +313,21 @@ async fn bootstrap(state: &AppState, data_dir: &Path) -> Result<(), StartError> 
     let path = data_dir.join(INITIAL_TOKEN_FILE);
     write_private(&path, token.expose_secret())
         .map_err(|e| StartError::Bootstrap(format!("{}: {e}", path.display())))?;
-    // Printed once, on purpose: this is how the operator receives the first token.
+    let pw_path = data_dir.join(INITIAL_PASSWORD_FILE);
+    write_private(&pw_path, password.expose_secret())
+        .map_err(|e| StartError::Bootstrap(format!("{}: {e}", pw_path.display())))?;
+    // Printed once, on purpose: this is how the operator receives the first credentials.
     eprintln!(
-        "\npatchbay: created workspace `default`, project `default` and an admin API token:\n\n    {}\n\nIt is also in {} (mode 0600). Store it now; it is not shown again.\n",
+        "\npatchbay: created workspace `default`, project `default` and the administrator `admin`.\n\n    password:  {}\n    API token: {}\n\nThey are also in {} and {} (mode 0600). Store them now; they are not shown again.\n",
+        password.expose_secret(),
         token.expose_secret(),
+        pw_path.display(),
         path.display()
     );
     Ok(())
 }
 
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -19,6 +19,10 @@ pub struct AppState {
     pub external: Arc<crate::service::external::External>,
     /// Key rotation machinery (service::keys).
     pub key_manager: Arc<crate::service::keys::KeyManager>,
+    /// Failed authentications, per source address and per token prefix.
+    pub auth_failures: Arc<crate::ratelimit::WindowLimiter>,
+    /// Connection tests: network guard and rate limits (service::probes).
+    pub probes: Arc<crate::service::probes::Probes>,
 }
 
 /// Tunables read once at start.
@@ -30,12 +34,20 @@ pub struct Settings {
     pub sweep_interval: std::time::Duration,
     /// How long a value fetched from an external secret manager is reused.
     pub external_cache_ttl: std::time::Duration,
+    /// Failed authentications allowed per source address, and per token prefix, per minute.
+    pub auth_failure_limit: u32,
+    /// How long a browser session lasts after sign-in.
+    pub session_ttl: std::time::Duration,
+    /// Session cookies carry `Secure` (set when serving HTTPS).
+    pub secure_cookies: bool,
     /// How long audit events are kept (`None`: forever). Older ones are deleted, the
     /// deletion recorded, every `sweep_interval`.
     pub audit_retention: Option<std::time::Duration>,
     /// Whether reveals are audited. Only for measuring the audit's cost
     /// (PATCHBAY_AUDIT_READS=off): switching it off is unsafe, reveals then leave no trace.
     pub audit_reads: bool,
+    /// Connection tests: network policy, deadline, rate limits.
+    pub probes: crate::service::probes::ProbeSettings,
 }
 
 impl Default for Settings {
@@ -44,8 +56,12 @@ impl Default for Settings {
             credential_grace_ms: 24 * 3600 * 1000,
             sweep_interval: std::time::Duration::from_secs(60),
             external_cache_ttl: std::time::Duration::from_secs(60),
+            auth_failure_limit: 20,
+            session_ttl: std::time::Duration::from_secs(12 * 3600),
+            secure_cookies: false,
             audit_retention: None,
             audit_reads: true,
+            probes: Default::default(),
         }
     }
 }

@@ -12,7 +12,9 @@ mod credentials;
 mod keys;
 mod migrate;
 mod oauth;
+mod probe_results;
 mod tokens;
+mod users;
 mod workspaces;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,7 +33,9 @@ pub use keys::{
     BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
     StartRotation,
 };
+pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use tokens::{NewToken, TokenRecord};
+pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
 pub use workspaces::StoredDataKey;
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,12 @@ const SQLITE: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_keys.sql")),
     (5, include_str!("../migrations/sqlite/0005_tokens.sql")),
     (6, include_str!("../migrations/sqlite/0006_audit.sql")),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_probe_results.sql"),
+    ),
+    (8, include_str!("../migrations/sqlite/0008_users.sql")),
+    (9, include_str!("../migrations/sqlite/0009_sessions.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -20,6 +26,12 @@ const POSTGRES: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_keys.sql")),
     (5, include_str!("../migrations/postgres/0005_tokens.sql")),
     (6, include_str!("../migrations/postgres/0006_audit.sql")),
+    (
+        7,
+        include_str!("../migrations/postgres/0007_probe_results.sql"),
+    ),
+    (8, include_str!("../migrations/postgres/0008_users.sql")),
+    (9, include_str!("../migrations/postgres/0009_sessions.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -17,6 +17,8 @@ pub struct NewToken {
     pub kind: String,
     /// The principal that minted it (`token:<id>`), `None` for the bootstrap token.
     pub created_by: Option<String>,
+    /// The user it belongs to; `None` for tokens that predate users.
+    pub user_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,11 +33,12 @@ pub struct TokenRecord {
     pub last_used_at: Option<i64>,
     pub kind: String,
     pub created_by: Option<String>,
+    pub user_id: Option<String>,
     pub created_at: i64,
 }
 
 const TOKEN_COLUMNS: &str = "id, name, token_hash, workspace_id, permissions, expires_at, \
-    revoked_at, last_used_at, kind, created_by, created_at";
+    revoked_at, last_used_at, kind, created_by, user_id, created_at";
 
 fn row_to_token(row: &sqlx::any::AnyRow) -> Result<TokenRecord> {
     let permissions: String = row.try_get("permissions")?;
@@ -50,6 +53,7 @@ fn row_to_token(row: &sqlx::any::AnyRow) -> Result<TokenRecord> {
         last_used_at: row.try_get("last_used_at")?,
         kind: row.try_get("kind")?,
         created_by: row.try_get("created_by")?,
+        user_id: row.try_get("user_id")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -59,7 +63,7 @@ impl Store {
         let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO api_tokens (id, name, token_hash, workspace_id, permissions, created_at, \
-             expires_at, kind, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             expires_at, kind, created_by, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&t.id)
         .bind(&t.name)
@@ -70,6 +74,7 @@ impl Store {
         .bind(t.expires_at)
         .bind(&t.kind)
         .bind(t.created_by.clone())
+        .bind(t.user_id.clone())
         .execute(&mut *tx.tx)
         .await?;
         insert_audit(&mut tx, audit).await?;

@@ -63,7 +63,42 @@ on_both_backends!(
     a_failed_change_writes_no_audit_record,
     tokens_are_found_by_hash_only,
     migrations_are_idempotent,
+    connection_test_results_keep_the_newest_20_and_go_with_the_connection,
 );
+
+async fn connection_test_results_keep_the_newest_20_and_go_with_the_connection(s: &Store) {
+    let (ws, p) = workspace_and_project(s).await;
+    let id = patchbay_store::new_id();
+    s.create_connection(
+        &id,
+        &ws,
+        &p,
+        &write("probed", "redis"),
+        &CredentialLink::None,
+        &audit("create", &id),
+    )
+    .await
+    .unwrap();
+    for i in 0..23 {
+        s.record_connection_test(
+            &id,
+            i % 2 == 0,
+            &json!({"n": i}),
+            &audit("connection.test", &id),
+        )
+        .await
+        .unwrap();
+    }
+    let rows = s.connection_tests(&id).await.unwrap();
+    assert_eq!(rows.len(), patchbay_store::TEST_HISTORY as usize);
+    assert_eq!(rows[0].result["n"], 22);
+    assert!(rows[0].ok);
+    assert_eq!(rows[19].result["n"], 3);
+    s.delete_connection(&id, &audit("delete", &id))
+        .await
+        .unwrap();
+    assert!(s.connection_tests(&id).await.unwrap().is_empty());
+}
 
 fn audit(action: &str, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, None, "test", target, json!({}))
@@ -607,6 +642,7 @@ async fn tokens_are_found_by_hash_only(s: &Store) {
             expires_at: None,
             kind: "personal".into(),
             created_by: None,
+            user_id: None,
         },
         &audit("token.create", "t1"),
     )

@@ -32,6 +32,12 @@ pub enum ConnectionsCommand {
         #[arg(long)]
         reveal: bool,
     },
+    /// Test a connection stage by stage (dns, tcp, tls, auth, query, permissions); exits
+    /// non-zero when the test fails.
+    Test {
+        /// Connection name (in --project) or id.
+        connection: String,
+    },
     /// Create a connection.
     Create {
         name: String,
@@ -249,6 +255,13 @@ const COLUMNS: &[(&str, &str)] = &[
     ("UPDATED", "/updated_at"),
 ];
 
+const TEST_COLUMNS: &[(&str, &str)] = &[
+    ("STAGE", "/stage"),
+    ("STATUS", "/status"),
+    ("MS", "/duration_ms"),
+    ("DETAIL", "/detail"),
+];
+
 fn show(ctx: &Ctx, v: &Value) {
     output::print(ctx.g.output, v, None, &[]);
 }
@@ -297,6 +310,51 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             let id = found["id"].as_str().unwrap_or_default().to_owned();
             let path = format!("/api/v1/connections/{}?reveal={reveal}", enc(&id));
             show(&ctx, &ctx.client.get(&path).await?);
+        }
+        ConnectionsCommand::Test { connection } => {
+            let (found, _) = find(&ctx, &connection).await?;
+            let id = found["id"].as_str().unwrap_or_default().to_owned();
+            let v = ctx
+                .client
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/connections/{}/test", enc(&id)),
+                    None,
+                    &[],
+                )
+                .await?
+                .body;
+            let stages = v["stages"].as_array().cloned().unwrap_or_default();
+            output::print(ctx.g.output, &v, Some(&stages), TEST_COLUMNS);
+            if matches!(ctx.g.output, output::Format::Table) {
+                if let Some(s) = v["server"].as_object() {
+                    println!(
+                        "server: {} {}",
+                        s.get("product").and_then(Value::as_str).unwrap_or_default(),
+                        s.get("version").and_then(Value::as_str).unwrap_or_default()
+                    );
+                }
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    println!("warning: {}", w.as_str().unwrap_or_default());
+                }
+                if let Some(h) = v["error"]["hint"].as_str() {
+                    println!("hint: {h}");
+                }
+            }
+            if v["ok"] != Value::Bool(true) {
+                return Err(ApiFailure {
+                    code: v["error"]["class"]
+                        .as_str()
+                        .unwrap_or("test_failed")
+                        .to_owned(),
+                    message: format!(
+                        "the test failed at {}: {}",
+                        v["error"]["stage"].as_str().unwrap_or("?"),
+                        v["error"]["message"].as_str().unwrap_or_default()
+                    ),
+                    field: None,
+                });
+            }
         }
         ConnectionsCommand::Create {
             name,

@@ -8,6 +8,7 @@ mod credentials;
 mod keys;
 mod output;
 mod tokens;
+mod users;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,15 @@ pub enum ClientCommand {
     /// API tokens and runner tokens.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// Local users (instance administrators).
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Members of --workspace and their roles.
+    #[command(subcommand)]
+    Members(users::MembersCommand),
+    /// Roles of --workspace: built-in and custom.
+    #[command(subcommand)]
+    Roles(users::RolesCommand),
     /// Browse the connector catalog.
     #[command(subcommand)]
     Types(TypesCommand),
@@ -187,6 +197,9 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
         ClientCommand::Audit(c) => audit::run(c, Ctx::new(g)).await,
         ClientCommand::Tokens(c) => tokens::run(c, Ctx::new(g)).await,
+        ClientCommand::Users(c) => users::users(c, Ctx::new(g)).await,
+        ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,
+        ClientCommand::Roles(c) => users::roles(c, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];

@@ -262,7 +262,11 @@ pub async fn get(
         }
     };
     let c = svc::load(&state, &auth.0, &id).await?;
-    if reveal && auth.0.can(Permission::ConnectionsReveal) {
+    if reveal
+        && auth
+            .0
+            .can_in(&c.workspace_id, Permission::ConnectionsReveal)
+    {
         let values = svc::reveal(&state, &auth.0, &c).await?;
         Ok(with_etag(
             StatusCode::OK,
@@ -334,4 +338,84 @@ pub async fn delete(
     let expected = if_match(&headers, false)?.flatten();
     svc::delete(&state, &auth.0, &id, expected).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tests a saved connection stage by stage (resolve, dns, tcp, tls, auth, query,
+/// permissions) through the server's network guard. A failing test is still a 200 with
+/// `ok: false`, the failed stage, an error class and a hint.
+#[utoipa::path(post, path = "/api/v1/connections/{id}/test", tag = "connections",
+    params(("id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 200, description = "`{ok, duration_ms, stages: [{stage, status, duration_ms, detail}], error?: {stage, class, message, hint}, server?: {product, version}, warnings}`", body = Object),
+        (status = 400, body = ErrorBody, description = "The settings cannot describe a target (URL with credentials, scheme the type does not declare)"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "rate_limited: per-principal limit or concurrency cap")),
+    security(("bearer" = [])))]
+pub async fn test(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<patchbay_probe::ProbeResult>> {
+    Ok(Json(
+        crate::service::probes::test_saved(&state, &auth.0, &id).await?,
+    ))
+}
+
+/// Tests a draft connection: the body of a create (inline `secrets` or a shared
+/// `credential`), validated the same way; nothing is stored.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/connections/test", tag = "connections",
+    params(("project" = String, Path, description = "Project id")),
+    request_body = ConnectionInput,
+    responses(
+        (status = 200, description = "The staged result, as for a saved connection", body = Object),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn test_draft(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(project): Path<String>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<patchbay_probe::ProbeResult>> {
+    Ok(Json(
+        crate::service::probes::test_draft(&state, &auth.0, &project, body).await?,
+    ))
+}
+
+/// One stored test result.
+#[derive(Serialize, ToSchema)]
+pub struct TestRecordOut {
+    pub at: String,
+    pub ok: bool,
+    /// The result as `POST …/test` answered it.
+    #[schema(value_type = Object)]
+    pub result: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TestHistoryOut {
+    /// Newest first: the first item is the connection's last test; at most 20 are kept.
+    pub items: Vec<TestRecordOut>,
+}
+
+/// The connection's last test results (at most 20, newest first).
+#[utoipa::path(get, path = "/api/v1/connections/{id}/tests", tag = "connections",
+    params(("id" = String, Path, description = "Connection id")),
+    responses((status = 200, body = TestHistoryOut), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn test_history(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TestHistoryOut>> {
+    let items = crate::service::probes::history(&state, &auth.0, &id)
+        .await?
+        .into_iter()
+        .map(|r| TestRecordOut {
+            at: format_rfc3339(r.at),
+            ok: r.ok,
+            result: r.result,
+        })
+        .collect();
+    Ok(Json(TestHistoryOut { items }))
 }

@@ -1,12 +1,15 @@
 //! The REST API: routes, the OpenAPI document, health, and the cross-cutting layers
 //! (body limit, request log, panic guard, security headers, JSON fallbacks).
 
+pub mod access;
 pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
 pub mod keys;
+pub mod sessions;
 pub mod tokens;
+pub mod users;
 pub mod workspaces;
 
 use std::time::Instant;
@@ -33,11 +36,15 @@ use crate::state::AppState;
         catalog::list, catalog::get, catalog::credential_kinds,
         workspaces::list, workspaces::create, workspaces::list_projects, workspaces::create_project,
         connections::list, connections::create, connections::get, connections::replace,
-        connections::patch, connections::delete,
+        connections::patch, connections::delete, connections::test, connections::test_draft,
+        connections::test_history,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
         tokens::create, tokens::list, tokens::revoke, tokens::create_runner,
+        users::create, users::list, users::list_members, users::put_member,
+        users::delete_member, users::list_roles, users::create_role,
+        sessions::create, sessions::delete,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         audit::list, audit::verify,
         health, ready,
@@ -181,6 +188,18 @@ pub fn router(state: AppState) -> Router {
                 .delete(connections::delete),
         )
         .route(
+            "/api/v1/projects/{project}/connections/test",
+            axum::routing::post(connections::test_draft),
+        )
+        .route(
+            "/api/v1/connections/{id}/test",
+            axum::routing::post(connections::test),
+        )
+        .route(
+            "/api/v1/connections/{id}/tests",
+            g(connections::test_history),
+        )
+        .route(
             "/api/v1/workspaces/{ws}/credentials",
             g(credentials::list).post(credentials::create),
         )
@@ -209,6 +228,24 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/workspaces/{ws}/runner-tokens",
             axum::routing::post(tokens::create_runner),
         )
+        .route("/api/v1/sessions", axum::routing::post(sessions::create))
+        .route(
+            "/api/v1/sessions/current",
+            axum::routing::delete(sessions::delete),
+        )
+        .route("/login", g(sessions::login_form).post(sessions::login))
+        .route("/logout", axum::routing::post(sessions::logout))
+        .route("/", g(sessions::home))
+        .route("/api/v1/users", g(users::list).post(users::create))
+        .route("/api/v1/workspaces/{ws}/members", g(users::list_members))
+        .route(
+            "/api/v1/workspaces/{ws}/members/{user}",
+            axum::routing::put(users::put_member).delete(users::delete_member),
+        )
+        .route(
+            "/api/v1/workspaces/{ws}/roles",
+            g(users::list_roles).post(users::create_role),
+        )
         .route("/api/v1/keys", g(keys::status))
         .route(
             "/api/v1/keys/rotate-master",
@@ -222,6 +259,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workspaces/{ws}/audit", g(audit::list))
         .route("/api/v1/audit/verify", g(audit::verify))
         .route("/api/openapi.json", g(openapi_json))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
         .with_state(state.clone());
     api.merge(
         utoipa_swagger_ui::SwaggerUi::new("/api/docs")

@@ -26,6 +26,8 @@ pub struct TokenOut {
     pub workspace_id: Option<String>,
     pub permissions: Vec<String>,
     pub created_by: Option<String>,
+    /// The user it belongs to; it never does more than that user's roles allow.
+    pub user_id: Option<String>,
     pub created_at: String,
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
@@ -45,6 +47,7 @@ impl From<TokenRecord> for TokenOut {
                 .map(|p| p.as_str().to_owned())
                 .collect(),
             created_by: t.created_by,
+            user_id: t.user_id,
             created_at: format_rfc3339(t.created_at),
             expires_at: t.expires_at.map(format_rfc3339),
             last_used_at: t.last_used_at.map(format_rfc3339),

@@ -45,6 +45,15 @@ fn attempted(method: &str, route: &str, permission: &str) -> String {
         ("POST", "/keys/rotate-master") => "key.rotate_master",
         ("GET", "/keys/rotations/{id}") => "key.rotation",
         ("POST", "/workspaces/{ws}/keys/rotate-data") => "key.rotate_data",
+        ("GET", "/users") => "user.list",
+        ("POST", "/users") => "user.create",
+        ("GET", "/workspaces/{ws}/members") => "member.list",
+        ("PUT", "/workspaces/{ws}/members/{user}") => "member.put",
+        ("DELETE", "/workspaces/{ws}/members/{user}") => "member.delete",
+        ("GET", "/workspaces/{ws}/roles") => "role.list",
+        ("POST", "/workspaces/{ws}/roles") => "role.create",
+        ("GET", "/connections/{id}/tests") => "connection.tests",
+        ("POST", "/projects/{project}/connections/test") => "connection.test_draft",
         ("GET", "/workspaces/{ws}/audit") => "audit.list",
         ("GET", "/audit/verify") => "audit.verify",
         _ => return format!("{method} {route}"),
@@ -154,9 +163,7 @@ pub async fn record_denied(
 /// the workspace, 403 without `audit:read`).
 pub async fn readable_workspace(state: &AppState, p: &Principal, ws: &str) -> ApiResult<String> {
     let ws = workspaces::get(state, p, ws).await?;
-    if !p.can(Permission::AuditRead) {
-        return Err(ApiError::forbidden(Permission::AuditRead));
-    }
+    super::require_in(p, &ws.id, Permission::AuditRead)?;
     Ok(ws.id)
 }
 
@@ -174,7 +181,7 @@ pub async fn list(
 /// Walks the whole chain. Instance-wide (the chain spans every workspace), so it needs
 /// `instance:admin`.
 pub async fn verify(state: &AppState, p: &Principal) -> ApiResult<Verification> {
-    if !p.can(Permission::InstanceAdmin) {
+    if !p.can_everywhere(Permission::InstanceAdmin) {
         return Err(ApiError::forbidden(Permission::InstanceAdmin));
     }
     Ok(state.store.verify_audit().await?)

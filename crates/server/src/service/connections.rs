@@ -23,7 +23,7 @@ use patchbay_store::{
 use serde_json::{json, Map, Value};
 
 use super::credentials::{self, VersionValues, INLINE_KIND};
-use super::{audit, workspaces};
+use super::{audit, require_in, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -32,7 +32,7 @@ use crate::state::AppState;
 pub const MASK: &str = "********";
 
 /// Fields of a connection body.
-const WRITABLE: &[&str] = &[
+pub(crate) const WRITABLE: &[&str] = &[
     "name",
     "type",
     "description",
@@ -56,7 +56,7 @@ const READ_ONLY: &[&str] = &[
 ];
 
 /// The body's `credential` member.
-enum CredentialInput {
+pub(crate) enum CredentialInput {
     /// Not sent: keep the connection's current source.
     Absent,
     /// `null`: stop using a shared credential (inline `secrets` follow).
@@ -68,7 +68,7 @@ enum CredentialInput {
     },
 }
 
-fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
+pub(crate) fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
     let bad = |msg: &str| ApiError::field(ErrorCode::InvalidField, "/credential", msg);
     match f.take("credential") {
         None => Ok(CredentialInput::Absent),
@@ -118,14 +118,14 @@ fn credential_input(f: &mut Fields) -> ApiResult<CredentialInput> {
 }
 
 /// The body's `secrets`, with masks (keep the value) dropped. `None` when not sent.
-fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
+pub(crate) fn secrets_input(f: &mut Fields) -> ApiResult<Option<Map<String, Value>>> {
     Ok(f.optional_object("secrets")?.map(|mut m| {
         m.retain(|_, v| v.as_str() != Some(MASK));
         m
     }))
 }
 
-fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
+pub(crate) fn connector(state: &AppState, id: &str) -> ApiResult<&'static ConnectorType> {
     state.catalog.get(id).ok_or_else(|| {
         ApiError::field(
             ErrorCode::UnknownType,
@@ -225,7 +225,7 @@ pub fn fill_secrets(
 }
 
 /// A shared credential a connection of type `ty` in `workspace_id` may reference.
-async fn shared_credential(
+pub(crate) async fn shared_credential(
     state: &AppState,
     p: &Principal,
     ty: &ConnectorType,
@@ -233,9 +233,7 @@ async fn shared_credential(
     id_or_name: &str,
     version: Option<i64>,
 ) -> ApiResult<Credential> {
-    if !p.can(Permission::CredentialsUse) {
-        return Err(ApiError::forbidden(Permission::CredentialsUse));
-    }
+    require_in(p, workspace_id, Permission::CredentialsUse)?;
     let found = match state.store.get_credential(id_or_name).await {
         Err(StoreError::NotFound) => {
             state
@@ -505,7 +503,7 @@ async fn owned_change(
     })
 }
 
-fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn strip_nulls(mut settings: Map<String, Value>) -> Map<String, Value> {
     settings.retain(|_, v| !v.is_null());
     settings
 }
@@ -517,9 +515,7 @@ pub async fn create(
     body: Map<String, Value>,
 ) -> ApiResult<Connection> {
     let project = workspaces::project(state, p, project_id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
+    require_in(p, &project.workspace_id, Permission::ConnectionsWrite)?;
     let mut f = Fields::new(body, WRITABLE, &[])?;
     let name = f.required_string("name")?;
     let type_id = f.required_string("type")?;
@@ -569,11 +565,9 @@ pub async fn create(
         .await?)
 }
 
-/// A connection the principal can see (404 otherwise, whatever the reason).
-pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
-    if !p.can(Permission::ConnectionsRead) {
-        return Err(ApiError::forbidden(Permission::ConnectionsRead));
-    }
+/// A connection in a workspace the principal sees (404 otherwise, whatever the reason). Callers
+/// check the permission their operation needs in that workspace.
+pub async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
     match state.store.get_connection(id).await {
         Ok(c) if p.sees_workspace(&c.workspace_id) => Ok(c),
         Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found("connection")),
@@ -581,12 +575,18 @@ pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connec
     }
 }
 
+/// A connection the principal can read: 404 when its workspace is invisible, 403 without
+/// connections:read there.
+pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
+    let c = find(state, p, id).await?;
+    require_in(p, &c.workspace_id, Permission::ConnectionsRead)?;
+    Ok(c)
+}
+
 /// A connection the principal can see and change.
 async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
     let current = load(state, p, id).await?;
-    if !p.can(Permission::ConnectionsWrite) {
-        return Err(ApiError::forbidden(Permission::ConnectionsWrite));
-    }
+    require_in(p, &current.workspace_id, Permission::ConnectionsWrite)?;
     Ok(current)
 }
 
@@ -608,22 +608,12 @@ pub async fn reveal(
     p: &Principal,
     c: &Connection,
 ) -> ApiResult<BTreeMap<String, SecretString>> {
-    if !p.can(Permission::ConnectionsReveal) {
-        return Err(ApiError::forbidden(Permission::ConnectionsReveal));
-    }
+    require_in(p, &c.workspace_id, Permission::ConnectionsReveal)?;
+    let out = resolve_secrets(state, c).await?;
     let Some(cred) = &c.credential else {
-        // Rows the start-up upgrade could not move (they fail their integrity check):
-        // reading them reports that, never an empty answer.
-        let legacy = state.store.legacy_secrets_of(&c.id).await?;
-        return decrypt_legacy(state, c, &legacy).await;
+        return Ok(out);
     };
     let version = cred.effective_version();
-    let ty = connector(state, &c.connector_type)?;
-    let out = fill_secrets(
-        ty,
-        &cred.kind,
-        credentials::values_for_use(state, &c.workspace_id, cred).await?,
-    );
     let fields: Vec<&String> = out.keys().collect();
     let entry = audit(
         p,
@@ -648,6 +638,27 @@ pub async fn reveal(
         tracing::warn!(error = %e, "could not record credential use");
     }
     Ok(out)
+}
+
+/// The decrypted secrets of a connection (from the credential version in effect, or the
+/// legacy rows the start-up upgrade could not move), renamed to the type's fields. No
+/// permission check and no audit: its callers (reveal, test) do both.
+pub async fn resolve_secrets(
+    state: &AppState,
+    c: &Connection,
+) -> ApiResult<BTreeMap<String, SecretString>> {
+    let Some(cred) = &c.credential else {
+        // Rows the start-up upgrade could not move (they fail their integrity check):
+        // reading them reports that, never an empty answer.
+        let legacy = state.store.legacy_secrets_of(&c.id).await?;
+        return decrypt_legacy(state, c, &legacy).await;
+    };
+    let ty = connector(state, &c.connector_type)?;
+    Ok(fill_secrets(
+        ty,
+        &cred.kind,
+        credentials::values_for_use(state, &c.workspace_id, cred).await?,
+    ))
 }
 
 /// Expected version from If-Match: `None` is `*` (any version).
@@ -923,9 +934,7 @@ pub async fn list(
     query: ListQuery,
 ) -> ApiResult<ConnectionPage> {
     let project = workspaces::project(state, p, project_id).await?;
-    if !p.can(Permission::ConnectionsRead) {
-        return Err(ApiError::forbidden(Permission::ConnectionsRead));
-    }
+    require_in(p, &project.workspace_id, Permission::ConnectionsRead)?;
     let ListFilter {
         connector_type,
         category,

@@ -22,7 +22,7 @@ use patchbay_store::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{audit, workspaces};
+use super::{audit, require_in, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -254,9 +254,7 @@ pub async fn create(
     body: Map<String, Value>,
 ) -> ApiResult<Credential> {
     let ws = workspaces::get(state, p, workspace).await?;
-    if !p.can(Permission::CredentialsWrite) {
-        return Err(ApiError::forbidden(Permission::CredentialsWrite));
-    }
+    require_in(p, &ws.id, Permission::CredentialsWrite)?;
     let mut f = Fields::new(body, CREATE_FIELDS, &[])?;
     let name = f.required_string("name")?;
     check_name("/name", &name)?;
@@ -310,11 +308,9 @@ pub async fn create(
     Ok(state.store.create_credential(&new, &entry).await?)
 }
 
-/// A credential the principal can see (404 otherwise, whatever the reason).
-pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Credential> {
-    if !p.can(Permission::CredentialsRead) {
-        return Err(ApiError::forbidden(Permission::CredentialsRead));
-    }
+/// A credential in a workspace the principal sees (404 otherwise, whatever the reason). Callers
+/// check the permission their operation needs in that workspace.
+pub async fn find(state: &AppState, p: &Principal, id: &str) -> ApiResult<Credential> {
     match state.store.get_credential(id).await {
         Ok(c) if p.sees_workspace(&c.workspace_id) => Ok(c),
         Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found("credential")),
@@ -322,13 +318,19 @@ pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Creden
     }
 }
 
+/// A credential the principal can read: 404 when its workspace is invisible, 403 without
+/// credentials:read there.
+pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Credential> {
+    let c = find(state, p, id).await?;
+    require_in(p, &c.workspace_id, Permission::CredentialsRead)?;
+    Ok(c)
+}
+
 /// A shared credential the principal can change. A connection's own credential changes
 /// through its connection.
 async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<Credential> {
     let c = load(state, p, id).await?;
-    if !p.can(Permission::CredentialsWrite) {
-        return Err(ApiError::forbidden(Permission::CredentialsWrite));
-    }
+    require_in(p, &c.workspace_id, Permission::CredentialsWrite)?;
     Ok(c)
 }
 
@@ -581,9 +583,7 @@ pub async fn list(
     after: Option<&str>,
 ) -> ApiResult<CredentialPage> {
     let ws = workspaces::get(state, p, workspace).await?;
-    if !p.can(Permission::CredentialsRead) {
-        return Err(ApiError::forbidden(Permission::CredentialsRead));
-    }
+    require_in(p, &ws.id, Permission::CredentialsRead)?;
     Ok(state
         .store
         .list_credentials(&ws.id, include_owned, limit, after)

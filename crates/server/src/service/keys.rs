@@ -25,7 +25,7 @@ use patchbay_store::{
 };
 use serde_json::json;
 
-use super::audit;
+use super::{audit, require_in};
 use crate::error::{ApiError, ApiResult};
 use crate::keyring::KeyRing;
 use crate::state::AppState;
@@ -483,7 +483,7 @@ pub async fn resume(state: &AppState) -> Result<(), String> {
 /// The master key is instance-wide: instance:admin on a token that is not confined to a
 /// workspace.
 fn instance_admin(p: &Principal) -> bool {
-    p.can(Permission::InstanceAdmin) && p.workspace_id.is_none()
+    p.can_everywhere(Permission::InstanceAdmin)
 }
 
 /// `POST /api/v1/keys/rotate-master`.
@@ -551,9 +551,7 @@ fn new_id_for_rotation() -> String {
 /// `POST /api/v1/workspaces/{ws}/keys/rotate-data`.
 pub async fn rotate_data(state: &AppState, p: &Principal, ws: &str) -> ApiResult<KeyRotation> {
     let ws = super::workspaces::get(state, p, ws).await?;
-    if !p.can(Permission::WorkspaceAdmin) {
-        return Err(ApiError::forbidden(Permission::WorkspaceAdmin));
-    }
+    require_in(p, &ws.id, Permission::WorkspaceAdmin)?;
     let dek = state.keys.new_data_key(&ws.id);
     let rotation_id = new_id();
     let entry = audit(
@@ -589,7 +587,7 @@ pub async fn get_rotation(state: &AppState, p: &Principal, id: &str) -> ApiResul
         Err(e) => return Err(e.into()),
     };
     let visible = match &r.workspace_id {
-        Some(ws) => p.sees_workspace(ws) && p.can(Permission::WorkspaceAdmin),
+        Some(ws) => p.can_in(ws, Permission::WorkspaceAdmin),
         None => instance_admin(p),
     };
     if !visible {
@@ -629,6 +627,9 @@ pub async fn status(state: &AppState, p: &Principal) -> ApiResult<KeysStatus> {
     let keys = state.store.list_data_keys().await?;
     let mut workspaces = vec![];
     for w in super::workspaces::list(state, p).await? {
+        if !p.can_in(&w.id, Permission::WorkspaceAdmin) {
+            continue;
+        }
         let data_keys = keys
             .iter()
             .filter(|k| k.key.workspace_id == w.id)
@@ -652,7 +653,7 @@ pub async fn status(state: &AppState, p: &Principal) -> ApiResult<KeysStatus> {
         .await?
         .into_iter()
         .filter(|r| match &r.workspace_id {
-            Some(ws) => p.sees_workspace(ws),
+            Some(ws) => p.can_in(ws, Permission::WorkspaceAdmin),
             None => instance_admin(p),
         })
         .collect();

@@ -7,11 +7,27 @@ pub mod credentials;
 pub mod external;
 pub mod keys;
 pub mod oauth;
+pub mod probes;
+pub mod sessions;
 pub mod tokens;
+pub mod users;
 pub mod workspaces;
 
 use patchbay_core::model::Principal;
+use patchbay_core::permission::Permission;
 use patchbay_store::{AuditEntry, Outcome};
+
+use crate::error::{ApiError, ApiResult};
+
+/// 403 unless `p` holds `perm` in workspace `workspace_id`. Callers first make sure the
+/// workspace is visible (404 otherwise), so a 403 never reveals that something exists.
+pub(crate) fn require_in(p: &Principal, workspace_id: &str, perm: Permission) -> ApiResult<()> {
+    if p.can_in(workspace_id, perm) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(perm))
+    }
+}
 
 /// A successful action of `principal`, with its request id and source address.
 pub(crate) fn audit(

@@ -17,7 +17,7 @@ use patchbay_external::{
 use patchbay_store::Store;
 use serde_json::{json, Value};
 
-use super::{audit, credentials};
+use super::{audit, credentials, require_in};
 use crate::error::{ApiError, ApiResult};
 use crate::keyring::KeyRing;
 use crate::state::AppState;
@@ -237,10 +237,8 @@ pub async fn access_token(
     id: &str,
     rejected: Option<SecretString>,
 ) -> ApiResult<AccessToken> {
-    if !p.can(Permission::ConnectionsResolve) {
-        return Err(ApiError::forbidden(Permission::ConnectionsResolve));
-    }
-    let c = credentials::load(state, p, id).await?;
+    let c = credentials::find(state, p, id).await?;
+    require_in(p, &c.workspace_id, Permission::ConnectionsResolve)?;
     if c.kind != OAUTH2_KIND {
         return Err(ApiError::new(
             ErrorCode::InvalidState,

@@ -35,8 +35,19 @@ pub struct Minted {
     pub token: SecretString,
 }
 
-fn subset_of_caller(p: &Principal, wanted: &PermissionSet, pointer: &str) -> ApiResult<()> {
-    match wanted.iter().find(|w| !p.can(*w)) {
+/// A token's permissions must be held by its creator: in the token's workspace when it has
+/// one, else in at least one workspace (the user's roles still limit it per workspace).
+fn subset_of_caller(
+    p: &Principal,
+    workspace_id: Option<&str>,
+    wanted: &PermissionSet,
+    pointer: &str,
+) -> ApiResult<()> {
+    let holds = |w: Permission| match workspace_id {
+        Some(ws) => p.can_in(ws, w),
+        None => p.can(w),
+    };
+    match wanted.iter().find(|w| !holds(*w)) {
         Some(missing) => Err(ApiError::field(
             ErrorCode::InvalidField,
             pointer,
@@ -46,15 +57,25 @@ fn subset_of_caller(p: &Principal, wanted: &PermissionSet, pointer: &str) -> Api
     }
 }
 
-async fn mint(
-    state: &AppState,
-    p: &Principal,
+/// What a new token is: everything but its id and secret.
+struct Spec {
     name: String,
-    kind: &str,
+    kind: &'static str,
+    user_id: Option<String>,
     workspace_id: Option<String>,
     permissions: PermissionSet,
     expires_at: Option<i64>,
-) -> ApiResult<Minted> {
+}
+
+async fn mint(state: &AppState, p: &Principal, spec: Spec) -> ApiResult<Minted> {
+    let Spec {
+        name,
+        kind,
+        user_id,
+        workspace_id,
+        permissions,
+        expires_at,
+    } = spec;
     let token = generate_token();
     let id = new_id();
     let entry = audit(
@@ -63,7 +84,7 @@ async fn mint(
         workspace_id.as_deref(),
         "token",
         &id,
-        json!({"name": name, "kind": kind, "permissions": permissions.to_storage(), "expires_at": expires_at}),
+        json!({"name": name, "kind": kind, "user_id": user_id, "permissions": permissions.to_storage(), "expires_at": expires_at}),
     );
     state
         .store
@@ -77,6 +98,7 @@ async fn mint(
                 expires_at,
                 kind: kind.into(),
                 created_by: Some(p.actor()),
+                user_id,
             },
             &entry,
         )
@@ -95,7 +117,13 @@ pub async fn create(
 ) -> ApiResult<Minted> {
     let mut f = Fields::new(
         body,
-        &["name", "expires_in", "workspace_id", "permissions"],
+        &[
+            "name",
+            "expires_in",
+            "workspace_id",
+            "permissions",
+            "user_id",
+        ],
         &[],
     )?;
     let name = f.required_string("name")?;
@@ -146,20 +174,38 @@ pub async fn create(
                 })?;
                 set.insert(perm);
             }
-            subset_of_caller(p, &set, "/permissions")?;
+            subset_of_caller(p, workspace_id.as_deref(), &set, "/permissions")?;
             set
         }
     };
-    mint(
-        state,
-        p,
+    // An instance administrator may mint a token for another user; it then works only
+    // within that user's roles.
+    let user_id = match f.optional_string("user_id")? {
+        None => p.user_id.clone(),
+        Some(_) if !p.can_everywhere(Permission::InstanceAdmin) => {
+            return Err(ApiError::forbidden(Permission::InstanceAdmin))
+        }
+        Some(u) => match state.store.get_user(&u).await {
+            Ok(user) => Some(user.id),
+            Err(StoreError::NotFound) => {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidField,
+                    "/user_id",
+                    "no such user",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let spec = Spec {
         name,
-        PERSONAL,
+        kind: PERSONAL,
+        user_id,
         workspace_id,
         permissions,
         expires_at,
-    )
-    .await
+    };
+    mint(state, p, spec).await
 }
 
 /// POST /api/v1/workspaces/{ws}/runner-tokens: `{ttl_seconds?}` (default 15 min, at most 1 h).
@@ -190,26 +236,25 @@ pub async fn create_runner(
         }
     };
     let permissions: PermissionSet = RUNNER_PERMISSIONS.iter().copied().collect();
-    if let Some(missing) = permissions.iter().find(|w| !p.can(*w)) {
+    if let Some(missing) = permissions.iter().find(|w| !p.can_in(&ws.id, *w)) {
         return Err(ApiError::forbidden(missing));
     }
     let name = format!("runner-{}", &new_id()[24..]);
-    mint(
-        state,
-        p,
+    let spec = Spec {
         name,
-        RUNNER,
-        Some(ws.id),
+        kind: RUNNER,
+        user_id: p.user_id.clone(),
+        workspace_id: Some(ws.id),
         permissions,
-        Some(now_millis() + ttl * 1000),
-    )
-    .await
+        expires_at: Some(now_millis() + ttl * 1000),
+    };
+    mint(state, p, spec).await
 }
 
 /// Whether `p` may see and revoke token `t`: its own, one it minted, or any for an
 /// instance administrator.
 fn visible(p: &Principal, t: &TokenRecord) -> bool {
-    p.can(Permission::InstanceAdmin) && p.workspace_id.is_none()
+    p.can_everywhere(Permission::InstanceAdmin)
         || t.id == p.token_id
         || t.created_by.as_deref() == Some(p.actor().as_str())
 }

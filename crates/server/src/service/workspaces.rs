@@ -7,7 +7,7 @@ use patchbay_core::permission::Permission;
 use patchbay_store::{new_id, StoreError};
 use serde_json::json;
 
-use super::audit;
+use super::{audit, require_in};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -33,7 +33,7 @@ pub async fn get(state: &AppState, p: &Principal, id_or_name: &str) -> ApiResult
 }
 
 pub async fn create(state: &AppState, p: &Principal, name: &str) -> ApiResult<Workspace> {
-    if !p.can(Permission::InstanceAdmin) {
+    if !p.can_everywhere(Permission::InstanceAdmin) {
         return Err(ApiError::forbidden(Permission::InstanceAdmin));
     }
     check_name("/name", name)?;
@@ -55,9 +55,7 @@ pub async fn create(state: &AppState, p: &Principal, name: &str) -> ApiResult<Wo
 
 pub async fn list_projects(state: &AppState, p: &Principal, ws: &str) -> ApiResult<Vec<Project>> {
     let ws = get(state, p, ws).await?;
-    if !p.can(Permission::ConnectionsRead) {
-        return Err(ApiError::forbidden(Permission::ConnectionsRead));
-    }
+    require_in(p, &ws.id, Permission::ConnectionsRead)?;
     Ok(state.store.list_projects(&ws.id).await?)
 }
 
@@ -68,9 +66,7 @@ pub async fn create_project(
     name: &str,
 ) -> ApiResult<Project> {
     let ws = get(state, p, ws).await?;
-    if !p.can(Permission::WorkspaceAdmin) {
-        return Err(ApiError::forbidden(Permission::WorkspaceAdmin));
-    }
+    require_in(p, &ws.id, Permission::WorkspaceAdmin)?;
     check_name("/name", name)?;
     let entry = audit(
         p,

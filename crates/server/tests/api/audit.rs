@@ -370,7 +370,7 @@ async fn tamper(sql: &str) -> Value {
 
 #[tokio::test]
 async fn verify_names_the_first_broken_event_after_tampering() {
-    // Bootstrap writes seq 1-3; the four connections are seq 4-7.
+    // Bootstrap writes seq 1-4; the four connections are seq 5-8.
     let edited = tamper("UPDATE audit_events SET actor = 'token:someone-else' WHERE seq = 5").await;
     assert_eq!(
         edited,
@@ -390,10 +390,10 @@ async fn verify_names_the_first_broken_event_after_tampering() {
     assert_eq!(swapped["ok"], false);
     assert_eq!(swapped["broken_seq"], 5);
     assert_eq!(swapped["reason"], "reordered");
-    let truncated = tamper("DELETE FROM audit_events WHERE seq = 7").await;
+    let truncated = tamper("DELETE FROM audit_events WHERE seq = 8").await;
     assert_eq!(
         truncated,
-        json!({"ok": false, "broken_seq": 7, "reason": "head_mismatch"})
+        json!({"ok": false, "broken_seq": 8, "reason": "head_mismatch"})
     );
     let cut_start = tamper("DELETE FROM audit_events WHERE seq = 1").await;
     assert_eq!(

@@ -51,6 +51,7 @@ impl Service {
         settings: patchbay_server::state::Settings,
     ) -> Result<Self, String> {
         let config = Config {
+            tls: Default::default(),
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             database_url: None,
@@ -111,6 +112,7 @@ impl Service {
                     expires_at: None,
                     kind: "personal".into(),
                     created_by: None,
+                    user_id: None,
                 },
                 &patchbay_store::AuditEntry::system(
                     "system:test",
@@ -176,6 +178,71 @@ impl Service {
             body.map(|b| b.to_string().into_bytes()),
         )
         .await
+    }
+
+    /// JSON call with another token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut h = vec![];
+        if body.is_some() {
+            h.push(("content-type", "application/json"));
+        }
+        self.raw(
+            method,
+            path,
+            Some(token),
+            &h,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// A new local user (as the instance admin); returns the user id.
+    pub async fn create_user(&self, username: &str) -> String {
+        let r = self
+            .call(
+                Method::POST,
+                "/api/v1/users",
+                Some(
+                    serde_json::json!({"username": username, "password": "a long enough password"}),
+                ),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Gives `user` `role` in workspace `ws` (as the instance admin).
+    pub async fn set_role(&self, ws: &str, user: &str, role: &str) {
+        let r = self
+            .call(
+                Method::PUT,
+                &format!("/api/v1/workspaces/{ws}/members/{user}"),
+                Some(serde_json::json!({"role": role})),
+                &[],
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.text);
+    }
+
+    /// A personal token of `user`, minted by the instance admin.
+    pub async fn user_token(&self, user: &str) -> String {
+        let r = self
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(serde_json::json!({"name": "user-token", "user_id": user})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body["token"].as_str().unwrap().to_owned()
     }
 
     pub async fn default_workspace(&self) -> String {

@@ -2,6 +2,7 @@
 //! free port with a fresh SQLite data directory (PostgreSQL parity is the store suite's
 //! job; the binary's end-to-end test runs this service on both).
 
+mod access;
 mod audit;
 mod bad_requests;
 mod connections;
@@ -9,4 +10,7 @@ mod credentials;
 mod external;
 mod keys;
 mod kit;
+mod probe;
+mod sessions;
+mod tls;
 mod tokens;

@@ -273,3 +273,49 @@ async fn runner_tokens_reach_one_workspace_for_at_most_an_hour() {
     let late = with(&s, &short, Method::GET, "/api/v1/tokens", None).await;
     assert_eq!(late.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_source_address_with_one_401_for_every_cause() {
+    let s = Service::start_with(patchbay_server::state::Settings {
+        auth_failure_limit: 5,
+        ..Default::default()
+    })
+    .await;
+    // Unknown, malformed and truncated tokens all get the same 401: nothing says which part
+    // was wrong.
+    let bodies = [
+        "pbt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+        "not-a-token".to_owned(),
+        s.token[..s.token.len() - 1].to_owned(),
+    ];
+    let mut seen = vec![];
+    for t in &bodies {
+        let r = with(&s, t, Method::GET, "/api/v1/workspaces", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        seen.push(r.text);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    // Two more failures reach the limit of 5 for this address...
+    for _ in 0..2 {
+        let r = with(&s, "pbt_guess", Method::GET, "/api/v1/workspaces", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // ...after which the address is refused before any lookup, even with a valid token.
+    let blocked = s.call(Method::GET, "/api/v1/workspaces", None, &[]).await;
+    assert_eq!(
+        blocked.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        blocked.text
+    );
+    assert_eq!(blocked.body["code"], "rate_limited");
+    let retry: u64 = blocked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Requests that need no token still work.
+    let health = s.raw(Method::GET, "/api/v1/health", None, &[], None).await;
+    assert_eq!(health.status, StatusCode::OK);
+}

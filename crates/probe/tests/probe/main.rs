@@ -1,0 +1,10 @@
+//! Probe behaviour against real servers on 127.0.0.1 (scripts/peers-probe.sh starts them)
+//! and local responders. Loopback is denied by default, so every test builds a policy that
+//! allows 127.0.0.1 (or one port of it) explicitly.
+
+mod deadline;
+mod http;
+mod kit;
+mod postgres;
+mod redis;
+mod ssrf;

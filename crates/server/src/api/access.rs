@@ -1,0 +1,277 @@
+//! Deny by default: every route declares here what it needs, in one table. A middleware
+//! authenticates the caller and checks the declared permission before any handler runs; a
+//! route with no declaration answers 403 whatever the token. The service layer then checks
+//! the permission again in the workspace of the resource (`Principal::can_in`), which the
+//! table cannot know.
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use patchbay_core::permission::Permission::{self, *};
+use patchbay_core::ErrorCode;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: health, readiness, the OpenAPI document.
+    Public,
+    /// Any valid token; the handler decides what it shows (e.g. the workspaces it sees).
+    Authenticated,
+    /// A token holding this permission in at least one workspace; the service checks the
+    /// resource's own workspace.
+    Needs(Permission),
+}
+
+use Access::*;
+
+/// Every route of the API: method, path template (as routed), access.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/api/v1/health", Public),
+    ("GET", "/api/v1/ready", Public),
+    ("GET", "/api/openapi.json", Public),
+    // Signing in is authentication itself; /logout and / read the session cookie and
+    // check the CSRF token themselves.
+    ("POST", "/api/v1/sessions", Public),
+    ("DELETE", "/api/v1/sessions/current", Authenticated),
+    ("GET", "/login", Public),
+    ("POST", "/login", Public),
+    ("POST", "/logout", Public),
+    ("GET", "/", Public),
+    ("GET", "/api/v1/connection-types", Authenticated),
+    ("GET", "/api/v1/connection-types/{type}", Authenticated),
+    ("GET", "/api/v1/credential-kinds", Authenticated),
+    ("GET", "/api/v1/workspaces", Authenticated),
+    ("POST", "/api/v1/workspaces", Needs(InstanceAdmin)),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/projects",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/projects",
+        Needs(WorkspaceAdmin),
+    ),
+    (
+        "GET",
+        "/api/v1/projects/{project}/connections",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/connections",
+        Needs(ConnectionsWrite),
+    ),
+    ("GET", "/api/v1/connections/{id}", Needs(ConnectionsRead)),
+    (
+        "POST",
+        "/api/v1/connections/{id}/test",
+        Needs(ConnectionsTest),
+    ),
+    (
+        "GET",
+        "/api/v1/connections/{id}/tests",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/connections/test",
+        Needs(ConnectionsTest),
+    ),
+    ("PUT", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
+    ("PATCH", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
+    (
+        "DELETE",
+        "/api/v1/connections/{id}",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/credentials",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/credentials",
+        Needs(CredentialsWrite),
+    ),
+    ("GET", "/api/v1/credentials/{id}", Needs(CredentialsRead)),
+    ("PATCH", "/api/v1/credentials/{id}", Needs(CredentialsWrite)),
+    (
+        "DELETE",
+        "/api/v1/credentials/{id}",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/credentials/{id}/versions",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/credentials/{id}/versions",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "POST",
+        "/api/v1/credentials/{id}/versions/{version}/revoke",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/credentials/{id}/usage",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/credentials/{id}/token",
+        Needs(ConnectionsResolve),
+    ),
+    ("GET", "/api/v1/tokens", Authenticated),
+    ("POST", "/api/v1/tokens", Authenticated),
+    ("DELETE", "/api/v1/tokens/{id}", Authenticated),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/runner-tokens",
+        Needs(ConnectionsResolve),
+    ),
+    ("GET", "/api/v1/users", Needs(MembersManage)),
+    ("POST", "/api/v1/users", Needs(InstanceAdmin)),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/members",
+        Needs(MembersManage),
+    ),
+    (
+        "PUT",
+        "/api/v1/workspaces/{ws}/members/{user}",
+        Needs(MembersManage),
+    ),
+    (
+        "DELETE",
+        "/api/v1/workspaces/{ws}/members/{user}",
+        Needs(MembersManage),
+    ),
+    ("GET", "/api/v1/workspaces/{ws}/roles", Authenticated),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/roles",
+        Needs(WorkspaceAdmin),
+    ),
+    ("GET", "/api/v1/workspaces/{ws}/audit", Needs(AuditRead)),
+    ("GET", "/api/v1/audit/verify", Needs(InstanceAdmin)),
+    ("GET", "/api/v1/keys", Needs(WorkspaceAdmin)),
+    ("POST", "/api/v1/keys/rotate-master", Needs(InstanceAdmin)),
+    ("GET", "/api/v1/keys/rotations/{id}", Needs(WorkspaceAdmin)),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/keys/rotate-data",
+        Needs(WorkspaceAdmin),
+    ),
+];
+
+/// The declaration of a route; HEAD is GET's.
+pub fn declared(method: &Method, path: &str) -> Option<Access> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|(_, _, a)| *a)
+}
+
+/// The route layer: authenticate, check the declared permission, hand the principal on to
+/// the handler (which then does not look the token up again).
+pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let access = match declared(req.method(), &path) {
+        Some(a) => a,
+        None => {
+            tracing::error!(method = %req.method(), route = path, "route has no access declaration; denied");
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                "this route declares no permission and is denied to everyone",
+            )
+            .into_response();
+        }
+    };
+    if access == Public {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let principal = match Auth::from_request_parts(&mut parts, &state).await {
+        Ok(Auth(p)) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Needs(perm) = access {
+        if !principal.can(perm) {
+            return ApiError::forbidden(perm).into_response();
+        }
+    }
+    parts.extensions.insert(principal);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::OpenApi;
+
+    /// Every operation of the OpenAPI document (which lists every handler) is declared, and
+    /// every declaration is documented.
+    #[test]
+    fn every_documented_route_declares_its_access_and_vice_versa() {
+        let doc = crate::api::ApiDoc::openapi();
+        let mut documented = vec![];
+        for (path, item) in &doc.paths.paths {
+            let ops = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            for (m, present) in ops {
+                if present {
+                    documented.push((m.to_owned(), path.clone()));
+                }
+            }
+        }
+        let undeclared: Vec<_> = documented
+            .iter()
+            .filter(|(m, p)| declared(&m.parse().unwrap(), p).is_none())
+            .collect();
+        assert!(
+            undeclared.is_empty(),
+            "routes without a declaration: {undeclared:?}"
+        );
+        let undocumented: Vec<_> = ROUTES
+            .iter()
+            .filter(|(m, p, _)| {
+                // HTML pages and the document itself are not API operations.
+                p.starts_with("/api/v1/")
+                    && !documented.contains(&((*m).to_owned(), (*p).to_owned()))
+            })
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "declared but not in the OpenAPI document: {undocumented:?}"
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for (m, p, _) in ROUTES {
+            assert!(seen.insert((m, p)), "{m} {p} declared twice");
+        }
+    }
+}

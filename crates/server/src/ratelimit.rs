@@ -1,0 +1,86 @@
+//! Fixed-window counters per key, in memory (per replica): failed authentications per
+//! source address and per token prefix. A key that reached its limit is refused until its
+//! window ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Above this many keys, expired windows are dropped; if that is not enough the oldest half
+/// goes (an attacker spraying addresses must not exhaust memory).
+const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug)]
+pub struct WindowLimiter {
+    limit: u32,
+    window: Duration,
+    counts: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl WindowLimiter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(retry_after)` when `key` used up its window.
+    pub fn blocked(&self, key: &str) -> Option<Duration> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, n) = counts.get(key)?;
+        let elapsed = start.elapsed();
+        (*n >= self.limit && elapsed < self.window).then(|| self.window - elapsed)
+    }
+
+    /// Counts one event for `key`.
+    pub fn record(&self, key: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if counts.len() >= MAX_KEYS && !counts.contains_key(key) {
+            counts.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            if counts.len() >= MAX_KEYS {
+                let mut starts: Vec<Instant> = counts.values().map(|(s, _)| *s).collect();
+                starts.sort();
+                let cut = starts[starts.len() / 2];
+                counts.retain(|_, (start, _)| *start > cut);
+            }
+        }
+        let entry = counts.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_blocked_after_its_limit_until_the_window_ends() {
+        let l = WindowLimiter::new(3, Duration::from_millis(200));
+        for _ in 0..2 {
+            l.record("a");
+        }
+        assert!(l.blocked("a").is_none());
+        l.record("a");
+        assert!(l.blocked("a").is_some());
+        assert!(l.blocked("b").is_none(), "keys are independent");
+        std::thread::sleep(Duration::from_millis(220));
+        assert!(l.blocked("a").is_none(), "the window ended");
+        l.record("a");
+        assert!(l.blocked("a").is_none(), "a new window starts at one");
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_spray_of_keys() {
+        let l = WindowLimiter::new(1, Duration::from_secs(60));
+        for i in 0..(MAX_KEYS + 10) {
+            l.record(&i.to_string());
+        }
+        assert!(l.counts.lock().unwrap().len() <= MAX_KEYS);
+    }
+}

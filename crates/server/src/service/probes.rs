@@ -1,0 +1,315 @@
+//! Test connection (issue 6): runs `patchbay_probe` against a saved connection with its
+//! decrypted secrets, through the server's network guard, under a per-principal rate limit
+//! and a cap on concurrently running tests; records a `connection.test` audit event with
+//! the outcome (never secrets).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use patchbay_core::model::{Connection, ConnectionCredential, Principal};
+use patchbay_core::permission::Permission;
+use patchbay_core::schema::ConnectorType;
+use patchbay_core::validate::{check_required, validate_secret_names, validate_settings};
+use patchbay_core::ErrorCode;
+use patchbay_crypto::SecretString;
+use patchbay_probe::{ErrorClass, NetworkGuard, ProbeResult};
+use serde_json::{json, Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connections::{self as conn, provided_settings, resolve_secrets};
+use super::{audit, credentials, workspaces};
+use crate::body::Fields;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Tunables of connection tests, part of the server settings.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    /// The network policy (PATCHBAY_NETWORK_ALLOW / _DENY, --network-allow / --network-deny).
+    pub policy: patchbay_probe::Policy,
+    /// The deadline of one test (capped at 60 s by the probe crate).
+    pub deadline: Duration,
+    /// Tests one principal may start per minute.
+    pub per_minute: usize,
+    /// Tests running at once, server-wide.
+    pub concurrency: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            policy: patchbay_probe::Policy::default(),
+            deadline: patchbay_probe::DEFAULT_DEADLINE,
+            per_minute: 30,
+            concurrency: 16,
+        }
+    }
+}
+
+/// The guard plus the limiter state, one per service.
+pub struct Probes {
+    guard: NetworkGuard,
+    settings: ProbeSettings,
+    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    running: Arc<Semaphore>,
+}
+
+impl Probes {
+    pub fn new(settings: ProbeSettings) -> Self {
+        Self {
+            guard: NetworkGuard::new(settings.policy.clone()),
+            running: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            recent: Mutex::new(HashMap::new()),
+            settings,
+        }
+    }
+
+    /// Sliding one-minute window per principal.
+    fn admit(&self, actor: &str) -> ApiResult<()> {
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let q = recent.entry(actor.to_owned()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+        if q.len() >= self.settings.per_minute {
+            let wait = q
+                .front()
+                .map(|t| window.saturating_sub(now.duration_since(*t)))
+                .unwrap_or(window);
+            return Err(ApiError::rate_limited(
+                format!(
+                    "at most {} connection tests a minute; retry a minute later",
+                    self.settings.per_minute
+                ),
+                wait,
+            ));
+        }
+        q.push_back(now);
+        Ok(())
+    }
+}
+
+/// A connection the principal may test (404 for other workspaces, as everywhere).
+async fn load_for_test(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
+    let c = conn::find(state, p, id).await?;
+    super::require_in(p, &c.workspace_id, Permission::ConnectionsTest)?;
+    Ok(c)
+}
+
+/// Tests a saved connection. A failed test is a 200 with `ok: false`; only settings that
+/// cannot describe a target at all (URL with credentials, undeclared scheme) answer 400.
+pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<ProbeResult> {
+    let c = load_for_test(state, p, id).await?;
+    let ty = state.catalog.get(&c.connector_type).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownType,
+            "the connection's type is no longer in the catalog",
+        )
+    })?;
+    let permit = admit(state, p)?;
+    let secrets = resolve_secrets(state, &c).await?;
+    let mut settings = c
+        .credential
+        .as_ref()
+        .map(|cred| provided_settings(ty, cred))
+        .unwrap_or_default();
+    for (k, v) in &c.settings {
+        settings.insert(k.clone(), v.clone());
+    }
+    let subject = Subject {
+        workspace_id: &c.workspace_id,
+        kind: "connection",
+        id: &c.id,
+        details: json!({"version": c.version}),
+    };
+    run(state, p, ty, &settings, secrets, subject, permit).await
+}
+
+/// Tests a draft: a body like create's (inline `secrets` or a shared `credential`),
+/// validated the same way, nothing stored.
+pub async fn test_draft(
+    state: &AppState,
+    p: &Principal,
+    project_id: &str,
+    body: Map<String, Value>,
+) -> ApiResult<ProbeResult> {
+    let project = workspaces::project(state, p, project_id).await?;
+    super::require_in(p, &project.workspace_id, Permission::ConnectionsTest)?;
+    let mut f = Fields::new(body, conn::WRITABLE, &[])?;
+    // Metadata is accepted (a create body can be tested as is) but plays no part.
+    let _ = f.take("name");
+    let _ = f.optional_string("description")?;
+    let _ = f.optional_string("environment")?;
+    let _ = f.optional_string_list("tags")?;
+    let ty = conn::connector(state, &f.required_string("type")?)?;
+    let mut settings = conn::strip_nulls(f.optional_object("settings")?.unwrap_or_default());
+    validate_settings(ty, &settings)?;
+    let credential = conn::credential_input(&mut f)?;
+    let inline = conn::secrets_input(&mut f)?.unwrap_or_default();
+    let secrets = match credential {
+        conn::CredentialInput::Ref {
+            id_or_name,
+            version,
+        } => {
+            if !inline.is_empty() {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidField,
+                    "/secrets",
+                    "`secrets` and `credential` are alternatives: send one",
+                ));
+            }
+            let cred =
+                conn::shared_credential(state, p, ty, &project.workspace_id, &id_or_name, version)
+                    .await?;
+            let public = match version {
+                Some(v) => state.store.credential_public_fields(&cred.id, v).await?,
+                None => cred.public_fields.clone(),
+            };
+            for (k, v) in public {
+                if let Some(target) = ty.credential_target(&cred.kind, &k) {
+                    if ty.settings.properties.get(target).is_some() {
+                        settings.entry(target.to_owned()).or_insert(v);
+                    }
+                }
+            }
+            let link = ConnectionCredential {
+                id: cred.id.clone(),
+                name: cred.name.clone(),
+                kind: cred.kind.clone(),
+                owned: false,
+                pinned_version: version,
+                current_version: cred.current_version,
+                external: cred.external.is_some(),
+                secret_fields: cred.secret_fields.clone(),
+                public_fields: Map::new(),
+            };
+            conn::fill_secrets(
+                ty,
+                &cred.kind,
+                credentials::values_for_use(state, &project.workspace_id, &link).await?,
+            )
+        }
+        conn::CredentialInput::Absent | conn::CredentialInput::Detach => {
+            validate_secret_names(ty, inline.keys().map(String::as_str))?;
+            let mut out = BTreeMap::new();
+            for (k, v) in inline {
+                match v {
+                    Value::String(s) => {
+                        out.insert(k, SecretString::new(s));
+                    }
+                    Value::Null => {}
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidSetting,
+                            format!("/secrets/{k}"),
+                            "secret values are strings",
+                        ))
+                    }
+                }
+            }
+            out
+        }
+    };
+    let names: BTreeSet<String> = secrets.keys().cloned().collect();
+    check_required(ty, &settings, &names)?;
+    let permit = admit(state, p)?;
+    let subject = Subject {
+        workspace_id: &project.workspace_id,
+        kind: "project",
+        id: &project.id,
+        details: json!({"draft": true, "type": ty.id}),
+    };
+    run(state, p, ty, &settings, secrets, subject, permit).await
+}
+
+/// What an audit record of a test is about.
+struct Subject<'a> {
+    workspace_id: &'a str,
+    kind: &'a str,
+    id: &'a str,
+    details: Value,
+}
+
+/// Rate limit, then a slot under the concurrency cap.
+fn admit(state: &AppState, p: &Principal) -> ApiResult<OwnedSemaphorePermit> {
+    let probes = &state.probes;
+    probes.admit(&p.actor())?;
+    probes.running.clone().try_acquire_owned().map_err(|_| {
+        ApiError::rate_limited(
+            "too many connection tests are running; retry in a moment",
+            std::time::Duration::from_secs(1),
+        )
+    })
+}
+
+async fn run(
+    state: &AppState,
+    p: &Principal,
+    ty: &ConnectorType,
+    settings: &Map<String, Value>,
+    secrets: BTreeMap<String, SecretString>,
+    subject: Subject<'_>,
+    permit: OwnedSemaphorePermit,
+) -> ApiResult<ProbeResult> {
+    let probes = &state.probes;
+    let result = patchbay_probe::probe(
+        ty,
+        settings,
+        &secrets,
+        &probes.guard,
+        probes.settings.deadline,
+    )
+    .await;
+    drop(secrets);
+    drop(permit);
+    let mut details = json!({
+        "ok": result.ok,
+        "duration_ms": result.duration_ms,
+        "stage": result.error.as_ref().map(|e| e.stage.as_str()),
+        "class": result.error.as_ref().map(|e| e.class.as_str()),
+    });
+    if let (Some(d), Some(extra)) = (details.as_object_mut(), subject.details.as_object()) {
+        d.extend(extra.clone());
+    }
+    let entry = audit(
+        p,
+        "connection.test",
+        Some(subject.workspace_id),
+        subject.kind,
+        subject.id,
+        details,
+    );
+    if subject.kind == "connection" {
+        // The result becomes the connection's last result (20 kept), with its audit record.
+        let json = serde_json::to_value(&result)
+            .map_err(|_| ApiError(patchbay_core::Error::internal()))?;
+        state
+            .store
+            .record_connection_test(subject.id, result.ok, &json, &entry)
+            .await?;
+    } else {
+        state.store.record_audit(&entry).await?;
+    }
+    if let Some(e) = &result.error {
+        if e.class == ErrorClass::InvalidSettings {
+            return Err(ApiError::new(ErrorCode::InvalidSetting, e.message.clone()));
+        }
+    }
+    Ok(result)
+}
+
+/// The stored results of a connection's tests, newest first (the first is its last result).
+pub async fn history(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> ApiResult<Vec<patchbay_store::StoredTestResult>> {
+    let c = conn::load(state, p, id).await?;
+    Ok(state.store.connection_tests(&c.id).await?)
+}
