@@ -843,8 +843,20 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
             }
             other => panic!("{backend}: {other:?}"),
         };
-        // A well-forged event appended behind the store's back: its hash is right, but the
-        // recorded head does not name it.
+        // An event that does not extend the head: SQLite's triggers refuse it.
+        if backend == "sqlite" {
+            let refused = sqlx::query(
+                "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, \
+                 target_id, details, prev_hash, hash) \
+                 VALUES (40, 5, 'a', 'b', 'success', 'c', 'd', '{}', 'x', 'y')",
+            )
+            .execute(&raw)
+            .await;
+            assert!(refused.is_err(), "a forked append was accepted");
+            continue;
+        }
+        // PostgreSQL: a well-forged event appended behind the store's back has the right
+        // hash, but the recorded head does not name it.
         let forged = audit("test.forged", "x");
         let details = forged.details.to_string();
         let hash = patchbay_store::event_hash(&head, 35, 5, &forged, &details);
