@@ -11,6 +11,7 @@
 
 pub mod guard;
 mod http;
+mod mysql;
 mod net;
 mod postgres;
 mod redis;
@@ -37,7 +38,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
-pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http"];
+pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "mysql"];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
 pub struct Target<'a> {
@@ -119,6 +120,7 @@ pub async fn probe(
         "postgres" => postgres::probe(&target, guard, budget).await,
         "redis" => redis::probe(&target, guard, budget).await,
         "http" => http::probe(&target, guard, budget).await,
+        "mysql" => mysql::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

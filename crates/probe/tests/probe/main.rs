@@ -5,6 +5,7 @@
 mod deadline;
 mod http;
 mod kit;
+mod mysql;
 mod postgres;
 mod redis;
 mod ssrf;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Test-connection peers for the database and broker probes (issue 6), idempotent, bound to
+# 127.0.0.1. Runs after peers-probe.sh (it reuses that script's test CA in $PEERS_DIR).
+#  - MariaDB (pre-started, 3306): users pb_ro (SELECT only) and pb_rw (can write), db pbtest.
+#  - MariaDB with TLS on 3307: a second server in $PEERS_DIR/mariadb3307, the test CA's cert.
+set -euo pipefail
+
+PEERS_DIR=${PATCHBAY_PROBE_PEERS_DIR:-/tmp/patchbay-peers/probe}
+mkdir -p "$PEERS_DIR"
+
+# --- MariaDB users on the pre-started server (3306) --------------------------------------
+mysql_users() {
+  mariadb -uroot -h127.0.0.1 -P"$1" "${@:2}" <<'SQL'
+CREATE DATABASE IF NOT EXISTS pbtest;
+CREATE TABLE IF NOT EXISTS pbtest.readings (id int PRIMARY KEY, value text);
+CREATE USER IF NOT EXISTS 'pb_ro'@'%' IDENTIFIED BY 'pb-ro-pass';
+CREATE USER IF NOT EXISTS 'pb_rw'@'%' IDENTIFIED BY 'pb-rw-pass';
+GRANT SELECT ON pbtest.* TO 'pb_ro'@'%';
+GRANT SELECT, INSERT, UPDATE, CREATE ON pbtest.* TO 'pb_rw'@'%';
+FLUSH PRIVILEGES;
+SQL
+}
+if mariadb -uroot -h127.0.0.1 -P3306 -e 'SELECT 1' >/dev/null 2>&1; then
+  mysql_users 3306
+  echo "peers-brokers: MariaDB users pb_ro, pb_rw ready on 127.0.0.1:3306"
+else
+  echo "peers-brokers: MariaDB on 3306 is NOT available"
+fi
+
+# --- MariaDB with TLS on 3307 --------------------------------------------------------------
+MY_DIR=$PEERS_DIR/mariadb3307
+my_tls_up() { mariadb -uroot -h127.0.0.1 -P3307 -e 'SELECT 1' >/dev/null 2>&1; }
+if ! my_tls_up && command -v mariadbd >/dev/null && [[ -s $PEERS_DIR/server.pem ]]; then
+  if [[ ! -d $MY_DIR/data/mysql ]]; then
+    echo "peers-brokers: initialising MariaDB (TLS) on 3307"
+    rm -rf "$MY_DIR"; mkdir -p "$MY_DIR/data"
+    cp "$PEERS_DIR/server.pem" "$PEERS_DIR/server.key" "$PEERS_DIR/ca.pem" "$MY_DIR/"
+    chown -R mysql:mysql "$MY_DIR"; chmod 600 "$MY_DIR/server.key"
+    mariadb-install-db --user=mysql --datadir="$MY_DIR/data" --auth-root-authentication-method=normal \
+      --skip-test-db >/dev/null 2>&1
+  fi
+  echo "peers-brokers: starting MariaDB (TLS) on 3307"
+  (setsid mariadbd --no-defaults --user=mysql --datadir="$MY_DIR/data" --bind-address=127.0.0.1 --port=3307 \
+    --socket="$MY_DIR/mysqld.sock" --pid-file="$MY_DIR/mysqld.pid" --log-error="$MY_DIR/error.log" \
+    --ssl-cert="$MY_DIR/server.pem" --ssl-key="$MY_DIR/server.key" --ssl-ca="$MY_DIR/ca.pem" \
+    --skip-name-resolve </dev/null >/dev/null 2>&1 &)
+  for _ in $(seq 1 100); do my_tls_up && break; sleep 0.2; done
+fi
+if my_tls_up; then
+  mysql_users 3307
+  echo "peers-brokers: MariaDB (TLS) ready on 127.0.0.1:3307"
+else
+  echo "peers-brokers: MariaDB (TLS) on 3307 is NOT available"
+fi
