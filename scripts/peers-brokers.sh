@@ -52,3 +52,15 @@ if my_tls_up; then
 else
   echo "peers-brokers: MariaDB (TLS) on 3307 is NOT available"
 fi
+
+# --- RabbitMQ (pre-started, 5672): user pb on vhost pb-vhost, pb_noperm without rights ---
+if command -v rabbitmqctl >/dev/null && rabbitmqctl -q status >/dev/null 2>&1; then
+  users=$(rabbitmqctl -q list_users 2>/dev/null || true)
+  grep -q '^pb\b' <<<"$users" || rabbitmqctl -q add_user pb pb-amqp-pass >/dev/null
+  grep -q '^pb_noperm\b' <<<"$users" || rabbitmqctl -q add_user pb_noperm pb-noperm-pass >/dev/null
+  rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx pb-vhost || rabbitmqctl -q add_vhost pb-vhost >/dev/null
+  rabbitmqctl -q set_permissions -p pb-vhost pb '.*' '.*' '.*' >/dev/null
+  echo "peers-brokers: RabbitMQ users pb, pb_noperm and vhost pb-vhost ready on 127.0.0.1:5672"
+else
+  echo "peers-brokers: RabbitMQ is NOT available"
+fi

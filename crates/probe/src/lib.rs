@@ -9,6 +9,7 @@
 //! Families: `postgres` (wire protocol by hand), `redis` (RESP), `http` (the catalog's
 //! declared HTTP check). Other probe kinds answer `not_implemented` — said, not faked.
 
+mod amqp;
 pub mod guard;
 mod http;
 mod mysql;
@@ -121,6 +122,7 @@ pub async fn probe(
         "redis" => redis::probe(&target, guard, budget).await,
         "http" => http::probe(&target, guard, budget).await,
         "mysql" => mysql::probe(&target, guard, budget).await,
+        "amqp" => amqp::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -2,6 +2,7 @@
 //! and local responders. Loopback is denied by default, so every test builds a policy that
 //! allows 127.0.0.1 (or one port of it) explicitly.
 
+mod amqp;
 mod deadline;
 mod http;
 mod kit;
