@@ -64,3 +64,25 @@ if command -v rabbitmqctl >/dev/null && rabbitmqctl -q status >/dev/null 2>&1; t
 else
   echo "peers-brokers: RabbitMQ is NOT available"
 fi
+
+# --- NATS with a user and password on 4223, and with TLS as well on 4224 --------------------
+nats_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+NATS=$(command -v nats-server || ls /usr/sbin/nats-server /usr/local/bin/nats-server 2>/dev/null | head -n1 || true)
+if [[ -n $NATS ]]; then
+  if ! nats_up 4223; then
+    echo "peers-brokers: starting NATS (user/password) on 4223"
+    (setsid "$NATS" -a 127.0.0.1 -p 4223 --user pb --pass pb-nats-pass -l "$PEERS_DIR/nats4223.log" </dev/null >/dev/null 2>&1 &)
+  fi
+  if ! nats_up 4224 && [[ -s $PEERS_DIR/server.pem ]]; then
+    echo "peers-brokers: starting NATS (TLS, user/password) on 4224"
+    (setsid "$NATS" -a 127.0.0.1 -p 4224 --user pb --pass pb-nats-pass --tls \
+      --tlscert "$PEERS_DIR/server.pem" --tlskey "$PEERS_DIR/server.key" \
+      -l "$PEERS_DIR/nats4224.log" </dev/null >/dev/null 2>&1 &)
+  fi
+  for _ in $(seq 1 50); do nats_up 4223 && nats_up 4224 && break; sleep 0.1; done
+  for p in 4223 4224; do
+    if nats_up $p; then echo "peers-brokers: NATS ready on 127.0.0.1:$p"; else echo "peers-brokers: NATS on $p is NOT available"; fi
+  done
+else
+  echo "peers-brokers: nats-server is NOT installed"
+fi

@@ -13,6 +13,7 @@ mod amqp;
 pub mod guard;
 mod http;
 mod mysql;
+mod nats;
 mod net;
 mod postgres;
 mod redis;
@@ -123,6 +124,7 @@ pub async fn probe(
         "http" => http::probe(&target, guard, budget).await,
         "mysql" => mysql::probe(&target, guard, budget).await,
         "amqp" => amqp::probe(&target, guard, budget).await,
+        "nats" => nats::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

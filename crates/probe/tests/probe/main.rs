@@ -7,6 +7,7 @@ mod deadline;
 mod http;
 mod kit;
 mod mysql;
+mod nats;
 mod postgres;
 mod redis;
 mod ssrf;
