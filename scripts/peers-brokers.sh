@@ -86,3 +86,32 @@ if [[ -n $NATS ]]; then
 else
   echo "peers-brokers: nats-server is NOT installed"
 fi
+
+# --- Mosquitto with a password file: plain on 1884, TLS (test CA) on 8884 -----------------
+MQ_DIR=$PEERS_DIR/mosquitto
+mqtt_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if command -v mosquitto >/dev/null && ! mqtt_up 1884; then
+  echo "peers-brokers: starting Mosquitto (password file) on 1884 and TLS on 8884"
+  mkdir -p "$MQ_DIR"
+  cp "$PEERS_DIR/server.pem" "$PEERS_DIR/server.key" "$MQ_DIR/"
+  rm -f "$MQ_DIR/passwd"; touch "$MQ_DIR/passwd"
+  mosquitto_passwd -b "$MQ_DIR/passwd" pb pb-mqtt-pass
+  cat >"$MQ_DIR/mosquitto.conf" <<CONF
+per_listener_settings false
+allow_anonymous false
+password_file $MQ_DIR/passwd
+persistence false
+log_dest file $MQ_DIR/mosquitto.log
+listener 1884 127.0.0.1
+listener 8884 127.0.0.1
+certfile $MQ_DIR/server.pem
+keyfile $MQ_DIR/server.key
+CONF
+  if id mosquitto >/dev/null 2>&1; then chown -R mosquitto "$MQ_DIR"; fi
+  chmod 600 "$MQ_DIR/server.key" "$MQ_DIR/passwd"
+  (setsid mosquitto -c "$MQ_DIR/mosquitto.conf" </dev/null >/dev/null 2>&1 &)
+  for _ in $(seq 1 50); do mqtt_up 1884 && mqtt_up 8884 && break; sleep 0.1; done
+fi
+for p in 1884 8884; do
+  if mqtt_up $p; then echo "peers-brokers: Mosquitto ready on 127.0.0.1:$p"; else echo "peers-brokers: Mosquitto on $p is NOT available"; fi
+done

@@ -12,6 +12,7 @@
 mod amqp;
 pub mod guard;
 mod http;
+mod mqtt;
 mod mysql;
 mod nats;
 mod net;
@@ -125,6 +126,7 @@ pub async fn probe(
         "mysql" => mysql::probe(&target, guard, budget).await,
         "amqp" => amqp::probe(&target, guard, budget).await,
         "nats" => nats::probe(&target, guard, budget).await,
+        "mqtt" => mqtt::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -6,6 +6,7 @@ mod amqp;
 mod deadline;
 mod http;
 mod kit;
+mod mqtt;
 mod mysql;
 mod nats;
 mod postgres;
