@@ -115,3 +115,63 @@ fi
 for p in 1884 8884; do
   if mqtt_up $p; then echo "peers-brokers: Mosquitto ready on 127.0.0.1:$p"; else echo "peers-brokers: Mosquitto on $p is NOT available"; fi
 done
+
+# --- SMTP (aiosmtpd 1.4.6 in a venv): STARTTLS + AUTH on 8025, implicit TLS on 8465 ---------
+SMTP_DIR=$PEERS_DIR/smtp
+smtp_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! smtp_up 8025 || ! smtp_up 8465; then
+  mkdir -p "$SMTP_DIR"
+  if [[ ! -x $SMTP_DIR/venv/bin/python ]] || ! "$SMTP_DIR/venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    echo "peers-brokers: installing aiosmtpd 1.4.6 into $SMTP_DIR/venv"
+    python3 -m venv "$SMTP_DIR/venv"
+    "$SMTP_DIR/venv/bin/pip" install -q 'aiosmtpd==1.4.6'
+  fi
+  cat >"$SMTP_DIR/server.py" <<'PY'
+"""SMTP peer for the probe tests: user pb / pb-smtp-pass, AUTH only after TLS."""
+import ssl
+import sys
+import time
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+cert, key = sys.argv[1], sys.argv[2]
+
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == b"pb"
+        and auth_data.password == b"pb-smtp-pass"
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+def context():
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+starttls = Controller(Sink(), hostname="127.0.0.1", port=8025, tls_context=context(),
+                      authenticator=authenticator, auth_require_tls=True)
+implicit = Controller(Sink(), hostname="127.0.0.1", port=8465, ssl_context=context(),
+                      authenticator=authenticator, auth_require_tls=False)
+starttls.start()
+implicit.start()
+while True:
+    time.sleep(3600)
+PY
+  echo "peers-brokers: starting the SMTP peer on 8025 (STARTTLS) and 8465 (TLS)"
+  (setsid "$SMTP_DIR/venv/bin/python" "$SMTP_DIR/server.py" "$PEERS_DIR/server.pem" "$PEERS_DIR/server.key" \
+    </dev/null >"$SMTP_DIR/server.log" 2>&1 &)
+  for _ in $(seq 1 100); do smtp_up 8025 && smtp_up 8465 && break; sleep 0.1; done
+fi
+for p in 8025 8465; do
+  if smtp_up $p; then echo "peers-brokers: SMTP ready on 127.0.0.1:$p"; else echo "peers-brokers: SMTP on $p is NOT available"; fi
+done

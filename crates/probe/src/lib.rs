@@ -19,6 +19,7 @@ mod net;
 mod postgres;
 mod redis;
 mod result;
+mod smtp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,7 @@ pub async fn probe(
         "amqp" => amqp::probe(&target, guard, budget).await,
         "nats" => nats::probe(&target, guard, budget).await,
         "mqtt" => mqtt::probe(&target, guard, budget).await,
+        "smtp" => smtp::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

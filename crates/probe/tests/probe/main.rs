@@ -11,4 +11,5 @@ mod mysql;
 mod nats;
 mod postgres;
 mod redis;
+mod smtp;
 mod ssrf;
