@@ -215,3 +215,137 @@ async fn tls_without_the_ca_is_untrusted_and_trust_mode_passes_with_a_warning() 
     assert_ok(&r);
     assert!(r.warnings.iter().any(|w| w.contains("verification is off")));
 }
+
+/// A MySQL 8 stand-in offering caching_sha2_password (MariaDB has no such plugin): checks
+/// the fast-path scramble and either answers fast-auth success or asks for full auth.
+async fn caching_sha2_server(full_auth: bool) -> u16 {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn packet(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await.unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        body
+    }
+    async fn send(s: &mut tokio::net::TcpStream, seq: u8, body: &[u8]) {
+        let mut out = (body.len() as u32).to_le_bytes()[..3].to_vec();
+        out.push(seq);
+        out.extend_from_slice(body);
+        s.write_all(&out).await.unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let scramble: Vec<u8> = (1..=20).collect();
+        // PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH | CONNECT_WITH_DB | LONG_PASSWORD
+        let caps: u32 = 0x200 | 0x8000 | 0x8_0000 | 0x8 | 0x1;
+        let mut g = vec![10];
+        g.extend_from_slice(b"8.0.36\0");
+        g.extend_from_slice(&7u32.to_le_bytes());
+        g.extend_from_slice(&scramble[..8]);
+        g.push(0);
+        g.extend_from_slice(&(caps as u16).to_le_bytes());
+        g.extend_from_slice(&[45, 2, 0]);
+        g.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+        g.push(21);
+        g.extend_from_slice(&[0u8; 10]);
+        g.extend_from_slice(&scramble[8..]);
+        g.push(0);
+        g.extend_from_slice(b"caching_sha2_password\0");
+        send(&mut s, 0, &g).await;
+        let resp = packet(&mut s).await;
+        let user_end = 32 + resp[32..].iter().position(|b| *b == 0).unwrap();
+        let len = resp[user_end + 1] as usize;
+        let got = resp[user_end + 2..user_end + 2 + len].to_vec();
+        let h1 = Sha256::digest(b"sha2-pass");
+        let h3 = Sha256::digest([&Sha256::digest(h1)[..], &scramble[..]].concat());
+        let want: Vec<u8> = h1.iter().zip(h3.iter()).map(|(a, b)| a ^ b).collect();
+        if got != want {
+            let mut err = vec![0xff];
+            err.extend_from_slice(&1045u16.to_le_bytes());
+            err.extend_from_slice(b"#28000Access denied for user 'u'");
+            send(&mut s, 2, &err).await;
+            return;
+        }
+        if full_auth {
+            send(&mut s, 2, &[0x01, 0x04]).await;
+            let _ = packet(&mut s).await;
+            return;
+        }
+        send(&mut s, 2, &[0x01, 0x03]).await;
+        send(&mut s, 3, &[0, 0, 0, 2, 0, 0, 0]).await;
+        // Two queries: VERSION() then SHOW GRANTS; one column, one row each.
+        for value in [&b"8.0.36"[..], &b"GRANT SELECT ON `db`.* TO `u`@`%`"[..]] {
+            let _ = packet(&mut s).await;
+            send(&mut s, 1, &[1]).await;
+            send(
+                &mut s,
+                2,
+                b"\x03def\0\0\0\x01v\0\x0c\x21\0\0\0\0\xfd\0\0\0\0\0",
+            )
+            .await;
+            send(&mut s, 3, &[0xfe, 0, 0, 2, 0]).await;
+            let mut row = vec![value.len() as u8];
+            row.extend_from_slice(value);
+            send(&mut s, 4, &row).await;
+            send(&mut s, 5, &[0xfe, 0, 0, 2, 0]).await;
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn caching_sha2_password_fast_path_logs_in_and_reports_mysql() {
+    let port = caching_sha2_server(false).await;
+    let r = my(
+        "mysql",
+        settings(port, "u", json!({"database": "db"})),
+        "sha2-pass",
+    )
+    .await;
+    assert_ok(&r);
+    let auth = r
+        .stages
+        .iter()
+        .find(|s| s.stage == ProbeStage::Auth)
+        .unwrap();
+    assert!(auth
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("caching_sha2_password"));
+    let server = r.server.unwrap();
+    assert_eq!(
+        (server.product.as_str(), server.version.as_str()),
+        ("MySQL", "8.0.36")
+    );
+    assert!(
+        r.warnings.iter().all(|w| !w.contains("read-only")),
+        "{:?}",
+        r.warnings
+    );
+    // A wrong password gives another scramble, which the server refuses.
+    let port = caching_sha2_server(false).await;
+    let r = my(
+        "mysql",
+        settings(port, "u", json!({"database": "db"})),
+        CANARY,
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
+}
+
+#[tokio::test]
+async fn caching_sha2_full_authentication_is_refused_without_tls() {
+    let port = caching_sha2_server(true).await;
+    let r = my(
+        "mysql",
+        settings(port, "u", json!({"database": "db"})),
+        "sha2-pass",
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
+    assert!(r.error.unwrap().hint.unwrap().contains("TLS"));
+}
