@@ -1,6 +1,7 @@
 //! NATS probe over the client protocol: the server's INFO (version, whether TLS and auth are
 //! required), TLS upgrade after INFO (tls), CONNECT with user/password or token then
-//! PING → PONG (auth). Only the first of the configured servers is tested.
+//! PING → PONG (auth), and with `jetstream` on a JetStream API request — account info, or
+//! the configured stream's info (query). Only the first of the configured servers is tested.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, Serv
 use crate::tls;
 use crate::{NetworkGuard, Target};
 
-const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth];
+const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
 
 pub async fn probe(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
     let mut run = Run::new(budget, PLANNED);
@@ -150,12 +151,14 @@ async fn steps(
     let password = t.secret("password").cloned();
     let token = t.secret("token").cloned();
     let auth_required = flag(&info, "auth_required");
+    // No-responders (503) needs headers; without them a missing JetStream is a timeout.
+    let headers = flag(&info, "headers");
     let mut io = BufReader::new(io);
     run.stage(S::Auth, async {
         let mut connect = json!({
             "verbose": false, "pedantic": false, "tls_required": use_tls,
             "name": "patchbay-probe", "lang": "rust", "version": env!("CARGO_PKG_VERSION"),
-            "protocol": 1,
+            "protocol": 1, "headers": headers, "no_responders": headers,
         });
         let method = if let Some(tok) = &token {
             connect["auth_token"] = json!(tok.expose_secret());
@@ -194,6 +197,107 @@ async fn steps(
             "no credentials set; the server does not ask for any".to_owned()
         } else {
             format!("logged in with {method}; PING answered PONG")
+        };
+        Ok(((), Some(detail)))
+    })
+    .await?;
+    if t.bool("jetstream") != Some(true) {
+        return Ok(());
+    }
+    let stream = t.str("stream").map(str::to_owned);
+    run.stage(S::Query, async {
+        let subject = match &stream {
+            Some(name)
+                if name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                format!("$JS.API.STREAM.INFO.{name}")
+            }
+            Some(_) => {
+                return Err(Failure::new(
+                    ErrorClass::InvalidSettings,
+                    "a JetStream stream name has only letters, digits, - and _",
+                ))
+            }
+            None => "$JS.API.INFO".to_owned(),
+        };
+        let inbox = "_INBOX.patchbay-probe";
+        let line = format!("SUB {inbox} 1\r\nPUB {subject} {inbox} 0\r\n\r\nPING\r\n");
+        let w = io.get_mut();
+        w.write_all(line.as_bytes())
+            .await
+            .map_err(|e| io_failure(&e, "asking JetStream"))?;
+        w.flush()
+            .await
+            .map_err(|e| io_failure(&e, "asking JetStream"))?;
+        let answer = loop {
+            let l = read_line(&mut io, "asking JetStream").await?;
+            if let Some(e) = l.strip_prefix("-ERR") {
+                let f = err_failure(e, false);
+                return Err(
+                    if e.to_ascii_lowercase().contains("permissions violation") {
+                        Failure::new(ErrorClass::PermissionDenied, f.message).hint(
+                            "allow the user to publish to $JS.API.> and subscribe to _INBOX.>",
+                        )
+                    } else {
+                        f
+                    },
+                );
+            }
+            let headed = l.starts_with("HMSG ");
+            if !headed && !l.starts_with("MSG ") {
+                continue; // PONG, +OK, PING, INFO
+            }
+            let total: usize = l
+                .rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n <= 1 << 20)
+                .ok_or_else(not_nats)?;
+            let mut body = vec![0u8; total + 2];
+            io.read_exact(&mut body)
+                .await
+                .map_err(|e| io_failure(&e, "asking JetStream"))?;
+            body.truncate(total);
+            if headed && String::from_utf8_lossy(&body).starts_with("NATS/1.0 503") {
+                return Err(Failure::new(
+                    ErrorClass::NotFound,
+                    "JetStream is not enabled on this server (no responders)",
+                )
+                .hint(
+                    "enable JetStream on the server, or turn jetstream off for this connection",
+                ));
+            }
+            break serde_json::from_slice::<Value>(&body).map_err(|_| not_nats())?;
+        };
+        if let Some(err) = answer.get("error") {
+            let code = err.get("code").and_then(Value::as_u64).unwrap_or(0);
+            let text: String = err
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            let message = format!("JetStream: {text} ({code})");
+            return Err(match (code, &stream) {
+                (404, Some(name)) => Failure::new(ErrorClass::NotFound, message).hint(format!(
+                    "stream {name} does not exist: check its name (nats stream ls)"
+                )),
+                (503, _) => Failure::new(ErrorClass::NotFound, message)
+                    .hint("enable JetStream for this account"),
+                (401 | 403, _) => Failure::new(ErrorClass::PermissionDenied, message),
+                _ => Failure::new(ErrorClass::Unknown, message),
+            });
+        }
+        let detail = match &stream {
+            Some(name) => format!("JetStream stream {name} found"),
+            None => format!(
+                "JetStream account info: {} streams",
+                answer.get("streams").and_then(Value::as_u64).unwrap_or(0)
+            ),
         };
         Ok(((), Some(detail)))
     })

@@ -114,3 +114,60 @@ async fn tls_with_the_ca_passes_without_it_is_untrusted_and_plain_is_refused() {
     .await;
     assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsHandshake);
 }
+
+/// Creates (idempotently) a memory stream on the pre-started JetStream server.
+fn create_stream(name: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect("127.0.0.1:4222").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let config = format!(r#"{{"name":"{name}","subjects":["{name}.>"],"storage":"memory"}}"#);
+    write!(
+        s,
+        "CONNECT {{\"verbose\":false}}\r\nPUB $JS.API.STREAM.CREATE.{name} {}\r\n{config}\r\nPING\r\n",
+        config.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap() > 0 && !line.contains("PONG") {
+        line.clear();
+    }
+}
+
+#[tokio::test]
+async fn jetstream_account_info_and_a_known_stream_pass_an_unknown_stream_is_not_found() {
+    if !peer(4222, "NATS with JetStream (pre-started)") {
+        return;
+    }
+    create_stream("PBPROBE");
+    let base = json!({"servers": ["nats://127.0.0.1:4222"], "jetstream": true});
+    let r = nats(base.clone(), &[]).await;
+    assert_ok(&r);
+    let q = r
+        .stages
+        .iter()
+        .find(|s| s.stage == ProbeStage::Query)
+        .unwrap();
+    assert!(
+        q.detail.as_deref().unwrap().contains("account info"),
+        "{q:?}"
+    );
+    let mut known = base.clone();
+    known["stream"] = json!("PBPROBE");
+    assert_ok(&nats(known, &[]).await);
+    let mut unknown = base;
+    unknown["stream"] = json!("PB_NO_SUCH_STREAM");
+    let r = nats(unknown, &[]).await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::NotFound);
+}
+
+#[tokio::test]
+async fn jetstream_on_a_server_without_it_is_not_found() {
+    if !peer(PORT, "NATS (user/password)") {
+        return;
+    }
+    let mut s = plain("pb");
+    s["jetstream"] = json!(true);
+    let r = nats(s, &[("password", "pb-nats-pass")]).await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::NotFound);
+}
