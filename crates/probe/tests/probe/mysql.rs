@@ -349,3 +349,18 @@ async fn caching_sha2_full_authentication_is_refused_without_tls() {
     assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
     assert!(r.error.unwrap().hint.unwrap().contains("TLS"));
 }
+
+#[tokio::test]
+async fn a_database_the_user_may_not_use_is_permission_denied_at_auth() {
+    if !peer(PORT, "MariaDB") {
+        return;
+    }
+    let r = my(
+        "mariadb",
+        settings(PORT, "pb_ro", json!({"database": "mysql"})),
+        "pb-ro-pass",
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::PermissionDenied);
+    assert!(r.error.unwrap().message.contains("1044"));
+}
