@@ -131,3 +131,61 @@ async fn a_broker_closing_the_socket_after_the_login_is_auth_failed() {
     assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
     assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
 }
+
+/// A TLS front (the test CA's server certificate, rustls) relaying to the plain RabbitMQ,
+/// so AMQP over verified TLS runs against the real broker without reconfiguring it.
+async fn tls_front() -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    let dir = kit::PEERS_DIR;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut up = tokio::net::TcpStream::connect(("127.0.0.1", PORT))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn amqp_over_verified_tls_passes_and_without_the_ca_is_untrusted() {
+    if !peer(PORT, "RabbitMQ") {
+        return;
+    }
+    let port = tls_front().await;
+    let settings = |ca: Value| {
+        json!({"host": "127.0.0.1", "port": port, "username": "pb", "virtual_host": "pb-vhost",
+               "tls": true, "tls_ca_certificate": ca})
+    };
+    let r = amqp(settings(json!(kit::ca_pem())), "pb-amqp-pass").await;
+    assert_ok(&r);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let r = amqp(settings(Value::Null), "pb-amqp-pass").await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsUntrustedCertificate);
+}
