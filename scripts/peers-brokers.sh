@@ -3,6 +3,11 @@
 # 127.0.0.1. Runs after peers-probe.sh (it reuses that script's test CA in $PEERS_DIR).
 #  - MariaDB (pre-started, 3306): users pb_ro (SELECT only) and pb_rw (can write), db pbtest.
 #  - MariaDB with TLS on 3307: a second server in $PEERS_DIR/mariadb3307, the test CA's cert.
+#  - RabbitMQ (pre-started, 5672): user pb with vhost pb-vhost, user pb_noperm without rights.
+#  - NATS with user pb on 4223, and with TLS as well on 4224.
+#  - Mosquitto with a password file (user pb, no anonymous) on 1884 and TLS on 8884.
+#  - SMTP (aiosmtpd 1.4.6 in a venv, user pb): STARTTLS + AUTH on 8025, implicit TLS on 8465.
+# Passwords are test-only constants the probe tests use.
 set -euo pipefail
 
 PEERS_DIR=${PATCHBAY_PROBE_PEERS_DIR:-/tmp/patchbay-peers/probe}
@@ -90,7 +95,7 @@ fi
 # --- Mosquitto with a password file: plain on 1884, TLS (test CA) on 8884 -----------------
 MQ_DIR=$PEERS_DIR/mosquitto
 mqtt_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-if command -v mosquitto >/dev/null && ! mqtt_up 1884; then
+if command -v mosquitto >/dev/null && [[ -s $PEERS_DIR/server.pem ]] && ! mqtt_up 1884; then
   echo "peers-brokers: starting Mosquitto (password file) on 1884 and TLS on 8884"
   mkdir -p "$MQ_DIR"
   cp "$PEERS_DIR/server.pem" "$PEERS_DIR/server.key" "$MQ_DIR/"
@@ -119,7 +124,7 @@ done
 # --- SMTP (aiosmtpd 1.4.6 in a venv): STARTTLS + AUTH on 8025, implicit TLS on 8465 ---------
 SMTP_DIR=$PEERS_DIR/smtp
 smtp_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-if ! smtp_up 8025 || ! smtp_up 8465; then
+if [[ -s $PEERS_DIR/server.pem ]] && { ! smtp_up 8025 || ! smtp_up 8465; }; then
   mkdir -p "$SMTP_DIR"
   if [[ ! -x $SMTP_DIR/venv/bin/python ]] || ! "$SMTP_DIR/venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
     echo "peers-brokers: installing aiosmtpd 1.4.6 into $SMTP_DIR/venv"
