@@ -31,3 +31,6 @@ bash "$(dirname "$0")/peers-aws.sh"
 
 # Test-connection peers: a scram + TLS PostgreSQL on 5433 and a password Redis on 6380.
 bash "$(dirname "$0")/peers-probe.sh"
+
+# Database and broker probe peers: MariaDB users (+ TLS on 3307), RabbitMQ, NATS, MQTT, SMTP.
+bash "$(dirname "$0")/peers-brokers.sh"

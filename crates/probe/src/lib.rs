@@ -9,12 +9,17 @@
 //! Families: `postgres` (wire protocol by hand), `redis` (RESP), `http` (the catalog's
 //! declared HTTP check). Other probe kinds answer `not_implemented` — said, not faked.
 
+mod amqp;
 pub mod guard;
 mod http;
+mod mqtt;
+mod mysql;
+mod nats;
 mod net;
 mod postgres;
 mod redis;
 mod result;
+mod smtp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -37,7 +42,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
-pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http"];
+pub const IMPLEMENTED_KINDS: &[&str] = &["postgres", "redis", "http", "mysql"];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
 pub struct Target<'a> {
@@ -119,6 +124,11 @@ pub async fn probe(
         "postgres" => postgres::probe(&target, guard, budget).await,
         "redis" => redis::probe(&target, guard, budget).await,
         "http" => http::probe(&target, guard, budget).await,
+        "mysql" => mysql::probe(&target, guard, budget).await,
+        "amqp" => amqp::probe(&target, guard, budget).await,
+        "nats" => nats::probe(&target, guard, budget).await,
+        "mqtt" => mqtt::probe(&target, guard, budget).await,
+        "smtp" => smtp::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -2,9 +2,14 @@
 //! and local responders. Loopback is denied by default, so every test builds a policy that
 //! allows 127.0.0.1 (or one port of it) explicitly.
 
+mod amqp;
 mod deadline;
 mod http;
 mod kit;
+mod mqtt;
+mod mysql;
+mod nats;
 mod postgres;
 mod redis;
+mod smtp;
 mod ssrf;
