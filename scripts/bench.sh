@@ -4,8 +4,10 @@
 # crypto-only and store-only baselines; writes bench-results/rotate.json.
 # A staged connection test of the local PostgreSQL against a bare sqlx connect + SELECT 1;
 # writes bench-results/probe.json.
+# Reveal throughput with and without auditing reveals; writes bench-results/audit.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench -p patchbay-server --bench api
 cargo bench -p patchbay-server --bench rotate
 cargo bench -p patchbay-probe --bench probe
+cargo bench -p patchbay-server --bench audit

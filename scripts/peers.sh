@@ -32,5 +32,8 @@ bash "$(dirname "$0")/peers-aws.sh"
 # Test-connection peers: a scram + TLS PostgreSQL on 5433 and a password Redis on 6380.
 bash "$(dirname "$0")/peers-probe.sh"
 
+# Database and broker probe peers: MariaDB users (+ TLS on 3307), RabbitMQ, NATS, MQTT, SMTP.
+bash "$(dirname "$0")/peers-brokers.sh"
+
 # Infrastructure probe peers: Kafka protocol (tansu) on 19092, slapd on 3389, FTP on 2121.
 bash "$(dirname "$0")/peers-infra.sh"

@@ -9,6 +9,7 @@
 //! Families: `postgres` (wire protocol by hand), `redis` (RESP), `http` (the catalog's
 //! declared HTTP check). Other probe kinds answer `not_implemented` — said, not faked.
 
+mod amqp;
 mod aws;
 mod ftp;
 pub mod guard;
@@ -16,12 +17,16 @@ mod http;
 mod kafka;
 mod ldap;
 mod logsink;
+mod mqtt;
+mod mysql;
+mod nats;
 mod net;
 mod postgres;
 mod redis;
 mod result;
 mod scram;
 mod signed_http;
+mod smtp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -45,7 +50,8 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
-    "postgres", "redis", "http", "kafka", "ldap", "ftp", "s3", "athena",
+    "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
+    "s3", "athena", "syslog", "gelf", "logback",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -128,6 +134,11 @@ pub async fn probe(
         "postgres" => postgres::probe(&target, guard, budget).await,
         "redis" => redis::probe(&target, guard, budget).await,
         "http" => http::probe(&target, guard, budget).await,
+        "mysql" => mysql::probe(&target, guard, budget).await,
+        "amqp" => amqp::probe(&target, guard, budget).await,
+        "nats" => nats::probe(&target, guard, budget).await,
+        "mqtt" => mqtt::probe(&target, guard, budget).await,
+        "smtp" => smtp::probe(&target, guard, budget).await,
         "kafka" => kafka::probe(&target, guard, budget).await,
         "ldap" => ldap::probe(&target, guard, budget).await,
         "ftp" => ftp::probe(&target, guard, budget).await,

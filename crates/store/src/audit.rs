@@ -3,8 +3,10 @@
 //!
 //! Every event is appended by [`insert_audit`] inside the write transaction of the change
 //! it records, so a change without its record cannot commit. Appends are serialized: on
-//! SQLite by the single writer (`BEGIN IMMEDIATE` plus the in-process write lock), on
-//! PostgreSQL by `SELECT … FOR UPDATE` on the one `audit_chain` row.
+//! SQLite by the single writer (`BEGIN IMMEDIATE` plus the in-process write lock), with
+//! triggers refusing an event that does not extend the recorded head and moving the head;
+//! on PostgreSQL by the lock on the one `audit_chain` row (a compare-and-set UPDATE, or
+//! `SELECT … FOR UPDATE`).
 //!
 //! `hash = SHA-256(prev_hash || encoding)`, where `encoding` is
 //! `"patchbay-audit-v1"` followed by every field in a fixed order: integers as 8-byte
@@ -228,6 +230,19 @@ async fn append(
     let seq = head_seq + 1;
     let details = e.details.to_string();
     let hash = event_hash(&head_hash, seq, at, e, &details);
+    insert_row(tx, seq, at, e, details, &head_hash, &hash).await?;
+    Ok((seq, hash))
+}
+
+async fn insert_row(
+    tx: &mut WriteTx<'_>,
+    seq: i64,
+    at: i64,
+    e: &AuditEntry,
+    details: String,
+    prev_hash: &str,
+    hash: &str,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_events (seq, at, actor, action, outcome, workspace_id, target_kind, \
          target_id, request_id, source_address, details, prev_hash, hash) \
@@ -244,18 +259,80 @@ async fn append(
     .bind(e.request_id.clone())
     .bind(e.source_address.clone())
     .bind(details)
-    .bind(&head_hash)
-    .bind(&hash)
+    .bind(prev_hash)
+    .bind(hash)
     .execute(&mut *tx.tx)
     .await?;
-    Ok((seq, hash))
+    Ok(())
+}
+
+/// The head `(seq, hash)` this process last appended. Only a hint: another process (or a
+/// rolled-back transaction) may have moved the real head, which the compare-and-set in
+/// [`insert_audit`] detects.
+pub(crate) type HeadHint = std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>;
+
+fn remember(tx: &WriteTx<'_>, seq: i64, hash: &str) {
+    if let Ok(mut g) = tx.audit_head.lock() {
+        *g = Some((seq, hash.to_owned()));
+    }
 }
 
 /// Appends one event to the chain inside the caller's write transaction.
+///
+/// Fast path: move the head from the remembered one with one conditional UPDATE (which
+/// also takes PostgreSQL's row lock); when it matches no row the hint was stale, and the
+/// head is read under lock instead. Either way the new event links to the real head.
 pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
+    let at = now_millis();
+    let hint = tx.audit_head.lock().ok().and_then(|g| g.clone());
+    if tx.backend == Backend::Sqlite {
+        // Triggers check that the event extends the head and move it (migration 0006).
+        if let Some((head_seq, head_hash)) = hint {
+            let seq = head_seq + 1;
+            let details = e.details.to_string();
+            let hash = event_hash(&head_hash, seq, at, e, &details);
+            match insert_row(tx, seq, at, e, details, &head_hash, &hash).await {
+                Ok(()) => {
+                    remember(tx, seq, &hash);
+                    return Ok(());
+                }
+                // RAISE(ABORT) undoes only the statement: the transaction goes on.
+                Err(StoreError::Database(sqlx::Error::Database(db)))
+                    if db.message().contains("audit chain head moved") => {}
+                Err(other) => return Err(other),
+            }
+        }
+        let head = locked_head(tx, tx.backend).await?;
+        let (seq, hash) = append(tx, head, e, at).await?;
+        remember(tx, seq, &hash);
+        return Ok(());
+    }
+    if let Some((head_seq, head_hash)) = hint {
+        let seq = head_seq + 1;
+        let details = e.details.to_string();
+        let hash = event_hash(&head_hash, seq, at, e, &details);
+        let moved = sqlx::query(
+            "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
+             WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
+        )
+        .bind(seq)
+        .bind(&hash)
+        .bind(head_seq)
+        .bind(&head_hash)
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            insert_row(tx, seq, at, e, details, &head_hash, &hash).await?;
+            remember(tx, seq, &hash);
+            return Ok(());
+        }
+    }
     let head = locked_head(tx, tx.backend).await?;
-    let (seq, hash) = append(tx, head, e, now_millis()).await?;
-    set_head(tx, seq, &hash).await
+    let (seq, hash) = append(tx, head, e, at).await?;
+    set_head(tx, seq, &hash).await?;
+    remember(tx, seq, &hash);
+    Ok(())
 }
 
 fn row_to_record(r: &sqlx::any::AnyRow) -> Result<AuditRecord> {
@@ -551,4 +628,67 @@ impl Store {
 /// The hash a chain starts from.
 pub fn zero_hash() -> &'static str {
     ZERO_HASH
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(actor: &str, action: &str) -> AuditEntry {
+        AuditEntry::system(
+            actor,
+            action,
+            None,
+            "connection",
+            "c1",
+            serde_json::json!({}),
+        )
+    }
+
+    #[test]
+    fn the_encoding_is_length_prefixed_so_moving_bytes_between_fields_changes_the_hash() {
+        let a = event_hash(ZERO_HASH, 1, 0, &entry("ab", "c"), "{}");
+        let b = event_hash(ZERO_HASH, 1, 0, &entry("a", "bc"), "{}");
+        assert_ne!(a, b);
+        let mut absent = entry("a", "b");
+        let mut empty = entry("a", "b");
+        empty.request_id = Some(String::new());
+        assert_ne!(
+            event_hash(ZERO_HASH, 1, 0, &absent, "{}"),
+            event_hash(ZERO_HASH, 1, 0, &empty, "{}")
+        );
+        absent.outcome = Outcome::Denied;
+        assert_ne!(
+            event_hash(ZERO_HASH, 1, 0, &absent, "{}"),
+            event_hash(ZERO_HASH, 1, 0, &entry("a", "b"), "{}")
+        );
+    }
+
+    #[test]
+    fn the_hash_follows_the_documented_encoding() {
+        // docs/audit.md, written out by hand.
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&[0u8; 32]);
+        buf.extend_from_slice(b"patchbay-audit-v1");
+        buf.extend_from_slice(&7i64.to_be_bytes());
+        buf.extend_from_slice(&1_000i64.to_be_bytes());
+        for s in ["system:test", "x.y", "success"] {
+            buf.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        buf.push(0); // workspace_id absent
+        for s in ["connection", "c1"] {
+            buf.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        buf.push(0); // request_id absent
+        buf.push(0); // source_address absent
+        buf.extend_from_slice(&2u64.to_be_bytes());
+        buf.extend_from_slice(b"{}");
+        let expected = hex::encode(Sha256::digest(&buf));
+        assert_eq!(
+            event_hash(ZERO_HASH, 7, 1_000, &entry("system:test", "x.y"), "{}"),
+            expected
+        );
+    }
 }

@@ -255,9 +255,15 @@ impl Store {
 
     /// Moves a connection's legacy secret rows into the credential `c` (owned by it and
     /// holding the same values, re-encrypted for their new binding), in one transaction.
-    pub async fn adopt_legacy_secrets(&self, connection_id: &str, c: &NewCredential) -> Result<()> {
+    pub async fn adopt_legacy_secrets(
+        &self,
+        connection_id: &str,
+        c: &NewCredential,
+        audit: &AuditEntry,
+    ) -> Result<()> {
         let mut tx = self.write().await?;
         insert_credential(&mut tx, c).await?;
+        insert_audit(&mut tx, audit).await?;
         sqlx::query(
             "UPDATE connections SET credential_id = $1, credential_version = NULL WHERE id = $2",
         )

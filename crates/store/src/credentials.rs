@@ -486,17 +486,22 @@ impl Store {
         principal: &str,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (credential_id, connection_id) DO UPDATE SET \
-             last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by",
-        )
-        .bind(credential_id)
-        .bind(connection_id)
-        .bind(now_millis())
-        .bind(principal)
-        .execute(&mut *tx.tx)
-        .await?;
+        upsert_use(&mut tx, credential_id, connection_id, principal).await?;
+        tx.commit().await
+    }
+
+    /// A reveal through a connection: its audit record and the credential's last use, in
+    /// one write transaction (one commit per reveal, not two). No record, no commit.
+    pub async fn record_reveal(
+        &self,
+        credential_id: &str,
+        connection_id: &str,
+        principal: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        upsert_use(&mut tx, credential_id, connection_id, principal).await?;
+        insert_audit(&mut tx, audit).await?;
         tx.commit().await
     }
 
@@ -594,4 +599,24 @@ impl Store {
         tx.commit().await?;
         Ok(expired.into_iter().map(|(c, v, _)| (c, v)).collect())
     }
+}
+
+async fn upsert_use(
+    tx: &mut WriteTx<'_>,
+    credential_id: &str,
+    connection_id: &str,
+    principal: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (credential_id, connection_id) DO UPDATE SET \
+         last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by",
+    )
+    .bind(credential_id)
+    .bind(connection_id)
+    .bind(now_millis())
+    .bind(principal)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
 }

@@ -73,6 +73,9 @@ pub struct Store {
     /// SQLite allows one writer; taking this before each write transaction turns
     /// "database is locked" failures into a short wait.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The audit chain head as this process last wrote it: a hint that saves reading it
+    /// in each append, checked by a compare-and-set (audit::insert_audit).
+    audit_head: audit::HeadHint,
 }
 
 pub fn now_millis() -> i64 {
@@ -121,6 +124,7 @@ impl Store {
             pool,
             backend,
             write_lock: Default::default(),
+            audit_head: Default::default(),
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -161,6 +165,7 @@ impl Store {
             tx,
             _guard: guard,
             backend: self.backend,
+            audit_head: self.audit_head.clone(),
         })
     }
 }
@@ -169,6 +174,7 @@ struct WriteTx<'a> {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
     backend: Backend,
+    audit_head: audit::HeadHint,
 }
 
 impl WriteTx<'_> {

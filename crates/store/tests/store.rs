@@ -354,12 +354,15 @@ async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Sto
         users.push(id);
     }
     // Rotation: followers see version 2 at once; the pinned one keeps 1 until its grace ends.
+    // Long enough that a loaded machine does not end it before the reads below; the
+    // sweep is driven with explicit times.
+    const GRACE_MS: i64 = 60_000;
     let now = patchbay_store::now_millis();
     let stale = s
         .rotate_credential(
             &cred,
             Some(7),
-            &version(2, 2, now + 50),
+            &version(2, 2, now + GRACE_MS),
             &audit("rotate", &cred),
         )
         .await;
@@ -371,7 +374,7 @@ async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Sto
         .rotate_credential(
             &cred,
             Some(1),
-            &version(2, 2, now + 50),
+            &version(2, 2, now + GRACE_MS),
             &audit("rotate", &cred),
         )
         .await
@@ -381,7 +384,7 @@ async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Sto
         .rotate_credential(
             &cred,
             None,
-            &version(2, 3, now + 50),
+            &version(2, 3, now + GRACE_MS),
             &audit("rotate", &cred),
         )
         .await;
@@ -408,7 +411,10 @@ async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Sto
 
     // The grace period ends: version 1 is destroyed, its ciphertext gone, the event recorded.
     assert!(s.destroy_expired_versions(now).await.unwrap().is_empty());
-    let destroyed = s.destroy_expired_versions(now + 51).await.unwrap();
+    let destroyed = s
+        .destroy_expired_versions(now + GRACE_MS + 1)
+        .await
+        .unwrap();
     assert_eq!(destroyed, vec![(cred.clone(), 1)]);
     assert!(matches!(
         s.credential_secrets(&cred, 1).await,
@@ -843,8 +849,20 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
             }
             other => panic!("{backend}: {other:?}"),
         };
-        // A well-forged event appended behind the store's back: its hash is right, but the
-        // recorded head does not name it.
+        // An event that does not extend the head: SQLite's triggers refuse it.
+        if backend == "sqlite" {
+            let refused = sqlx::query(
+                "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, \
+                 target_id, details, prev_hash, hash) \
+                 VALUES (40, 5, 'a', 'b', 'success', 'c', 'd', '{}', 'x', 'y')",
+            )
+            .execute(&raw)
+            .await;
+            assert!(refused.is_err(), "a forked append was accepted");
+            continue;
+        }
+        // PostgreSQL: a well-forged event appended behind the store's back has the right
+        // hash, but the recorded head does not name it.
         let forged = audit("test.forged", "x");
         let details = forged.details.to_string();
         let hash = patchbay_store::event_hash(&head, 35, 5, &forged, &details);

@@ -2,6 +2,7 @@
 //! and local responders. Loopback is denied by default, so every test builds a policy that
 //! allows 127.0.0.1 (or one port of it) explicitly.
 
+mod amqp;
 mod aws;
 mod deadline;
 mod ftp;
@@ -10,6 +11,10 @@ mod kafka;
 mod kit;
 mod ldap;
 mod logsink;
+mod mqtt;
+mod mysql;
+mod nats;
 mod postgres;
 mod redis;
+mod smtp;
 mod ssrf;

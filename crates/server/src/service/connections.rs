@@ -623,11 +623,14 @@ pub async fn reveal(
         &c.id,
         json!({"fields": fields, "version": c.version, "credential": {"id": cred.id, "version": version}}),
     );
-    // No record, no secret: a reveal that cannot be audited fails.
     if state.settings.audit_reads {
-        state.store.record_audit(&entry).await?;
-    }
-    if let Err(e) = state
+        // No record, no secret: a reveal that cannot be audited fails. The credential's
+        // last use is written in the same transaction (one commit per reveal).
+        state
+            .store
+            .record_reveal(&cred.id, &c.id, &p.actor(), &entry)
+            .await?;
+    } else if let Err(e) = state
         .store
         .record_credential_use(&cred.id, &c.id, &p.actor())
         .await
@@ -1018,7 +1021,18 @@ pub async fn upgrade_legacy_secrets(state: &AppState) -> ApiResult<()> {
             secrets,
             created_by: "system:upgrade".into(),
         };
-        state.store.adopt_legacy_secrets(&c.id, &owned).await?;
+        let entry = patchbay_store::AuditEntry::system(
+            "system:upgrade",
+            "connection.secrets.upgrade",
+            Some(&c.workspace_id),
+            "connection",
+            &c.id,
+            json!({"credential": owned.id, "fields": rows.len()}),
+        );
+        state
+            .store
+            .adopt_legacy_secrets(&c.id, &owned, &entry)
+            .await?;
         tracing::info!(connection_id = %c.id, fields = rows.len(), "moved inline secrets into the connection's own credential");
     }
     Ok(())

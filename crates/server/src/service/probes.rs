@@ -73,6 +73,10 @@ impl Probes {
             .recent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Principals idle for a minute are forgotten, so the map does not grow forever.
+        if recent.len() >= 1024 {
+            recent.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
         let q = recent.entry(actor.to_owned()).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
             q.pop_front();

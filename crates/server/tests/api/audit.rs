@@ -27,27 +27,6 @@ async fn verify(s: &Service) -> Value {
     r.body
 }
 
-async fn as_token(
-    s: &Service,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Reply {
-    let mut h = vec![];
-    if body.is_some() {
-        h.push(("content-type", "application/json"));
-    }
-    s.raw(
-        method,
-        path,
-        Some(token),
-        &h,
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
-}
-
 async fn connection(s: &Service, name: &str) -> String {
     let project = s.default_project().await;
     let r = s.create_pg(&project, name).await;
@@ -212,14 +191,14 @@ async fn a_refused_attempt_is_an_audit_event_and_an_unauthenticated_one_is_not()
     let id = connection(&s, "finance").await;
     let reader = s.token_with(&[Permission::ConnectionsRead], None).await;
 
-    let r = as_token(
-        &s,
-        &reader,
-        Method::DELETE,
-        &format!("/api/v1/connections/{id}"),
-        None,
-    )
-    .await;
+    let r = s
+        .call_as(
+            &reader,
+            Method::DELETE,
+            &format!("/api/v1/connections/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.body["details"]["permission"], "connections:write");
     let r = s
@@ -403,7 +382,9 @@ async fn verify_names_the_first_broken_event_after_tampering() {
 
     let s = Service::start().await;
     let plain = s.token_with(&[Permission::AuditRead], None).await;
-    let r = as_token(&s, &plain, Method::GET, "/api/v1/audit/verify", None).await;
+    let r = s
+        .call_as(&plain, Method::GET, "/api/v1/audit/verify", None)
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
@@ -561,23 +542,23 @@ async fn the_workspace_log_filters_pages_and_exports_as_json_lines() {
         .await;
     let other_id = other.body["id"].as_str().unwrap();
     let narrow = s.token_with(&[Permission::AuditRead], Some(other_id)).await;
-    let r = as_token(
-        &s,
-        &narrow,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/audit"),
-        None,
-    )
-    .await;
+    let r = s
+        .call_as(
+            &narrow,
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/audit"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = as_token(
-        &s,
-        &narrow,
-        Method::GET,
-        &format!("/api/v1/workspaces/{other_id}/audit"),
-        None,
-    )
-    .await;
+    let r = s
+        .call_as(
+            &narrow,
+            Method::GET,
+            &format!("/api/v1/workspaces/{other_id}/audit"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(r.body["items"]
         .as_array()
@@ -585,14 +566,14 @@ async fn the_workspace_log_filters_pages_and_exports_as_json_lines() {
         .iter()
         .all(|e| e["workspace_id"] == other_id));
     let reader = s.token_with(&[Permission::ConnectionsRead], None).await;
-    let r = as_token(
-        &s,
-        &reader,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/audit"),
-        None,
-    )
-    .await;
+    let r = s
+        .call_as(
+            &reader,
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/audit"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
@@ -666,8 +647,7 @@ async fn the_canary_never_reaches_the_audit_log() {
     assert!(r.text.contains(&format!("{CANARY}-rotated")));
     // A refused reveal and a failed create with the canary in a bad field.
     let reader = s.token_with(&[Permission::ConnectionsRead], None).await;
-    as_token(
-        &s,
+    s.call_as(
         &reader,
         Method::GET,
         &format!("/api/v1/connections/{id}"),

@@ -218,3 +218,20 @@ async fn the_login_page_posts_username_and_password_and_sign_out_is_a_csrf_form(
         .unwrap();
     assert_eq!(home.status(), StatusCode::SEE_OTHER, "the session is gone");
 }
+
+#[tokio::test]
+async fn session_cookies_are_secure_when_patchbay_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = patchbay_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: patchbay_server::TlsMode::Dev,
+        data_dir: dir.path().join("data"),
+        database_url: None,
+        master_key: patchbay_server::MasterKeySource::File(dir.path().join("data/master.key")),
+        settings: Default::default(),
+    };
+    let app = patchbay_server::App::start(&config).await.unwrap();
+    assert!(app.state.settings.secure_cookies);
+    let cookie = patchbay_server::session::set_cookie("s", 60, app.state.settings.secure_cookies);
+    assert!(cookie.to_str().unwrap().ends_with("; Secure"));
+}

@@ -7,27 +7,6 @@ use serde_json::json;
 
 use crate::kit::Service;
 
-async fn with(
-    s: &Service,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> crate::kit::Reply {
-    let mut h = vec![];
-    if body.is_some() {
-        h.push(("content-type", "application/json"));
-    }
-    s.raw(
-        method,
-        path,
-        Some(token),
-        &h,
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn personal_tokens_are_shown_once_narrowed_and_revoked_at_once() {
     let s = Service::start().await;
@@ -53,43 +32,43 @@ async fn personal_tokens_are_shown_once_narrowed_and_revoked_at_once() {
     assert!(r.body["expires_at"].is_string());
 
     // It works, within its permissions only.
-    let ok = with(
-        &s,
-        &token,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/credentials"),
-        None,
-    )
-    .await;
+    let ok = s
+        .call_as(
+            &token,
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/credentials"),
+            None,
+        )
+        .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
-    let denied = with(
-        &s,
-        &token,
-        Method::POST,
-        "/api/v1/workspaces",
-        Some(json!({"name": "x"})),
-    )
-    .await;
+    let denied = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({"name": "x"})),
+        )
+        .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     // It cannot mint a wider token, nor reach another workspace.
-    let wider = with(
-        &s,
-        &token,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(json!({"name": "wider", "permissions": ["connections:reveal"]})),
-    )
-    .await;
+    let wider = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "wider", "permissions": ["connections:reveal"]})),
+        )
+        .await;
     assert_eq!(wider.status, StatusCode::BAD_REQUEST, "{}", wider.text);
     assert_eq!(wider.body["field"], "/permissions");
-    let narrower = with(
-        &s,
-        &token,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(json!({"name": "narrower"})),
-    )
-    .await;
+    let narrower = s
+        .call_as(
+            &token,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "narrower"})),
+        )
+        .await;
     assert_eq!(narrower.status, StatusCode::CREATED, "{}", narrower.text);
     assert_eq!(
         narrower.body["workspace_id"],
@@ -105,7 +84,7 @@ async fn personal_tokens_are_shown_once_narrowed_and_revoked_at_once() {
         .iter()
         .any(|t| t["id"] == id.as_str()));
     assert!(!list.text.contains(&token));
-    let own = with(&s, &token, Method::GET, "/api/v1/tokens", None).await;
+    let own = s.call_as(&token, Method::GET, "/api/v1/tokens", None).await;
     let names: Vec<&str> = own.body["items"]
         .as_array()
         .unwrap()
@@ -124,22 +103,22 @@ async fn personal_tokens_are_shown_once_narrowed_and_revoked_at_once() {
         .call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, &[])
         .await;
     assert_eq!(del.status, StatusCode::NO_CONTENT);
-    let after = with(
-        &s,
-        &token,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/credentials"),
-        None,
-    )
-    .await;
-    let unknown = with(
-        &s,
-        "pbt_nope",
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/credentials"),
-        None,
-    )
-    .await;
+    let after = s
+        .call_as(
+            &token,
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/credentials"),
+            None,
+        )
+        .await;
+    let unknown = s
+        .call_as(
+            "pbt_nope",
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/credentials"),
+            None,
+        )
+        .await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
     assert_eq!(after.text, unknown.text);
     let again = s
@@ -202,33 +181,33 @@ async fn runner_tokens_reach_one_workspace_for_at_most_an_hour() {
     assert!(expires > created);
 
     // Nothing but resolve and test: no reads, no reveals, no minting.
-    let read = with(
-        &s,
-        &runner,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/credentials"),
-        None,
-    )
-    .await;
+    let read = s
+        .call_as(
+            &runner,
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/credentials"),
+            None,
+        )
+        .await;
     assert_eq!(read.status, StatusCode::FORBIDDEN);
-    let mint = with(
-        &s,
-        &runner,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(json!({"name": "x", "permissions": ["connections:read"]})),
-    )
-    .await;
+    let mint = s
+        .call_as(
+            &runner,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "x", "permissions": ["connections:read"]})),
+        )
+        .await;
     assert_eq!(mint.status, StatusCode::BAD_REQUEST);
     // Another workspace does not exist for it.
-    let r = with(
-        &s,
-        &runner,
-        Method::POST,
-        &format!("/api/v1/workspaces/{other_ws}/runner-tokens"),
-        None,
-    )
-    .await;
+    let r = s
+        .call_as(
+            &runner,
+            Method::POST,
+            &format!("/api/v1/workspaces/{other_ws}/runner-tokens"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     for ttl in [0, 3601] {
@@ -247,14 +226,14 @@ async fn runner_tokens_reach_one_workspace_for_at_most_an_hour() {
     let reader = s
         .token_with(&[Permission::ConnectionsRead], Some(&ws))
         .await;
-    let r = with(
-        &s,
-        &reader,
-        Method::POST,
-        &format!("/api/v1/workspaces/{ws}/runner-tokens"),
-        None,
-    )
-    .await;
+    let r = s
+        .call_as(
+            &reader,
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     // A 1-second runner token stops working when it expires.
@@ -267,10 +246,10 @@ async fn runner_tokens_reach_one_workspace_for_at_most_an_hour() {
         )
         .await;
     let short = r.body["token"].as_str().unwrap().to_owned();
-    let mine = with(&s, &short, Method::GET, "/api/v1/tokens", None).await;
+    let mine = s.call_as(&short, Method::GET, "/api/v1/tokens", None).await;
     assert_eq!(mine.status, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let late = with(&s, &short, Method::GET, "/api/v1/tokens", None).await;
+    let late = s.call_as(&short, Method::GET, "/api/v1/tokens", None).await;
     assert_eq!(late.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -290,14 +269,16 @@ async fn failed_authentication_is_throttled_per_source_address_with_one_401_for_
     ];
     let mut seen = vec![];
     for t in &bodies {
-        let r = with(&s, t, Method::GET, "/api/v1/workspaces", None).await;
+        let r = s.call_as(t, Method::GET, "/api/v1/workspaces", None).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         seen.push(r.text);
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     // Two more failures reach the limit of 5 for this address...
     for _ in 0..2 {
-        let r = with(&s, "pbt_guess", Method::GET, "/api/v1/workspaces", None).await;
+        let r = s
+            .call_as("pbt_guess", Method::GET, "/api/v1/workspaces", None)
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
     // ...after which the address is refused before any lookup, even with a valid token.

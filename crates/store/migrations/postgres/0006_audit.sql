@@ -8,6 +8,9 @@ ALTER TABLE audit_events ADD COLUMN prev_hash TEXT;
 ALTER TABLE audit_events ADD COLUMN hash TEXT;
 CREATE UNIQUE INDEX audit_events_seq ON audit_events(seq);
 CREATE INDEX audit_events_workspace ON audit_events(workspace_id, seq);
+-- Its leading column (target_kind) is never filtered on, so no query used it; each
+-- event paid for it on every append.
+DROP INDEX audit_events_target;
 -- The chain's state: where verification starts (origin: the first kept event's seq and
 -- prev_hash, moved by retention) and where it must end (head: the last appended event).
 -- One row; appends lock it on PostgreSQL.
