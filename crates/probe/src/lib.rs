@@ -6,8 +6,11 @@
 //! normalised, resolved once, every address checked, and the probe connects only to the
 //! checked addresses. One deadline covers the whole test.
 //!
-//! Families: `postgres` (wire protocol by hand), `redis` (RESP), `http` (the catalog's
-//! declared HTTP check). Other probe kinds answer `not_implemented` — said, not faked.
+//! Families, one module each (protocols written by hand so each step maps to one stage):
+//! `postgres`, `mysql`, `redis`, `http` (the catalog's declared HTTP check), `amqp`,
+//! `nats`, `mqtt`, `smtp`, `kafka`, `ldap`, `ftp`, `aws` (s3 and athena over
+//! `signed_http`), `logsink` (syslog, gelf, logback: send-only). Other probe kinds answer
+//! `not_implemented` — said, not faked.
 
 mod amqp;
 mod aws;
