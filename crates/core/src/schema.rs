@@ -40,6 +40,11 @@ pub struct ConnectorType {
     pub credential_kinds: Vec<String>,
     /// How "Test connection" checks it (probes arrive with the test-connection work).
     pub probe: ProbeSpec,
+    /// How its probe is tested: against a real server of the product here (`verified`),
+    /// against a local responder that follows the vendor's documented protocol or API
+    /// because no server can run here (`contract`), or not yet (`untested`).
+    #[serde(default)]
+    pub verification: Verification,
     pub docs_url: Option<String>,
     pub settings: SettingsSchema,
     /// Per accepted credential kind, where the names differ: kind field → the field of this
@@ -48,6 +53,25 @@ pub struct ConnectorType {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub credential_map:
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    Verified,
+    Contract,
+    #[default]
+    Untested,
+}
+
+impl Verification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Contract => "contract",
+            Self::Untested => "untested",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

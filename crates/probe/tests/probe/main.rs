@@ -4,6 +4,7 @@
 
 mod amqp;
 mod aws;
+mod catalog;
 mod deadline;
 mod ftp;
 mod http;

@@ -24,6 +24,9 @@ pub struct ConnectorTypeSummary {
     pub credential_kinds: Vec<String>,
     pub secret_fields: Vec<String>,
     pub probe_kind: String,
+    /// verified (tested against a real server), contract (against a responder following
+    /// the vendor's documented API) or untested.
+    pub verification: String,
     pub docs_url: Option<String>,
 }
 
@@ -67,6 +70,7 @@ pub async fn list(
             credential_kinds: t.credential_kinds.clone(),
             secret_fields: t.secret_fields().map(str::to_owned).collect(),
             probe_kind: t.probe.kind.clone(),
+            verification: t.verification.as_str().to_owned(),
             docs_url: t.docs_url.clone(),
         })
         .collect();
