@@ -143,7 +143,7 @@ impl App {
         service::keys::resume(&state)
             .await
             .map_err(StartError::Keys)?;
-        service::connections::upgrade_legacy_secrets(&state)
+        service::connection_secrets::upgrade_legacy_secrets(&state)
             .await
             .map_err(|e| {
                 StartError::Bootstrap(format!(

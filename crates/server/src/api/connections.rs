@@ -72,7 +72,7 @@ impl ConnectionOut {
     fn new(state: &AppState, mut c: Connection, view: SecretView) -> Self {
         let ty = state.catalog.get(&c.connector_type);
         if let (Some(ty), Some(cred)) = (ty, &c.credential) {
-            c.secrets_set = svc::provided_secrets(state, ty, cred);
+            c.secrets_set = crate::service::connection_secrets::provided_secrets(state, ty, cred);
         }
         let mut secrets = Map::new();
         for field in ty.into_iter().flat_map(|t| t.secret_fields()) {

@@ -2,6 +2,7 @@
 //! persist through the store, record audit events. Handlers call these and only these.
 
 pub mod audit;
+pub mod connection_secrets;
 pub mod connections;
 pub mod credentials;
 pub mod external;

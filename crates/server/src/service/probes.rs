@@ -17,7 +17,8 @@ use patchbay_probe::{ErrorClass, NetworkGuard, ProbeResult};
 use serde_json::{json, Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connections::{self as conn, provided_settings, resolve_secrets};
+use super::connection_secrets::{self as secrets, provided_settings, resolve_secrets};
+use super::connections::{self as conn};
 use super::{audit, credentials, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
@@ -168,9 +169,15 @@ pub async fn test_draft(
                     "`secrets` and `credential` are alternatives: send one",
                 ));
             }
-            let cred =
-                conn::shared_credential(state, p, ty, &project.workspace_id, &id_or_name, version)
-                    .await?;
+            let cred = secrets::shared_credential(
+                state,
+                p,
+                ty,
+                &project.workspace_id,
+                &id_or_name,
+                version,
+            )
+            .await?;
             let public = match version {
                 Some(v) => state.store.credential_public_fields(&cred.id, v).await?,
                 None => cred.public_fields.clone(),
@@ -193,7 +200,7 @@ pub async fn test_draft(
                 secret_fields: cred.secret_fields.clone(),
                 public_fields: Map::new(),
             };
-            conn::fill_secrets(
+            secrets::fill_secrets(
                 ty,
                 &cred.kind,
                 credentials::values_for_use(state, &project.workspace_id, &link).await?,
