@@ -19,3 +19,4 @@ mod postgres;
 mod redis;
 mod smtp;
 mod ssrf;
+mod vendors;
