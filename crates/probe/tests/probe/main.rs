@@ -7,6 +7,7 @@ mod aws;
 mod catalog;
 mod deadline;
 mod ftp;
+mod gcp;
 mod http;
 mod kafka;
 mod kit;
