@@ -210,10 +210,10 @@ fn tls_options(t: &Target<'_>) -> TlsOptions {
     }
 }
 
-type SendError = (S, Failure);
+pub(crate) type SendError = (S, Failure);
 
 /// One request to a guard-checked URL, pinned to the checked addresses, no redirects.
-async fn send(
+pub(crate) async fn send(
     guard: &NetworkGuard,
     opts: &TlsOptions,
     checked: Option<Checked>,

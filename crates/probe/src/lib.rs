@@ -14,6 +14,7 @@
 
 mod amqp;
 mod aws;
+mod azure;
 mod ftp;
 mod gcp;
 pub mod guard;
@@ -54,8 +55,25 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
-    "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
-    "s3", "athena", "syslog", "gelf", "logback", "gcs", "bigquery",
+    "postgres",
+    "redis",
+    "http",
+    "mysql",
+    "amqp",
+    "nats",
+    "mqtt",
+    "smtp",
+    "kafka",
+    "ldap",
+    "ftp",
+    "s3",
+    "athena",
+    "syslog",
+    "gelf",
+    "logback",
+    "gcs",
+    "bigquery",
+    "azure_blob",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -153,6 +171,7 @@ pub async fn probe(
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
         "gcs" => gcp::probe(&target, guard, budget, gcp::Kind::Gcs).await,
         "bigquery" => gcp::probe(&target, guard, budget, gcp::Kind::BigQuery).await,
+        "azure_blob" => azure::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

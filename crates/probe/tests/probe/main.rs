@@ -4,6 +4,7 @@
 
 mod amqp;
 mod aws;
+mod azure;
 mod catalog;
 mod deadline;
 mod ftp;
