@@ -61,29 +61,32 @@ fn assertion(sa: &Value, scope: &str, token_uri: &str) -> Result<SecretString, F
         .get("private_key")
         .and_then(Value::as_str)
         .ok_or_else(invalid_key)?;
-    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| invalid_key())?;
-    let signing =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| invalid_key())?;
-    let signer = signing
-        .choose_scheme(&[rustls::SignatureScheme::RSA_PKCS1_SHA256])
-        .ok_or_else(invalid_key)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut header = json!({"alg": "RS256", "typ": "JWT"});
-    if let Some(kid) = sa.get("private_key_id").and_then(Value::as_str) {
-        header["kid"] = Value::String(kid.to_owned());
-    }
     let claims =
         json!({"iss": email, "scope": scope, "aud": token_uri, "iat": now, "exp": now + 3600});
+    let kid = sa.get("private_key_id").and_then(Value::as_str);
+    sign_jwt(pem, kid, &claims).ok_or_else(invalid_key)
+}
+
+/// An RS256 JWT signed with a PKCS#8 (or PKCS#1) PEM RSA key; None when the key is not one.
+pub(crate) fn sign_jwt(pem: &str, kid: Option<&str>, claims: &Value) -> Option<SecretString> {
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).ok()?;
+    let signer = signing.choose_scheme(&[rustls::SignatureScheme::RSA_PKCS1_SHA256])?;
+    let mut header = json!({"alg": "RS256", "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = Value::String(kid.to_owned());
+    }
     let input = format!(
         "{}.{}",
         B64.encode(header.to_string()),
         B64.encode(claims.to_string())
     );
-    let sig = signer.sign(input.as_bytes()).map_err(|_| invalid_key())?;
-    Ok(SecretString::new(format!("{input}.{}", B64.encode(sig))))
+    let sig = signer.sign(input.as_bytes()).ok()?;
+    Some(SecretString::new(format!("{input}.{}", B64.encode(sig))))
 }
 
 fn url(raw: &str) -> Result<Url, Failure> {

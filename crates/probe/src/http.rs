@@ -333,6 +333,10 @@ fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
 }
 
 pub async fn probe(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
+    // A declared check that needs an OAuth token exchange first has its own module.
+    if t.ty.probe.params.get("flow").and_then(Value::as_str) == Some("salesforce_oauth") {
+        return crate::salesforce::probe(t, guard, budget).await;
+    }
     let mut run = Run::new(budget, PLANNED);
     let _ = steps(&mut run, t, guard).await;
     run.finish()

@@ -29,6 +29,7 @@ mod net;
 mod postgres;
 mod redis;
 mod result;
+mod salesforce;
 mod scram;
 mod signed_http;
 mod smtp;

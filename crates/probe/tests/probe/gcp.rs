@@ -33,7 +33,7 @@ fn dir() -> PathBuf {
 }
 
 /// A fresh RSA key: (PKCS#8 private PEM, public PEM path).
-fn keypair() -> (String, PathBuf) {
+pub fn keypair() -> (String, PathBuf) {
     let d = dir();
     let key = d.join("key.pem");
     let ok = Command::new("openssl")
@@ -65,7 +65,7 @@ fn keypair() -> (String, PathBuf) {
     (std::fs::read_to_string(key).unwrap(), public)
 }
 
-fn verify(public: &PathBuf, input: &str, sig: &[u8]) -> bool {
+pub fn verify(public: &PathBuf, input: &str, sig: &[u8]) -> bool {
     let d = dir();
     std::fs::write(d.join("data"), input).unwrap();
     std::fs::write(d.join("sig"), sig).unwrap();

@@ -19,6 +19,7 @@ mod mysql;
 mod nats;
 mod postgres;
 mod redis;
+mod salesforce;
 mod smtp;
 mod ssrf;
 mod vendors;
