@@ -9,7 +9,9 @@
 //! Families, one module each (protocols written by hand so each step maps to one stage):
 //! `postgres`, `mysql`, `redis`, `http` (the catalog's declared HTTP check), `amqp`,
 //! `nats`, `mqtt`, `smtp`, `kafka`, `ldap`, `ftp`, `aws` (s3 and athena over
-//! `signed_http`), `logsink` (syslog, gelf, logback: send-only). Other probe kinds answer
+//! `signed_http`), `logsink` (syslog, gelf, logback: send-only), `gcp` (gcs, bigquery:
+//! service-account JWT exchange), `azure` (azure_blob: SharedKey or SAS), `salesforce`
+//! (an OAuth exchange before the declared HTTP check). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
