@@ -297,18 +297,30 @@ fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
                 .collect()
         })
         .unwrap_or_else(|| vec!["https".to_owned(), "http".to_owned()]);
-    let mode =
-        t.str("tls_verify_mode")
-            .and_then(VerifyMode::parse)
-            .or(match t.bool("tls_verify") {
-                Some(false) => Some(VerifyMode::None),
-                _ => Some(VerifyMode::Full),
-            });
+    let mode = t.str("tls_verify_mode").and_then(VerifyMode::parse).or(
+        match t
+            .bool("tls_verify")
+            .or(t.bool("insecure_skip_tls_verify").map(|skip| !skip))
+        {
+            Some(false) => Some(VerifyMode::None),
+            _ => Some(VerifyMode::Full),
+        },
+    );
+    // Kubernetes names its TLS settings as kubeconfig does.
     let tls = TlsOptions {
         mode,
-        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-        client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-        client_key_pem: t.secret("tls_private_key").cloned(),
+        ca_pem: t
+            .str("tls_ca_certificate")
+            .or(t.str("cluster_ca_certificate"))
+            .map(str::to_owned),
+        client_cert_pem: t
+            .str("tls_client_certificate")
+            .or(t.str("client_certificate"))
+            .map(str::to_owned),
+        client_key_pem: t
+            .secret("tls_private_key")
+            .or(t.secret("client_private_key"))
+            .cloned(),
         server_name: None,
     };
     Ok((

@@ -614,3 +614,50 @@ async fn every_type_of_the_http_family_has_a_case_and_is_marked_contract() {
         }
     }
 }
+
+#[tokio::test]
+async fn kubernetes_trusts_its_cluster_ca_certificate_setting() {
+    if !kit::peer(5433, "probe peers (test CA)") {
+        return;
+    }
+    // The TLS responder of http.rs knows no /api: a 404 at query means TLS passed.
+    let port = crate::http::tls_responder().await;
+    let settings = |extra: Value| {
+        let mut s = json!({"api_server_url": format!("https://127.0.0.1:{port}")});
+        for (k, v) in extra.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    };
+    let secrets = [("token", KEY)];
+    let guard = kit::loopback();
+    let r = kit::run(
+        &guard,
+        "kubernetes",
+        settings(json!({})),
+        &secrets,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsUntrustedCertificate);
+    let ca = json!({"cluster_ca_certificate": kit::ca_pem()});
+    let r = kit::run(
+        &guard,
+        "kubernetes",
+        settings(ca),
+        &secrets,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::NotFound);
+    let skip = json!({"insecure_skip_tls_verify": true});
+    let r = kit::run(
+        &guard,
+        "kubernetes",
+        settings(skip),
+        &secrets,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Query, ErrorClass::NotFound);
+}
