@@ -49,6 +49,11 @@ struct Request {
     body: Option<Value>,
     expect: Vec<u16>,
     pointer: Option<String>,
+    /// The value the pointer must hold (Slack's `/ok` is `false` on a bad token, HTTP 200).
+    equals: Option<Value>,
+    /// Statuses that mean the credentials were rejected (default 401, 407; Datadog and
+    /// Splunk HEC answer 403 to an unknown key).
+    auth_status: Vec<u16>,
     schemes: Vec<String>,
     tls: TlsOptions,
 }
@@ -83,12 +88,81 @@ fn fill(template: &str, t: &Target<'_>) -> Result<String, Failure> {
     Ok(out)
 }
 
+/// The token: from the probe's `token_fields` when declared (only those), else the first
+/// set field of [`TOKEN_FIELDS`], else the type's first set secret field.
 fn token(t: &Target<'_>) -> Option<SecretString> {
+    if let Some(fields) =
+        t.ty.probe
+            .params
+            .get("token_fields")
+            .and_then(Value::as_array)
+    {
+        return fields
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|f| t.secret(f))
+            .cloned();
+    }
     TOKEN_FIELDS
         .iter()
         .find_map(|f| t.secret(f))
         .or_else(|| t.ty.secret_fields().find_map(|f| t.secret(f)))
         .cloned()
+}
+
+/// Secret fields a bearer token can sit in when a type without an `auth_type` setting
+/// declares `"auth": "settings"` (the credentials set pick the scheme).
+const BEARER_FIELDS: &[&str] = &[
+    "bearer_token",
+    "token",
+    "personal_access_token",
+    "oauth_access_token",
+    "access_token",
+];
+
+/// `"auth": "settings"` for a type with no `auth_type` setting: the webhook header when
+/// `auth_header_value` is set, else Basic when a user and a
+/// password are set (the user from the probe's `basic_user` template when declared, e.g.
+/// Zendesk's `{email}/token`), else an API key when the probe declares `api_key_header`,
+/// else a bearer token, else nothing.
+fn inferred(t: &Target<'_>) -> Auth {
+    let p = &t.ty.probe.params;
+    // A webhook's own header: `auth_header_name` (default Authorization) carries the secret.
+    if let Some(v) = t.secret("auth_header_value") {
+        let name = t.str("auth_header_name").unwrap_or("Authorization");
+        return Auth::Header(name.to_owned(), v.clone());
+    }
+    let pw = ["password", "api_token"].iter().find_map(|f| t.secret(f));
+    let user = match p.get("basic_user").and_then(Value::as_str) {
+        Some(tpl) => fill(tpl, t).ok(),
+        None => ["username", "email"]
+            .iter()
+            .find_map(|f| t.str(f))
+            .map(str::to_owned),
+    };
+    if let (Some(user), Some(pw)) = (user, pw) {
+        return Auth::Basic(user, pw.clone());
+    }
+    if let (Some(h), Some(key)) = (
+        p.get("api_key_header").and_then(Value::as_str),
+        t.secret("api_key"),
+    ) {
+        let prefix = p
+            .get("api_key_prefix")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return Auth::Header(
+            h.to_owned(),
+            SecretString::new(format!("{prefix}{}", key.expose_secret())),
+        );
+    }
+    match BEARER_FIELDS.iter().find_map(|f| t.secret(f)) {
+        Some(tok) => Auth::Header(
+            "authorization".into(),
+            SecretString::new(format!("Bearer {}", tok.expose_secret())),
+        ),
+        None => Auth::None,
+    }
 }
 
 fn auth(t: &Target<'_>, placement: &str, prefix: &str) -> Result<(Auth, Option<String>), Failure> {
@@ -130,6 +204,7 @@ fn auth(t: &Target<'_>, placement: &str, prefix: &str) -> Result<(Auth, Option<S
             Auth::Query(p[6..].to_owned(), token(t).ok_or_else(missing)?),
             None,
         ),
+        "settings" if t.value("auth_type").is_none() => (inferred(t), None),
         "settings" => match t.str("auth_type").unwrap_or("none") {
             "none" => (Auth::None, None),
             "basic" => (basic()?, None),
@@ -169,7 +244,12 @@ fn auth(t: &Target<'_>, placement: &str, prefix: &str) -> Result<(Auth, Option<S
 fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
     let p = &t.ty.probe.params;
     let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
-    let base = fill(s("base_url"), t)?;
+    // `api_base_url` (an advanced setting of the types whose API host is fixed) replaces
+    // the declared base URL: a proxy, a regional or private endpoint, a test responder.
+    let base = match t.str("api_base_url") {
+        Some(b) => b.to_owned(),
+        None => fill(s("base_url"), t)?,
+    };
     let path = fill(s("path"), t)?;
     let joined = format!("{}{}", base.trim_end_matches('/'), path);
     let url = Url::parse(&joined).map_err(|_| {
@@ -198,6 +278,16 @@ fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
                 .collect()
         })
         .unwrap_or_else(|| vec![200]);
+    let auth_status = p
+        .get("auth_failed_status")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64())
+                .filter_map(|v| u16::try_from(v).ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![401, 407]);
     let schemes = p
         .get("schemes")
         .and_then(Value::as_array)
@@ -207,18 +297,30 @@ fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
                 .collect()
         })
         .unwrap_or_else(|| vec!["https".to_owned(), "http".to_owned()]);
-    let mode =
-        t.str("tls_verify_mode")
-            .and_then(VerifyMode::parse)
-            .or(match t.bool("tls_verify") {
-                Some(false) => Some(VerifyMode::None),
-                _ => Some(VerifyMode::Full),
-            });
+    let mode = t.str("tls_verify_mode").and_then(VerifyMode::parse).or(
+        match t
+            .bool("tls_verify")
+            .or(t.bool("insecure_skip_tls_verify").map(|skip| !skip))
+        {
+            Some(false) => Some(VerifyMode::None),
+            _ => Some(VerifyMode::Full),
+        },
+    );
+    // Kubernetes names its TLS settings as kubeconfig does.
     let tls = TlsOptions {
         mode,
-        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-        client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-        client_key_pem: t.secret("tls_private_key").cloned(),
+        ca_pem: t
+            .str("tls_ca_certificate")
+            .or(t.str("cluster_ca_certificate"))
+            .map(str::to_owned),
+        client_cert_pem: t
+            .str("tls_client_certificate")
+            .or(t.str("client_certificate"))
+            .map(str::to_owned),
+        client_key_pem: t
+            .secret("tls_private_key")
+            .or(t.secret("client_private_key"))
+            .cloned(),
         server_name: None,
     };
     Ok((
@@ -233,6 +335,8 @@ fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
                 .get("json_pointer")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            equals: p.get("json_equals").cloned(),
+            auth_status,
             schemes,
             tls,
         },
@@ -241,6 +345,10 @@ fn request(t: &Target<'_>) -> Result<(Request, Option<String>), Failure> {
 }
 
 pub async fn probe(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
+    // A declared check that needs an OAuth token exchange first has its own module.
+    if t.ty.probe.params.get("flow").and_then(Value::as_str) == Some("salesforce_oauth") {
+        return crate::salesforce::probe(t, guard, budget).await;
+    }
     let mut run = Run::new(budget, PLANNED);
     let _ = steps(&mut run, t, guard).await;
     run.finish()
@@ -340,7 +448,7 @@ async fn steps(
         run.skip(S::Tls, "plain HTTP");
     }
     let auth_fail = match status {
-        401 | 407 => Some(
+        s if req.auth_status.contains(&s) => Some(
             Failure::new(
                 ErrorClass::AuthFailed,
                 format!("HTTP {status}: the credentials were rejected"),
@@ -358,6 +466,23 @@ async fn steps(
     };
     if let Some(f) = auth_fail {
         return Err(run.fail(S::Auth, f));
+    }
+    // An API that answers a rejected token with 200 and a flag (`{"ok": false}`).
+    if let (Some(ptr), Some(want), true) = (&req.pointer, &req.equals, req.expect.contains(&status))
+    {
+        let got = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|j| j.pointer(ptr).cloned());
+        if got.is_some() && got.as_ref() != Some(want) && want == &Value::Bool(true) {
+            return Err(run.fail(
+                S::Auth,
+                Failure::new(
+                    ErrorClass::AuthFailed,
+                    format!("the answer's `{ptr}` is not true: the credentials were rejected"),
+                )
+                .hint("check the token of the connection"),
+            ));
+        }
     }
     run.push(StageReport {
         stage: S::Auth,
@@ -394,12 +519,22 @@ async fn steps(
                 Failure::new(ErrorClass::ProtocolMismatch, "the answer is not JSON")
                     .hint("is the base URL the API endpoint of this type?")
             })?;
-            if json.pointer(ptr).is_none() {
-                return Err(Failure::new(
-                    ErrorClass::ProtocolMismatch,
-                    format!("the answer has no `{ptr}`"),
-                )
-                .hint("the endpoint answered, but not like this type's API"));
+            match (json.pointer(ptr), &req.equals) {
+                (None, _) => {
+                    return Err(Failure::new(
+                        ErrorClass::ProtocolMismatch,
+                        format!("the answer has no `{ptr}`"),
+                    )
+                    .hint("the endpoint answered, but not like this type's API"))
+                }
+                (Some(got), Some(want)) if got != want => {
+                    return Err(Failure::new(
+                        ErrorClass::ProtocolMismatch,
+                        format!("the answer's `{ptr}` is not {want}"),
+                    )
+                    .hint("the endpoint answered, but not like this type's API"))
+                }
+                _ => {}
             }
         }
         Ok(((), Some(format!("HTTP {status}"))))
@@ -425,6 +560,7 @@ async fn follow(
     for hop in 0..=MAX_REDIRECTS {
         let mut builder = reqwest::Client::builder()
             .no_proxy()
+            .user_agent(concat!("patchbay-probe/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .use_preconfigured_tls(config.clone());
         if let crate::guard::Host::Name(n) = &checked.host {

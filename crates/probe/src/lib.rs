@@ -9,12 +9,16 @@
 //! Families, one module each (protocols written by hand so each step maps to one stage):
 //! `postgres`, `mysql`, `redis`, `http` (the catalog's declared HTTP check), `amqp`,
 //! `nats`, `mqtt`, `smtp`, `kafka`, `ldap`, `ftp`, `aws` (s3 and athena over
-//! `signed_http`), `logsink` (syslog, gelf, logback: send-only). Other probe kinds answer
+//! `signed_http`), `logsink` (syslog, gelf, logback: send-only), `gcp` (gcs, bigquery:
+//! service-account JWT exchange), `azure` (azure_blob: SharedKey or SAS), `salesforce`
+//! (an OAuth exchange before the declared HTTP check). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
 mod aws;
+mod azure;
 mod ftp;
+mod gcp;
 pub mod guard;
 mod http;
 mod kafka;
@@ -27,6 +31,7 @@ mod net;
 mod postgres;
 mod redis;
 mod result;
+mod salesforce;
 mod scram;
 mod signed_http;
 mod smtp;
@@ -53,8 +58,25 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
-    "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
-    "s3", "athena", "syslog", "gelf", "logback",
+    "postgres",
+    "redis",
+    "http",
+    "mysql",
+    "amqp",
+    "nats",
+    "mqtt",
+    "smtp",
+    "kafka",
+    "ldap",
+    "ftp",
+    "s3",
+    "athena",
+    "syslog",
+    "gelf",
+    "logback",
+    "gcs",
+    "bigquery",
+    "azure_blob",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -150,6 +172,9 @@ pub async fn probe(
         "syslog" => logsink::probe(&target, guard, budget, logsink::Kind::Syslog).await,
         "gelf" => logsink::probe(&target, guard, budget, logsink::Kind::Gelf).await,
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
+        "gcs" => gcp::probe(&target, guard, budget, gcp::Kind::Gcs).await,
+        "bigquery" => gcp::probe(&target, guard, budget, gcp::Kind::BigQuery).await,
+        "azure_blob" => azure::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

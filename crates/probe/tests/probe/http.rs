@@ -74,7 +74,7 @@ pub async fn responder(redirects: Vec<String>) -> u16 {
 }
 
 /// The same responder over TLS with the peers' test server certificate.
-async fn tls_responder() -> u16 {
+pub async fn tls_responder() -> u16 {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> =

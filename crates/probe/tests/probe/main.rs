@@ -4,9 +4,11 @@
 
 mod amqp;
 mod aws;
+mod azure;
 mod catalog;
 mod deadline;
 mod ftp;
+mod gcp;
 mod http;
 mod kafka;
 mod kit;
@@ -17,5 +19,7 @@ mod mysql;
 mod nats;
 mod postgres;
 mod redis;
+mod salesforce;
 mod smtp;
 mod ssrf;
+mod vendors;
