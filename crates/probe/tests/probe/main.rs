@@ -18,4 +18,5 @@ mod nats;
 mod postgres;
 mod redis;
 mod smtp;
+mod snmp;
 mod ssrf;
