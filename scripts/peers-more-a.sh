@@ -3,6 +3,8 @@
 #  - SNMP: Debian snmpd on udp 127.0.0.1:1161, v2c community pb-snmp-community, v3 users
 #    pbuser (SHA / AES, passphrases pb-auth-pass / pb-priv-pass) and pbuser256 (SHA-256 /
 #    AES, same passphrases), both rouser authPriv.
+#  - ActiveMQ Classic (Debian activemq): STOMP on 61613 (openwire 61616), user pbamq /
+#    pb-amq-pass (simpleAuthenticationPlugin, no anonymous access).
 set -euo pipefail
 
 PEERS_DIR=${PATCHBAY_PROBE_PEERS_DIR:-/tmp/patchbay-peers/probe}
@@ -34,3 +36,43 @@ CONF
   for _ in $(seq 1 50); do snmp_up && break; sleep 0.2; done
 fi
 if snmp_up; then echo "peers-more-a: snmpd ready on udp 127.0.0.1:1161"; else echo "peers-more-a: snmpd on 1161 is NOT available"; fi
+
+# --- ActiveMQ Classic (Debian activemq): STOMP on 61613, openwire on 61616 -----------------
+# A copy of the packaged "main" instance with a STOMP connector and a simple
+# authentication plugin: user pbamq / pb-amq-pass, anonymous access refused.
+port_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! port_up 61613; then
+  if [ ! -f /usr/share/activemq/bin/activemq.jar ]; then
+    echo "peers-more-a: installing activemq"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null
+  fi
+  AMQ="$PEERS_DIR/activemq"
+  mkdir -p "$AMQ/conf" "$AMQ/data"
+  cp /etc/activemq/instances-available/main/* "$AMQ/conf/"
+  python3 - "$AMQ/conf/activemq.xml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+plugins = """<plugins>
+            <simpleAuthenticationPlugin anonymousAccessAllowed="false">
+                <users>
+                    <authenticationUser username="pbamq" password="pb-amq-pass" groups="users,admins"/>
+                </users>
+            </simpleAuthenticationPlugin>
+        </plugins>
+        <transportConnectors>"""
+s = s.replace("<transportConnectors>", plugins, 1)
+s = s.replace('<transportConnector name="openwire" uri="tcp://127.0.0.1:61616"/>',
+              '<transportConnector name="openwire" uri="tcp://127.0.0.1:61616"/>\n'
+              '            <transportConnector name="stomp" uri="stomp://127.0.0.1:61613"/>', 1)
+open(p, "w").write(s)
+PY
+  echo "peers-more-a: starting ActiveMQ (STOMP 61613)"
+  nohup java -Xmx256M -Dactivemq.home=/usr/share/activemq -Dactivemq.base="$AMQ" \
+    -Dactivemq.conf="$AMQ/conf" -Dactivemq.data="$AMQ/data" \
+    -jar /usr/share/activemq/bin/activemq.jar start "xbean:file:$AMQ/conf/activemq.xml" \
+    >>"$PEERS_DIR/activemq.log" 2>&1 </dev/null &
+  disown || true
+  for _ in $(seq 1 150); do port_up 61613 && break; sleep 0.2; done
+fi
+if port_up 61613; then echo "peers-more-a: ActiveMQ STOMP ready on 127.0.0.1:61613"; else echo "peers-more-a: ActiveMQ STOMP on 61613 is NOT available"; fi

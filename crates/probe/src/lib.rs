@@ -31,6 +31,7 @@ mod scram;
 mod signed_http;
 mod smtp;
 mod snmp;
+mod stomp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -55,7 +56,7 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
     "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
-    "s3", "athena", "syslog", "gelf", "logback", "snmp",
+    "s3", "athena", "syslog", "gelf", "logback", "snmp", "stomp",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -152,6 +153,7 @@ pub async fn probe(
         "gelf" => logsink::probe(&target, guard, budget, logsink::Kind::Gelf).await,
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
         "snmp" => snmp::probe(&target, guard, budget).await,
+        "stomp" => stomp::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -20,3 +20,4 @@ mod redis;
 mod smtp;
 mod snmp;
 mod ssrf;
+mod stomp;
