@@ -1,7 +1,8 @@
 //! S3-compatible storage (s3, minio, r2) and Athena probes: one SigV4-signed request
 //! (signed_http.rs) through the guard — HeadBucket for a bucket (200 ok, 404
 //! not_found, 403 explained by a signed ListObjectsV2 that carries S3's error code), and
-//! Athena GetWorkGroup for the configured workgroup.
+//! Athena GetWorkGroup for the configured workgroup, Kinesis DescribeStreamSummary for the
+//! configured stream (both the AWS JSON protocol).
 
 use std::time::{Duration, Instant};
 
@@ -156,6 +157,35 @@ fn athena_call(t: &Target<'_>) -> Result<(Call, String), Failure> {
     ))
 }
 
+fn kinesis_call(t: &Target<'_>) -> Result<(Call, String), Failure> {
+    let region = t.required_str("region")?.to_owned();
+    let stream = t.required_str("stream_name")?.to_owned();
+    let endpoint = t
+        .str("endpoint_url")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("https://kinesis.{region}.amazonaws.com"));
+    let url = parse_url(&endpoint)?;
+    let body = serde_json::to_vec(&serde_json::json!({ "StreamName": stream })).unwrap_or_default();
+    let detail = format!("DescribeStreamSummary {stream} at {}", origin(&url));
+    Ok((
+        Call {
+            method: Method::POST,
+            url,
+            service: "kinesis",
+            region,
+            headers: vec![
+                ("content-type", sigv4::JSON_CONTENT_TYPE.to_owned()),
+                (
+                    "x-amz-target",
+                    "Kinesis_20131202.DescribeStreamSummary".to_owned(),
+                ),
+            ],
+            body,
+        },
+        detail,
+    ))
+}
+
 fn origin(u: &Url) -> String {
     match u.port() {
         Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or_default()),
@@ -163,15 +193,28 @@ fn origin(u: &Url) -> String {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    S3,
+    Athena,
+    Kinesis,
+}
+
 pub async fn probe_s3(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
     let mut run = Run::new(budget, PLANNED);
-    let _ = steps(&mut run, t, guard, true).await;
+    let _ = steps(&mut run, t, guard, Api::S3).await;
     run.finish()
 }
 
 pub async fn probe_athena(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
     let mut run = Run::new(budget, PLANNED);
-    let _ = steps(&mut run, t, guard, false).await;
+    let _ = steps(&mut run, t, guard, Api::Athena).await;
+    run.finish()
+}
+
+pub async fn probe_kinesis(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
+    let mut run = Run::new(budget, PLANNED);
+    let _ = steps(&mut run, t, guard, Api::Kinesis).await;
     run.finish()
 }
 
@@ -179,11 +222,15 @@ async fn steps(
     run: &mut Run,
     t: &Target<'_>,
     guard: &NetworkGuard,
-    s3: bool,
+    api: Api,
 ) -> Result<(), Stopped> {
     let (call, creds) = run
         .stage(S::Resolve, async {
-            let (call, detail) = if s3 { s3_call(t)? } else { athena_call(t)? };
+            let (call, detail) = match api {
+                Api::S3 => s3_call(t)?,
+                Api::Athena => athena_call(t)?,
+                Api::Kinesis => kinesis_call(t)?,
+            };
             crate::guard::check_url_shape(&call.url, &["https", "http"])
                 .map_err(|e| net::guard_failure(e, ""))?;
             Ok(((call, credentials(t)?), Some(detail)))
@@ -244,10 +291,10 @@ async fn steps(
         run.skip(S::Tls, "plain HTTP endpoint");
         run.warn("the endpoint is plain HTTP: requests are signed but not encrypted");
     }
-    if s3 {
-        s3_outcome(run, &call, &creds, &checked, &opts, answer).await
-    } else {
-        athena_outcome(run, answer)
+    match api {
+        Api::S3 => s3_outcome(run, &call, &creds, &checked, &opts, answer).await,
+        Api::Athena => athena_outcome(run, answer),
+        Api::Kinesis => kinesis_outcome(run, answer),
     }
 }
 
@@ -430,6 +477,103 @@ fn athena_outcome(run: &mut Run, answer: Answer) -> Result<(), Stopped> {
     }
 }
 
+/// DescribeStreamSummary: 200 with the stream's status, or an AWS JSON error type.
+fn kinesis_outcome(run: &mut Run, answer: Answer) -> Result<(), Stopped> {
+    if answer.status == 200 {
+        run.push(ok(S::Auth, "the signature and access key were accepted"));
+        let json = serde_json::from_slice::<serde_json::Value>(&answer.body).unwrap_or_default();
+        let Some(summary) = json.get("StreamDescriptionSummary") else {
+            return Err(run.fail(S::Query, unexpected(answer.status)));
+        };
+        let status = summary
+            .get("StreamStatus")
+            .and_then(|s| s.as_str())
+            .unwrap_or("unknown");
+        let shards = summary
+            .get("OpenShardCount")
+            .and_then(|s| s.as_u64())
+            .map(|n| format!(", {n} open shard(s)"))
+            .unwrap_or_default();
+        if !matches!(status, "ACTIVE" | "UPDATING") {
+            run.warn(format!(
+                "the stream is {status}: it cannot be read or written until it is ACTIVE"
+            ));
+        }
+        run.push(ok(
+            S::Query,
+            &format!("DescribeStreamSummary: the stream is {status}{shards}"),
+        ));
+        return Ok(());
+    }
+    let kind = json_error_type(&answer);
+    match kind.as_str() {
+        "AccessDeniedException" | "AccessDenied" => {
+            run.push(ok(S::Auth, "the signature and access key were accepted"));
+            Err(run.fail(
+                S::Query,
+                Failure::new(
+                    ErrorClass::PermissionDenied,
+                    format!("the key may not describe the stream ({kind})"),
+                )
+                .hint("grant kinesis:DescribeStreamSummary on the stream"),
+            ))
+        }
+        "ResourceNotFoundException" => {
+            run.push(ok(S::Auth, "the signature and access key were accepted"));
+            Err(run.fail(
+                S::Query,
+                Failure::new(
+                    ErrorClass::NotFound,
+                    format!("the stream does not exist ({kind})"),
+                )
+                .hint("check the stream name and the region"),
+            ))
+        }
+        "LimitExceededException" => Err(run.fail(
+            S::Query,
+            Failure::new(
+                ErrorClass::RateLimited,
+                "Kinesis is throttling DescribeStreamSummary",
+            )
+            .hint("retry later"),
+        )),
+        k if is_credential_error(k) => Err(run.fail(S::Auth, credential_failure(k))),
+        _ => Err(run.fail(S::Query, unexpected(answer.status))),
+    }
+}
+
+fn json_error_type(answer: &Answer) -> String {
+    serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("__type").and_then(|t| t.as_str()).map(str::to_owned))
+        .map(|t| t.rsplit('#').next().unwrap_or_default().to_owned())
+        // Some emulators answer in the query protocol's XML instead.
+        .or_else(|| xml_code(&answer.body))
+        .unwrap_or_default()
+}
+
+fn is_credential_error(kind: &str) -> bool {
+    matches!(
+        kind,
+        "UnrecognizedClientException"
+            | "SignatureDoesNotMatch"
+            | "InvalidAccessKeyId"
+            | "InvalidSignatureException"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+    )
+}
+
+fn credential_failure(kind: &str) -> Failure {
+    Failure::new(
+        ErrorClass::AuthFailed,
+        format!("AWS rejected the credentials ({kind})"),
+    )
+    .hint("check the access key id and secret access key (and the session token)")
+}
+
 fn ok(stage: S, detail: &str) -> StageReport {
     StageReport {
         stage,
@@ -444,7 +588,7 @@ fn unexpected(status: u16) -> Failure {
         ErrorClass::ProtocolMismatch,
         format!("unexpected HTTP {status}"),
     )
-    .hint("is the endpoint URL the storage or Athena API?")
+    .hint("is the endpoint URL the storage, Athena or Kinesis API?")
 }
 
 /// `<Code>…</Code>` of an S3 XML error, if it is a plain token.

@@ -56,7 +56,7 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
     "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
-    "s3", "athena", "syslog", "gelf", "logback", "snmp", "stomp",
+    "s3", "athena", "syslog", "gelf", "logback", "snmp", "stomp", "kinesis",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -154,6 +154,7 @@ pub async fn probe(
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
         "snmp" => snmp::probe(&target, guard, budget).await,
         "stomp" => stomp::probe(&target, guard, budget).await,
+        "kinesis" => aws::probe_kinesis(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

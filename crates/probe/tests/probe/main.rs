@@ -9,6 +9,7 @@ mod deadline;
 mod ftp;
 mod http;
 mod kafka;
+mod kinesis;
 mod kit;
 mod ldap;
 mod logsink;
