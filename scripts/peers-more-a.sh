@@ -5,6 +5,8 @@
 #    AES, same passphrases), both rouser authPriv.
 #  - ActiveMQ Classic (Debian activemq): STOMP on 61613 (openwire 61616), user pbamq /
 #    pb-amq-pass (simpleAuthenticationPlugin, no anonymous access).
+#  - SSH/SFTP: a second sshd on 127.0.0.1:2222, user pbssh (password pb-ssh-pass, key
+#    ssh/id_pbssh), host key ssh/host_ed25519.
 set -euo pipefail
 
 PEERS_DIR=${PATCHBAY_PROBE_PEERS_DIR:-/tmp/patchbay-peers/probe}
@@ -76,3 +78,29 @@ PY
   for _ in $(seq 1 150); do port_up 61613 && break; sleep 0.2; done
 fi
 if port_up 61613; then echo "peers-more-a: ActiveMQ STOMP ready on 127.0.0.1:61613"; else echo "peers-more-a: ActiveMQ STOMP on 61613 is NOT available"; fi
+
+# --- SSH / SFTP: a second sshd on 127.0.0.1:2222 ------------------------------------------
+# User pbssh with password pb-ssh-pass and the key $PEERS_DIR/ssh/id_pbssh (ed25519, no
+# passphrase) authorized; host key $PEERS_DIR/ssh/host_ed25519 (its .pub is what the tests
+# pin as known_host_key); SFTP through internal-sftp.
+if ! port_up 2222; then
+  if [ ! -x /usr/sbin/sshd ]; then
+    echo "peers-more-a: installing openssh-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+  fi
+  SSHD_DIR="$PEERS_DIR/ssh"
+  mkdir -p "$SSHD_DIR" /run/sshd
+  [ -f "$SSHD_DIR/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/host_ed25519"
+  [ -f "$SSHD_DIR/id_pbssh" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/id_pbssh"
+  id pbssh >/dev/null 2>&1 || useradd -m -s /bin/bash pbssh
+  echo 'pbssh:pb-ssh-pass' | chpasswd
+  install -d -m 700 -o pbssh -g pbssh /home/pbssh/.ssh
+  install -m 600 -o pbssh -g pbssh "$SSHD_DIR/id_pbssh.pub" /home/pbssh/.ssh/authorized_keys
+  chmod 644 "$SSHD_DIR/id_pbssh" # the tests read it (test-only key)
+  echo "peers-more-a: starting sshd on 127.0.0.1:2222"
+  /usr/sbin/sshd -f /dev/null -o ListenAddress=127.0.0.1:2222 -o HostKey="$SSHD_DIR/host_ed25519" \
+    -o PidFile="$SSHD_DIR/sshd.pid" -o PasswordAuthentication=yes -o KbdInteractiveAuthentication=no \
+    -o "Subsystem=sftp internal-sftp" -o UsePAM=no -E "$PEERS_DIR/sshd.log"
+  for _ in $(seq 1 50); do port_up 2222 && break; sleep 0.1; done
+fi
+if port_up 2222; then echo "peers-more-a: sshd ready on 127.0.0.1:2222"; else echo "peers-more-a: sshd on 2222 is NOT available"; fi

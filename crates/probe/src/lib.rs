@@ -31,6 +31,7 @@ mod scram;
 mod signed_http;
 mod smtp;
 mod snmp;
+mod ssh;
 mod stomp;
 pub mod tls;
 
@@ -56,7 +57,7 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
     "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
-    "s3", "athena", "syslog", "gelf", "logback", "snmp", "stomp", "kinesis",
+    "s3", "athena", "syslog", "gelf", "logback", "snmp", "stomp", "kinesis", "sftp", "ssh_exec",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -155,6 +156,8 @@ pub async fn probe(
         "snmp" => snmp::probe(&target, guard, budget).await,
         "stomp" => stomp::probe(&target, guard, budget).await,
         "kinesis" => aws::probe_kinesis(&target, guard, budget).await,
+        "sftp" => ssh::probe(&target, guard, budget, ssh::Kind::Sftp).await,
+        "ssh_exec" => ssh::probe(&target, guard, budget, ssh::Kind::Exec).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

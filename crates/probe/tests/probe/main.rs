@@ -20,5 +20,6 @@ mod postgres;
 mod redis;
 mod smtp;
 mod snmp;
+mod ssh;
 mod ssrf;
 mod stomp;
