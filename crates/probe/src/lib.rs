@@ -9,7 +9,8 @@
 //! Families, one module each (protocols written by hand so each step maps to one stage):
 //! `postgres`, `mysql`, `redis`, `http` (the catalog's declared HTTP check), `amqp`,
 //! `nats`, `mqtt`, `smtp`, `kafka`, `ldap`, `ftp`, `aws` (s3 and athena over
-//! `signed_http`), `logsink` (syslog, gelf, logback: send-only). Other probe kinds answer
+//! `signed_http`; also kinesis), `logsink` (syslog, gelf, logback: send-only), `snmp`
+//! (UDP, v2c and v3 USM), `stomp` (activemq), `ssh` (sftp, ssh_exec). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
