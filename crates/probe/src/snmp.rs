@@ -9,11 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
-use hmac::{Hmac, Mac};
 use patchbay_crypto::SecretString;
 use rand::RngCore;
-use sha2::Digest;
 use tokio::net::UdpSocket;
 
 use crate::net::{self, io_failure};
@@ -27,118 +24,10 @@ const SYS_UPTIME: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 3, 0];
 
 const SILENT_HINT: &str = "SNMP agents drop a request they do not accept without answering, so a wrong community, an access rule that excludes the patchbay server's address and a wrong port all look the same: check the community, the agent's access rules (e.g. rocommunity … SOURCE) and the port";
 
-mod ber {
-    pub const INT: u8 = 0x02;
-    pub const OCTETS: u8 = 0x04;
-    pub const SEQ: u8 = 0x30;
-    pub const GET: u8 = 0xa0;
-    pub const RESPONSE: u8 = 0xa2;
-    pub const REPORT: u8 = 0xa8;
+mod ber;
+mod usm;
 
-    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        let n = content.len();
-        if n < 0x80 {
-            out.push(n as u8);
-        } else {
-            let bytes: Vec<u8> = n
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|b| *b == 0)
-                .collect();
-            out.push(0x80 | bytes.len() as u8);
-            out.extend(bytes);
-        }
-        out.extend_from_slice(content);
-        out
-    }
-
-    pub fn int(v: i64) -> Vec<u8> {
-        let bytes = v.to_be_bytes();
-        let mut start = 0;
-        while start < 7 {
-            let (b, next) = (bytes[start], bytes[start + 1]);
-            if (b == 0 && next & 0x80 == 0) || (b == 0xff && next & 0x80 != 0) {
-                start += 1;
-            } else {
-                break;
-            }
-        }
-        tlv(INT, &bytes[start..])
-    }
-
-    pub fn octets(b: &[u8]) -> Vec<u8> {
-        tlv(OCTETS, b)
-    }
-
-    pub fn oid(arcs: &[u32]) -> Vec<u8> {
-        tlv(0x06, &oid_content(arcs))
-    }
-
-    pub fn oid_content(arcs: &[u32]) -> Vec<u8> {
-        let mut out = vec![(arcs[0] * 40 + arcs[1]) as u8];
-        for &a in &arcs[2..] {
-            let mut groups = vec![(a & 0x7f) as u8];
-            let mut v = a >> 7;
-            while v > 0 {
-                groups.push((v & 0x7f) as u8 | 0x80);
-                v >>= 7;
-            }
-            out.extend(groups.into_iter().rev());
-        }
-        out
-    }
-
-    pub fn seq(parts: &[&[u8]]) -> Vec<u8> {
-        tlv(SEQ, &parts.concat())
-    }
-
-    /// Reads TLVs one after another out of a buffer.
-    pub struct Reader<'a>(pub &'a [u8]);
-
-    impl<'a> Reader<'a> {
-        pub fn next(&mut self) -> Option<(u8, &'a [u8])> {
-            let b = self.0;
-            let tag = *b.first()?;
-            let first = *b.get(1)? as usize;
-            let (len, head) = if first < 0x80 {
-                (first, 2)
-            } else {
-                let n = first & 0x7f;
-                if n == 0 || n > 4 {
-                    return None;
-                }
-                let mut len = 0usize;
-                for i in 0..n {
-                    len = (len << 8) | *b.get(2 + i)? as usize;
-                }
-                (len, 2 + n)
-            };
-            let content = b.get(head..head.checked_add(len)?)?;
-            self.0 = &b[head + len..];
-            Some((tag, content))
-        }
-
-        pub fn expect(&mut self, tag: u8) -> Option<&'a [u8]> {
-            match self.next()? {
-                (t, c) if t == tag => Some(c),
-                _ => None,
-            }
-        }
-
-        pub fn int(&mut self) -> Option<i64> {
-            let c = self.expect(INT)?;
-            if c.is_empty() || c.len() > 8 {
-                return None;
-            }
-            let mut v: i64 = if c[0] & 0x80 != 0 { -1 } else { 0 };
-            for &b in c {
-                v = (v << 8) | b as i64;
-            }
-            Some(v)
-        }
-    }
-}
+use usm::{aes_cfb, aes_iv, AuthProto};
 
 /// One decoded PDU: response or report.
 struct Pdu {
@@ -180,116 +69,6 @@ fn get_pdu(request_id: i64, oids: &[&[u32]]) -> Vec<u8> {
         ber::GET,
         &[ber::int(request_id), ber::int(0), ber::int(0), vbs].concat(),
     )
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum AuthProto {
-    Md5,
-    Sha1,
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl AuthProto {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "MD5" => Self::Md5,
-            "SHA" => Self::Sha1,
-            "SHA-224" => Self::Sha224,
-            "SHA-256" => Self::Sha256,
-            "SHA-384" => Self::Sha384,
-            "SHA-512" => Self::Sha512,
-            _ => return None,
-        })
-    }
-
-    /// Length of msgAuthenticationParameters (RFC 3414, RFC 7860).
-    fn mac_len(self) -> usize {
-        match self {
-            Self::Md5 | Self::Sha1 => 12,
-            Self::Sha224 => 16,
-            Self::Sha256 => 24,
-            Self::Sha384 => 32,
-            Self::Sha512 => 48,
-        }
-    }
-
-    /// Password to localized key (RFC 3414 A.2): hash 1 MiB of the repeated passphrase,
-    /// then hash(Ku ‖ engineID ‖ Ku).
-    fn localized_key(self, pass: &[u8], engine: &[u8]) -> Vec<u8> {
-        fn go<D: Digest>(pass: &[u8], engine: &[u8]) -> Vec<u8> {
-            let mut d = D::new();
-            let mut buf = [0u8; 64];
-            let mut i = 0usize;
-            for _ in 0..(1_048_576 / 64) {
-                for b in buf.iter_mut() {
-                    *b = pass[i % pass.len()];
-                    i += 1;
-                }
-                d.update(buf);
-            }
-            let ku = d.finalize();
-            let mut d = D::new();
-            d.update(&ku);
-            d.update(engine);
-            d.update(&ku);
-            d.finalize().to_vec()
-        }
-        match self {
-            Self::Md5 => go::<md5::Md5>(pass, engine),
-            Self::Sha1 => go::<sha1::Sha1>(pass, engine),
-            Self::Sha224 => go::<sha2::Sha224>(pass, engine),
-            Self::Sha256 => go::<sha2::Sha256>(pass, engine),
-            Self::Sha384 => go::<sha2::Sha384>(pass, engine),
-            Self::Sha512 => go::<sha2::Sha512>(pass, engine),
-        }
-    }
-
-    fn mac(self, key: &[u8], msg: &[u8]) -> Vec<u8> {
-        macro_rules! hm {
-            ($d:ty) => {{
-                let mut m = <Hmac<$d> as Mac>::new_from_slice(key).expect("any key length");
-                m.update(msg);
-                m.finalize().into_bytes().to_vec()
-            }};
-        }
-        let mut full = match self {
-            Self::Md5 => hm!(md5::Md5),
-            Self::Sha1 => hm!(sha1::Sha1),
-            Self::Sha224 => hm!(sha2::Sha224),
-            Self::Sha256 => hm!(sha2::Sha256),
-            Self::Sha384 => hm!(sha2::Sha384),
-            Self::Sha512 => hm!(sha2::Sha512),
-        };
-        full.truncate(self.mac_len());
-        full
-    }
-}
-
-/// AES-128 in CFB-128 mode (RFC 3826), both directions.
-fn aes_cfb(key: &[u8], iv: [u8; 16], data: &[u8], encrypt: bool) -> Vec<u8> {
-    let cipher = aes::Aes128::new(GenericArray::from_slice(&key[..16]));
-    let mut register = iv;
-    let mut out = Vec::with_capacity(data.len());
-    for chunk in data.chunks(16) {
-        let mut block = GenericArray::clone_from_slice(&register);
-        cipher.encrypt_block(&mut block);
-        let o: Vec<u8> = chunk.iter().zip(block.iter()).map(|(a, b)| a ^ b).collect();
-        let fed = if encrypt { &o[..] } else { chunk };
-        register[..fed.len()].copy_from_slice(fed);
-        out.extend(o);
-    }
-    out
-}
-
-fn aes_iv(boots: i64, time: i64, salt: &[u8]) -> [u8; 16] {
-    let mut iv = [0u8; 16];
-    iv[..4].copy_from_slice(&(boots as u32).to_be_bytes());
-    iv[4..8].copy_from_slice(&(time as u32).to_be_bytes());
-    iv[8..].copy_from_slice(&salt[..8]);
-    iv
 }
 
 struct Usm {
@@ -894,45 +673,4 @@ fn read_system(pdu: &Pdu) -> StageResult<String> {
         None => format!("sysDescr {short}"),
     };
     Ok((short, Some(detail)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn integers_and_oids_encode_as_ber() {
-        assert_eq!(ber::int(0), [2, 1, 0]);
-        assert_eq!(ber::int(128), [2, 2, 0, 128]);
-        assert_eq!(ber::int(-1), [2, 1, 0xff]);
-        assert_eq!(
-            ber::oid(&[1, 3, 6, 1, 4, 1, 8072]),
-            [6, 7, 0x2b, 6, 1, 4, 1, 0xbf, 0x08]
-        );
-        assert_eq!(ber::Reader(&ber::int(65_507)).int(), Some(65_507));
-    }
-
-    #[test]
-    fn rfc3414_key_localization_vectors() {
-        // RFC 3414 A.3.1 (MD5) and A.3.2 (SHA), password "maplesyrup".
-        let engine = hex::decode("000000000000000000000002").unwrap();
-        assert_eq!(
-            hex::encode(AuthProto::Md5.localized_key(b"maplesyrup", &engine)),
-            "526f5eed9fcce26f8964c2930787d82b"
-        );
-        assert_eq!(
-            hex::encode(AuthProto::Sha1.localized_key(b"maplesyrup", &engine)),
-            "6695febc9288e36282235fc7151f128497b38f3f"
-        );
-    }
-
-    #[test]
-    fn cfb_round_trips() {
-        let key = [7u8; 16];
-        let iv = aes_iv(3, 99, &[1; 8]);
-        let data = b"a scoped PDU that is not a multiple of 16";
-        let enc = aes_cfb(&key, iv, data, true);
-        assert_ne!(&enc[..], &data[..]);
-        assert_eq!(aes_cfb(&key, iv, &enc, false), data);
-    }
 }
