@@ -1,7 +1,8 @@
 //! S3-compatible storage (s3, minio, r2) and Athena probes: one SigV4-signed request
 //! (signed_http.rs) through the guard — HeadBucket for a bucket (200 ok, 404
 //! not_found, 403 explained by a signed ListObjectsV2 that carries S3's error code), and
-//! Athena GetWorkGroup for the configured workgroup.
+//! Athena GetWorkGroup for the configured workgroup, Kinesis DescribeStreamSummary for the
+//! configured stream (both the AWS JSON protocol).
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use crate::result::{
 use crate::signed_http::{send, Answer, Call};
 use crate::tls::{TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
+
+mod kinesis;
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
 
@@ -163,15 +166,28 @@ fn origin(u: &Url) -> String {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    S3,
+    Athena,
+    Kinesis,
+}
+
 pub async fn probe_s3(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
     let mut run = Run::new(budget, PLANNED);
-    let _ = steps(&mut run, t, guard, true).await;
+    let _ = steps(&mut run, t, guard, Api::S3).await;
     run.finish()
 }
 
 pub async fn probe_athena(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
     let mut run = Run::new(budget, PLANNED);
-    let _ = steps(&mut run, t, guard, false).await;
+    let _ = steps(&mut run, t, guard, Api::Athena).await;
+    run.finish()
+}
+
+pub async fn probe_kinesis(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> ProbeResult {
+    let mut run = Run::new(budget, PLANNED);
+    let _ = steps(&mut run, t, guard, Api::Kinesis).await;
     run.finish()
 }
 
@@ -179,11 +195,15 @@ async fn steps(
     run: &mut Run,
     t: &Target<'_>,
     guard: &NetworkGuard,
-    s3: bool,
+    api: Api,
 ) -> Result<(), Stopped> {
     let (call, creds) = run
         .stage(S::Resolve, async {
-            let (call, detail) = if s3 { s3_call(t)? } else { athena_call(t)? };
+            let (call, detail) = match api {
+                Api::S3 => s3_call(t)?,
+                Api::Athena => athena_call(t)?,
+                Api::Kinesis => kinesis::call(t)?,
+            };
             crate::guard::check_url_shape(&call.url, &["https", "http"])
                 .map_err(|e| net::guard_failure(e, ""))?;
             Ok(((call, credentials(t)?), Some(detail)))
@@ -244,10 +264,10 @@ async fn steps(
         run.skip(S::Tls, "plain HTTP endpoint");
         run.warn("the endpoint is plain HTTP: requests are signed but not encrypted");
     }
-    if s3 {
-        s3_outcome(run, &call, &creds, &checked, &opts, answer).await
-    } else {
-        athena_outcome(run, answer)
+    match api {
+        Api::S3 => s3_outcome(run, &call, &creds, &checked, &opts, answer).await,
+        Api::Athena => athena_outcome(run, answer),
+        Api::Kinesis => kinesis::outcome(run, answer),
     }
 }
 
@@ -430,6 +450,38 @@ fn athena_outcome(run: &mut Run, answer: Answer) -> Result<(), Stopped> {
     }
 }
 
+fn json_error_type(answer: &Answer) -> String {
+    serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("__type").and_then(|t| t.as_str()).map(str::to_owned))
+        .map(|t| t.rsplit('#').next().unwrap_or_default().to_owned())
+        // Some emulators answer in the query protocol's XML instead.
+        .or_else(|| xml_code(&answer.body))
+        .unwrap_or_default()
+}
+
+fn is_credential_error(kind: &str) -> bool {
+    matches!(
+        kind,
+        "UnrecognizedClientException"
+            | "SignatureDoesNotMatch"
+            | "InvalidAccessKeyId"
+            | "InvalidSignatureException"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+    )
+}
+
+fn credential_failure(kind: &str) -> Failure {
+    Failure::new(
+        ErrorClass::AuthFailed,
+        format!("AWS rejected the credentials ({kind})"),
+    )
+    .hint("check the access key id and secret access key (and the session token)")
+}
+
 fn ok(stage: S, detail: &str) -> StageReport {
     StageReport {
         stage,
@@ -444,7 +496,7 @@ fn unexpected(status: u16) -> Failure {
         ErrorClass::ProtocolMismatch,
         format!("unexpected HTTP {status}"),
     )
-    .hint("is the endpoint URL the storage or Athena API?")
+    .hint("is the endpoint URL the storage, Athena or Kinesis API?")
 }
 
 /// `<Code>…</Code>` of an S3 XML error, if it is a plain token.

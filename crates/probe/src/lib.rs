@@ -9,9 +9,10 @@
 //! Families, one module each (protocols written by hand so each step maps to one stage):
 //! `postgres`, `mysql`, `redis`, `http` (the catalog's declared HTTP check), `amqp`,
 //! `nats`, `mqtt`, `smtp`, `kafka`, `ldap`, `ftp`, `aws` (s3 and athena over
-//! `signed_http`), `logsink` (syslog, gelf, logback: send-only), `gcp` (gcs, bigquery:
+//! `signed_http`; also kinesis), `logsink` (syslog, gelf, logback: send-only), `gcp` (gcs, bigquery:
 //! service-account JWT exchange), `azure` (azure_blob: SharedKey or SAS), `salesforce`
-//! (an OAuth exchange before the declared HTTP check). Other probe kinds answer
+//! (an OAuth exchange before the declared HTTP check), `snmp` (UDP, v2c and v3 USM), `stomp`
+//! (activemq), `ssh` (sftp, ssh_exec). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
@@ -35,6 +36,9 @@ mod salesforce;
 mod scram;
 mod signed_http;
 mod smtp;
+mod snmp;
+mod ssh;
+mod stomp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -77,6 +81,11 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "gcs",
     "bigquery",
     "azure_blob",
+    "snmp",
+    "stomp",
+    "kinesis",
+    "sftp",
+    "ssh_exec",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -175,6 +184,11 @@ pub async fn probe(
         "gcs" => gcp::probe(&target, guard, budget, gcp::Kind::Gcs).await,
         "bigquery" => gcp::probe(&target, guard, budget, gcp::Kind::BigQuery).await,
         "azure_blob" => azure::probe(&target, guard, budget).await,
+        "snmp" => snmp::probe(&target, guard, budget).await,
+        "stomp" => stomp::probe(&target, guard, budget).await,
+        "kinesis" => aws::probe_kinesis(&target, guard, budget).await,
+        "sftp" => ssh::probe(&target, guard, budget, ssh::Kind::Sftp).await,
+        "ssh_exec" => ssh::probe(&target, guard, budget, ssh::Kind::Exec).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -168,10 +168,10 @@ async fn a_missing_athena_workgroup_is_not_found() {
     assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
 }
 
-const MOTO_IAM: u16 = 15001;
+pub const MOTO_IAM: u16 = 15001;
 
 /// (full key, no-permission key) of the IAM-mode moto.
-fn iam_keys() -> Option<((String, String), (String, String))> {
+pub fn iam_keys() -> Option<((String, String), (String, String))> {
     if !peer(MOTO_IAM, "moto (IAM mode)") {
         return None;
     }
