@@ -37,3 +37,6 @@ bash "$(dirname "$0")/peers-brokers.sh"
 
 # Infrastructure probe peers: Kafka protocol (tansu) on 19092, slapd on 3389, FTP on 2121.
 bash "$(dirname "$0")/peers-infra.sh"
+
+# More probe peers: Snowflake's HTTP protocol (fakesnow) on 18900.
+bash "$(dirname "$0")/peers-more-c.sh"

@@ -24,12 +24,14 @@ mod mqtt;
 mod mysql;
 mod nats;
 mod net;
+mod plain_http;
 mod postgres;
 mod redis;
 mod result;
 mod scram;
 mod signed_http;
 mod smtp;
+mod snowflake;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -53,8 +55,23 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Probe kinds with a probe; the others answer `not_implemented`.
 pub const IMPLEMENTED_KINDS: &[&str] = &[
-    "postgres", "redis", "http", "mysql", "amqp", "nats", "mqtt", "smtp", "kafka", "ldap", "ftp",
-    "s3", "athena", "syslog", "gelf", "logback",
+    "postgres",
+    "redis",
+    "http",
+    "mysql",
+    "amqp",
+    "nats",
+    "mqtt",
+    "smtp",
+    "kafka",
+    "ldap",
+    "ftp",
+    "s3",
+    "athena",
+    "syslog",
+    "gelf",
+    "logback",
+    "snowflake",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -150,6 +167,7 @@ pub async fn probe(
         "syslog" => logsink::probe(&target, guard, budget, logsink::Kind::Syslog).await,
         "gelf" => logsink::probe(&target, guard, budget, logsink::Kind::Gelf).await,
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
+        "snowflake" => snowflake::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

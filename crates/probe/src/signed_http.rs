@@ -133,7 +133,7 @@ fn hex_sha256(b: &[u8]) -> String {
         .collect()
 }
 
-fn send_failure(e: &reqwest::Error, checked: &Checked) -> SendError {
+pub(crate) fn send_failure(e: &reqwest::Error, checked: &Checked) -> SendError {
     // A rustls error anywhere in the chain is a TLS failure.
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {
