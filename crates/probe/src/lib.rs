@@ -32,6 +32,7 @@ mod scram;
 mod signed_http;
 mod smtp;
 mod snowflake;
+mod sqlserver;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "gelf",
     "logback",
     "snowflake",
+    "sqlserver",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -168,6 +170,7 @@ pub async fn probe(
         "gelf" => logsink::probe(&target, guard, budget, logsink::Kind::Gelf).await,
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
         "snowflake" => snowflake::probe(&target, guard, budget).await,
+        "sqlserver" => sqlserver::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -20,4 +20,5 @@ mod postgres;
 mod redis;
 mod smtp;
 mod snowflake;
+mod sqlserver;
 mod ssrf;
