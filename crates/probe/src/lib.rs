@@ -20,6 +20,7 @@ mod http;
 mod kafka;
 mod ldap;
 mod logsink;
+mod mongodb;
 mod mqtt;
 mod mysql;
 mod nats;
@@ -74,6 +75,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "logback",
     "snowflake",
     "sqlserver",
+    "mongodb",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -171,6 +173,7 @@ pub async fn probe(
         "logback" => logsink::probe(&target, guard, budget, logsink::Kind::Logback).await,
         "snowflake" => snowflake::probe(&target, guard, budget).await,
         "sqlserver" => sqlserver::probe(&target, guard, budget).await,
+        "mongodb" => mongodb::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -13,6 +13,7 @@ mod kafka;
 mod kit;
 mod ldap;
 mod logsink;
+mod mongodb;
 mod mqtt;
 mod mysql;
 mod nats;
