@@ -14,6 +14,7 @@
 
 mod amqp;
 mod aws;
+mod clickhouse;
 mod ftp;
 pub mod guard;
 mod http;
@@ -76,6 +77,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "snowflake",
     "sqlserver",
     "mongodb",
+    "clickhouse",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -174,6 +176,7 @@ pub async fn probe(
         "snowflake" => snowflake::probe(&target, guard, budget).await,
         "sqlserver" => sqlserver::probe(&target, guard, budget).await,
         "mongodb" => mongodb::probe(&target, guard, budget).await,
+        "clickhouse" => clickhouse::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

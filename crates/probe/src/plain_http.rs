@@ -14,7 +14,6 @@ const MAX_BODY: usize = 256 * 1024;
 
 pub struct Answer {
     pub status: u16,
-    #[allow(dead_code)] // read by the ClickHouse probe (its exception-code header)
     pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
 }

@@ -5,6 +5,7 @@
 mod amqp;
 mod aws;
 mod catalog;
+mod clickhouse;
 mod deadline;
 mod ftp;
 mod http;
