@@ -18,6 +18,7 @@ mod clickhouse;
 mod ftp;
 pub mod guard;
 mod http;
+mod jdbc;
 mod kafka;
 mod ldap;
 mod logsink;
@@ -78,6 +79,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "sqlserver",
     "mongodb",
     "clickhouse",
+    "jdbc",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -177,6 +179,7 @@ pub async fn probe(
         "sqlserver" => sqlserver::probe(&target, guard, budget).await,
         "mongodb" => mongodb::probe(&target, guard, budget).await,
         "clickhouse" => clickhouse::probe(&target, guard, budget).await,
+        "jdbc" => jdbc::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -10,6 +10,7 @@ mod deadline;
 mod ftp;
 mod http;
 mod http_responder;
+mod jdbc;
 mod kafka;
 mod kit;
 mod ldap;
