@@ -14,6 +14,7 @@
 
 mod amqp;
 mod aws;
+mod cassandra;
 mod clickhouse;
 mod ftp;
 pub mod guard;
@@ -80,6 +81,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "mongodb",
     "clickhouse",
     "jdbc",
+    "cassandra",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -180,6 +182,7 @@ pub async fn probe(
         "mongodb" => mongodb::probe(&target, guard, budget).await,
         "clickhouse" => clickhouse::probe(&target, guard, budget).await,
         "jdbc" => jdbc::probe(&target, guard, budget).await,
+        "cassandra" => cassandra::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

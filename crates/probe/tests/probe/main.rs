@@ -4,6 +4,7 @@
 
 mod amqp;
 mod aws;
+mod cassandra;
 mod catalog;
 mod clickhouse;
 mod deadline;
