@@ -30,6 +30,7 @@ mod nats;
 mod net;
 mod plain_http;
 mod postgres;
+mod pulsar;
 mod redis;
 mod result;
 mod scram;
@@ -82,6 +83,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "clickhouse",
     "jdbc",
     "cassandra",
+    "pulsar",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -183,6 +185,7 @@ pub async fn probe(
         "clickhouse" => clickhouse::probe(&target, guard, budget).await,
         "jdbc" => jdbc::probe(&target, guard, budget).await,
         "cassandra" => cassandra::probe(&target, guard, budget).await,
+        "pulsar" => pulsar::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -21,6 +21,7 @@ mod mqtt;
 mod mysql;
 mod nats;
 mod postgres;
+mod pulsar;
 mod redis;
 mod smtp;
 mod snowflake;
