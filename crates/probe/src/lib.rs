@@ -9,7 +9,9 @@
 //! Families, one module each (protocols written by hand so each step maps to one stage):
 //! `postgres`, `mysql`, `redis`, `http` (the catalog's declared HTTP check), `amqp`,
 //! `nats`, `mqtt`, `smtp`, `kafka`, `ldap`, `ftp`, `aws` (s3 and athena over
-//! `signed_http`), `logsink` (syslog, gelf, logback: send-only). Other probe kinds answer
+//! `signed_http`), `logsink` (syslog, gelf, logback: send-only), `snowflake` and
+//! `clickhouse` (over `plain_http`), `sqlserver` (TDS), `mongodb` (OP_MSG), `cassandra`
+//! (CQL v4), `pulsar`, `jdbc` (delegates to the URL's family). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
