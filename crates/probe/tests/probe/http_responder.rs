@@ -103,3 +103,16 @@ pub async fn serve(handler: impl Fn(Request) -> Reply + Send + Sync + 'static) -
     });
     port
 }
+
+/// A port that accepts connections and never answers (for the deadline cases).
+pub async fn silent() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}

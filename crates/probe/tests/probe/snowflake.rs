@@ -133,3 +133,12 @@ async fn the_password_never_appears_in_the_result() {
         assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
     }
 }
+
+#[tokio::test]
+async fn a_silent_server_is_a_timeout_within_the_deadline() {
+    let port = crate::http_responder::silent().await;
+    let started = std::time::Instant::now();
+    let r = kit::run(&kit::loopback(), "snowflake", json!({"account": "a", "username": "u", "host": "127.0.0.1", "port": port, "protocol": "http"}), &[("password", "p")], Duration::from_millis(500)).await;
+    assert_failed(&r, ProbeStage::Auth, ErrorClass::Timeout);
+    assert!(started.elapsed() < Duration::from_millis(700));
+}
