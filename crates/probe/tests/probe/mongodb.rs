@@ -389,3 +389,20 @@ async fn a_silent_server_is_a_timeout_within_the_deadline() {
     assert_failed(&r, ProbeStage::Auth, ErrorClass::Timeout);
     assert!(started.elapsed() < Duration::from_millis(700));
 }
+
+#[tokio::test]
+async fn a_certificate_from_an_unknown_ca_is_untrusted_at_tls() {
+    // The TLS Redis of scripts/peers-probe.sh presents a test-CA certificate.
+    if !kit::peer(6381, "TLS Redis (test CA)") {
+        return;
+    }
+    let r = kit::run(
+        &kit::loopback(),
+        "mongodb",
+        json!({"hosts": ["127.0.0.1:6381"], "database": "pbdb", "tls": true}),
+        &[("password", "p")],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_failed(&r, ProbeStage::Tls, ErrorClass::TlsUntrustedCertificate);
+}
