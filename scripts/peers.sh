@@ -40,3 +40,5 @@ bash "$(dirname "$0")/peers-infra.sh"
 
 # More probe peers (helper A): snmpd on udp 1161.
 bash "$(dirname "$0")/peers-more-a.sh"
+# More probe peers: Snowflake's HTTP protocol (fakesnow) on 18900.
+bash "$(dirname "$0")/peers-more-c.sh"

@@ -12,24 +12,32 @@
 //! `signed_http`; also kinesis), `logsink` (syslog, gelf, logback: send-only), `gcp` (gcs, bigquery:
 //! service-account JWT exchange), `azure` (azure_blob: SharedKey or SAS), `salesforce`
 //! (an OAuth exchange before the declared HTTP check), `snmp` (UDP, v2c and v3 USM), `stomp`
-//! (activemq), `ssh` (sftp, ssh_exec). Other probe kinds answer
+//! (activemq), `ssh` (sftp, ssh_exec), `snowflake` and `clickhouse` (over `plain_http`),
+//! `sqlserver` (TDS), `mongodb` (OP_MSG), `cassandra` (CQL v4), `pulsar`, `jdbc` (delegates to
+//! the URL's family). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
 mod aws;
 mod azure;
+mod cassandra;
+mod clickhouse;
 mod ftp;
 mod gcp;
 pub mod guard;
 mod http;
+mod jdbc;
 mod kafka;
 mod ldap;
 mod logsink;
+mod mongodb;
 mod mqtt;
 mod mysql;
 mod nats;
 mod net;
+mod plain_http;
 mod postgres;
+mod pulsar;
 mod redis;
 mod result;
 mod salesforce;
@@ -37,6 +45,8 @@ mod scram;
 mod signed_http;
 mod smtp;
 mod snmp;
+mod snowflake;
+mod sqlserver;
 mod ssh;
 mod stomp;
 pub mod tls;
@@ -86,6 +96,13 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "kinesis",
     "sftp",
     "ssh_exec",
+    "snowflake",
+    "sqlserver",
+    "mongodb",
+    "clickhouse",
+    "jdbc",
+    "cassandra",
+    "pulsar",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -189,6 +206,13 @@ pub async fn probe(
         "kinesis" => aws::probe_kinesis(&target, guard, budget).await,
         "sftp" => ssh::probe(&target, guard, budget, ssh::Kind::Sftp).await,
         "ssh_exec" => ssh::probe(&target, guard, budget, ssh::Kind::Exec).await,
+        "snowflake" => snowflake::probe(&target, guard, budget).await,
+        "sqlserver" => sqlserver::probe(&target, guard, budget).await,
+        "mongodb" => mongodb::probe(&target, guard, budget).await,
+        "clickhouse" => clickhouse::probe(&target, guard, budget).await,
+        "jdbc" => jdbc::probe(&target, guard, budget).await,
+        "cassandra" => cassandra::probe(&target, guard, budget).await,
+        "pulsar" => pulsar::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

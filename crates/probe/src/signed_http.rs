@@ -133,19 +133,25 @@ fn hex_sha256(b: &[u8]) -> String {
         .collect()
 }
 
-fn send_failure(e: &reqwest::Error, checked: &Checked) -> SendError {
-    // A rustls error anywhere in the chain is a TLS failure.
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<rustls::Error>() {
-            return (S::Tls, tls::classify(r));
+pub(crate) fn send_failure(e: &reqwest::Error, checked: &Checked) -> SendError {
+    // A rustls error anywhere in the chain is a TLS failure. hyper wraps io errors in io
+    // errors whose `source()` skips the wrapped error, so each io error is opened too.
+    fn rustls_cause(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r.clone());
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return (S::Tls, tls::classify(r));
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if let Some(r) = rustls_cause(inner) {
+                return Some(r);
             }
         }
-        source = s.source();
+        e.source().and_then(rustls_cause)
+    }
+    if let Some(r) = rustls_cause(e) {
+        return (S::Tls, tls::classify(&r));
     }
     if e.is_connect() {
         let addr = checked.addrs.first().copied();

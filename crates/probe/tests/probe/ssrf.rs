@@ -275,7 +275,7 @@ async fn loopback_is_refused_by_the_default_policy() {
 async fn a_kind_without_a_probe_says_so() {
     let r = crate::kit::run(
         &crate::kit::loopback(),
-        "mongodb",
+        "oracle",
         json!({}),
         &[],
         Duration::from_secs(1),
@@ -288,5 +288,5 @@ async fn a_kind_without_a_probe_says_so() {
     );
     assert!(e
         .message
-        .contains("not implemented yet for probe kind `mongodb`"));
+        .contains("not implemented yet for probe kind `oracle`"));
 }
