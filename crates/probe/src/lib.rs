@@ -14,7 +14,7 @@
 //! (an OAuth exchange before the declared HTTP check), `snmp` (UDP, v2c and v3 USM), `stomp`
 //! (activemq), `ssh` (sftp, ssh_exec), `snowflake` and `clickhouse` (over `plain_http`),
 //! `sqlserver` (TDS), `mongodb` (OP_MSG), `cassandra` (CQL v4), `pulsar`, `jdbc` (delegates to
-//! the URL's family). Other probe kinds answer
+//! the URL's family), `oracle` (TNS CONNECT only; no O5LOGON). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
@@ -35,6 +35,7 @@ mod mqtt;
 mod mysql;
 mod nats;
 mod net;
+mod oracle;
 mod plain_http;
 mod postgres;
 mod pulsar;
@@ -103,6 +104,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "jdbc",
     "cassandra",
     "pulsar",
+    "oracle",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -213,6 +215,7 @@ pub async fn probe(
         "jdbc" => jdbc::probe(&target, guard, budget).await,
         "cassandra" => cassandra::probe(&target, guard, budget).await,
         "pulsar" => pulsar::probe(&target, guard, budget).await,
+        "oracle" => oracle::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -23,6 +23,7 @@ mod mongodb;
 mod mqtt;
 mod mysql;
 mod nats;
+mod oracle;
 mod postgres;
 mod pulsar;
 mod redis;
