@@ -189,6 +189,10 @@ fn builtin_denial(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// The environment variable listing the local directories tests may read files under,
+/// separated like PATH (`:` on Unix).
+pub const FILE_ROOTS_ENV: &str = "PATCHBAY_PROBE_FILE_ROOTS";
+
 /// Allow and deny lists. Decision per target: a deny rule wins; else an allow rule admits
 /// (overriding the built-in deny set — this is how a deployment permits loopback); else the
 /// built-in deny set (link-local, metadata, unspecified, multicast, broadcast, loopback)
@@ -197,6 +201,9 @@ fn builtin_denial(ip: IpAddr) -> Option<&'static str> {
 pub struct Policy {
     allow: Vec<Rule>,
     deny: Vec<Rule>,
+    /// Local directories whose files a test may read (file-based types such as DuckDB).
+    /// Empty by default: every local path is refused, so a test cannot disclose files.
+    file_roots: Vec<std::path::PathBuf>,
 }
 
 impl Policy {
@@ -211,16 +218,43 @@ impl Policy {
         Ok(Self {
             allow: list(allow)?,
             deny: list(deny)?,
+            file_roots: Vec::new(),
         })
     }
 
-    /// The policy of PATCHBAY_NETWORK_ALLOW and PATCHBAY_NETWORK_DENY (both optional).
+    /// The policy of PATCHBAY_NETWORK_ALLOW and PATCHBAY_NETWORK_DENY, and the local
+    /// directories of PATCHBAY_PROBE_FILE_ROOTS (all optional).
     pub fn from_env() -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).unwrap_or_default();
-        Self::parse(
+        let mut policy = Self::parse(
             &var("PATCHBAY_NETWORK_ALLOW"),
             &var("PATCHBAY_NETWORK_DENY"),
-        )
+        )?;
+        if let Some(roots) = std::env::var_os(FILE_ROOTS_ENV) {
+            for root in std::env::split_paths(&roots).filter(|p| !p.as_os_str().is_empty()) {
+                policy = policy.file_root(root)?;
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Allows tests to read files under `dir` (an absolute path; symlinks in it are
+    /// resolved when a path is checked).
+    pub fn file_root(mut self, dir: impl Into<std::path::PathBuf>) -> Result<Self, String> {
+        let dir = dir.into();
+        if !dir.is_absolute() {
+            return Err(format!(
+                "{FILE_ROOTS_ENV}: `{}` is not an absolute path",
+                dir.display()
+            ));
+        }
+        self.file_roots.push(dir);
+        Ok(self)
+    }
+
+    /// The local directories tests may read files under (empty: none).
+    pub fn file_roots(&self) -> &[std::path::PathBuf] {
+        &self.file_roots
     }
 
     pub fn allow(mut self, entry: &str) -> Result<Self, String> {
@@ -581,6 +615,15 @@ fn lookup_error(e: &std::io::Error) -> GuardError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_roots_are_empty_by_default_and_must_be_absolute() {
+        assert!(Policy::default().file_roots().is_empty());
+        assert!(Policy::parse("", "").unwrap().file_roots().is_empty());
+        assert!(Policy::default().file_root("relative/dir").is_err());
+        let p = Policy::default().file_root("/srv/duckdb").unwrap();
+        assert_eq!(p.file_roots(), [std::path::PathBuf::from("/srv/duckdb")]);
+    }
 
     #[test]
     fn every_notation_of_the_metadata_address_parses_to_it() {

@@ -14,7 +14,8 @@
 //! (an OAuth exchange before the declared HTTP check), `snmp` (UDP, v2c and v3 USM), `stomp`
 //! (activemq), `ssh` (sftp, ssh_exec), `snowflake` and `clickhouse` (over `plain_http`),
 //! `sqlserver` (TDS), `mongodb` (OP_MSG), `cassandra` (CQL v4), `pulsar`, `jdbc` (delegates to
-//! the URL's family), `oracle` (TNS CONNECT only; no O5LOGON). Other probe kinds answer
+//! the URL's family), `oracle` (TNS CONNECT only; no O5LOGON),
+//! `duckdb` (a local file under an allowed directory: its header). Other probe kinds answer
 //! `not_implemented` — said, not faked.
 
 mod amqp;
@@ -22,6 +23,7 @@ mod aws;
 mod azure;
 mod cassandra;
 mod clickhouse;
+mod duckdb;
 mod ftp;
 mod gcp;
 pub mod guard;
@@ -105,6 +107,7 @@ pub const IMPLEMENTED_KINDS: &[&str] = &[
     "cassandra",
     "pulsar",
     "oracle",
+    "duckdb",
 ];
 
 /// What a probe reads: the type, its settings and its (decrypted) secrets.
@@ -216,6 +219,7 @@ pub async fn probe(
         "cassandra" => cassandra::probe(&target, guard, budget).await,
         "pulsar" => pulsar::probe(&target, guard, budget).await,
         "oracle" => oracle::probe(&target, guard, budget).await,
+        "duckdb" => duckdb::probe(&target, guard, budget).await,
         other => {
             let mut run = Run::new(budget, &[]);
             run.fail(

@@ -9,6 +9,7 @@ mod cassandra;
 mod catalog;
 mod clickhouse;
 mod deadline;
+mod duckdb;
 mod ftp;
 mod gcp;
 mod http;

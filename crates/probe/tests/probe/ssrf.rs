@@ -273,11 +273,14 @@ async fn loopback_is_refused_by_the_default_policy() {
 
 #[tokio::test]
 async fn a_kind_without_a_probe_says_so() {
-    let r = crate::kit::run(
+    // Every catalog type has a probe now: a copy of one with an unknown kind stands in.
+    let mut ty = crate::kit::ty("oracle").clone();
+    ty.probe.kind = "nosuch".into();
+    let r = patchbay_probe::probe(
+        &ty,
+        &serde_json::Map::new(),
+        &std::collections::BTreeMap::new(),
         &crate::kit::loopback(),
-        "oracle",
-        json!({}),
-        &[],
         Duration::from_secs(1),
     )
     .await;
@@ -288,5 +291,5 @@ async fn a_kind_without_a_probe_says_so() {
     );
     assert!(e
         .message
-        .contains("not implemented yet for probe kind `oracle`"));
+        .contains("not implemented yet for probe kind `nosuch`"));
 }
