@@ -3,6 +3,10 @@
 # starts only what is not answering. Today: PostgreSQL (pre-started on our machines; this
 # restarts it if it stopped) and the client tools the end-to-end tests call.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# Servers started from here inherit the working directory. Start them from a directory that
+# outlives this checkout (a deleted cwd breaks e.g. pyftpdlib's CWD command).
+cd /
 
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
@@ -27,18 +31,18 @@ else
 fi
 
 # AWS APIs (KMS, Secrets Manager) for the key-management and external-manager tests.
-bash "$(dirname "$0")/peers-aws.sh"
+bash "$here/peers-aws.sh"
 
 # Test-connection peers: a scram + TLS PostgreSQL on 5433 and a password Redis on 6380.
-bash "$(dirname "$0")/peers-probe.sh"
+bash "$here/peers-probe.sh"
 
 # Database and broker probe peers: MariaDB users (+ TLS on 3307), RabbitMQ, NATS, MQTT, SMTP.
-bash "$(dirname "$0")/peers-brokers.sh"
+bash "$here/peers-brokers.sh"
 
 # Infrastructure probe peers: Kafka protocol (tansu) on 19092, slapd on 3389, FTP on 2121.
-bash "$(dirname "$0")/peers-infra.sh"
+bash "$here/peers-infra.sh"
 
 # More probe peers (helper A): snmpd on udp 1161.
-bash "$(dirname "$0")/peers-more-a.sh"
+bash "$here/peers-more-a.sh"
 # More probe peers: Snowflake's HTTP protocol (fakesnow) on 18900.
-bash "$(dirname "$0")/peers-more-c.sh"
+bash "$here/peers-more-c.sh"
