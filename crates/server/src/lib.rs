@@ -89,7 +89,7 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
         restrict_dir(&config.data_dir);
-        let keys = service::keys::load(&config.master_key)
+        let keys = service::master_keys::load(&config.master_key)
             .await
             .map_err(StartError::KeyFormat)?;
         let url = match &config.database_url {
@@ -101,7 +101,7 @@ impl App {
         };
         let store = Store::connect(&url).await?;
         // Fail fast: never run with data keys the loaded master key cannot unwrap.
-        if let Err(msg) = service::keys::check(&store, &keys.ring).await {
+        if let Err(msg) = service::master_keys::check(&store, &keys.ring).await {
             if let Some(created) = &keys.created {
                 let _ = std::fs::remove_file(created);
             }

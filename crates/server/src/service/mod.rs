@@ -7,6 +7,7 @@ pub mod connections;
 pub mod credentials;
 pub mod external;
 pub mod keys;
+pub mod master_keys;
 pub mod oauth;
 pub mod probes;
 pub mod sessions;
