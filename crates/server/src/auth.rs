@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use patchbay_core::model::Principal;
-use patchbay_core::permission::{Permission, PermissionSet};
+use patchbay_core::permission::PermissionSet;
 use patchbay_core::roles;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::{hash_token, token_hashes_equal};
@@ -214,14 +214,4 @@ async fn memberships(
         out.insert(m.workspace_id, perms);
     }
     Ok(Some(out))
-}
-
-impl Auth {
-    pub fn require(&self, p: Permission) -> ApiResult<()> {
-        if self.0.can(p) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(p))
-        }
-    }
 }
