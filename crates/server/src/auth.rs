@@ -1,5 +1,8 @@
-//! Bearer-token authentication. Every API handler takes an [`Auth`]; a missing, unknown,
-//! revoked or expired token answers 401 with one undifferentiated message.
+//! Authentication: a bearer token, or else a browser session cookie (with its CSRF token on
+//! changes). Every API handler takes an [`Auth`]; a missing, unknown, revoked or expired
+//! token or session answers 401 with one undifferentiated message, and failures are
+//! throttled per source address and token prefix. A user's memberships are read on every
+//! request, so role changes apply at once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
