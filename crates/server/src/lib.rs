@@ -12,6 +12,7 @@ pub mod service;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod ui;
 
 use std::io::Write;
 use std::net::SocketAddr;

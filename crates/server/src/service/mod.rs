@@ -9,6 +9,7 @@ pub mod external;
 pub mod keys;
 pub mod master_keys;
 pub mod oauth;
+pub mod overview;
 pub mod probes;
 pub mod sessions;
 pub mod tokens;
