@@ -17,7 +17,7 @@ use patchbay_probe::{ErrorClass, NetworkGuard, ProbeResult};
 use serde_json::{json, Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connection_secrets::{self as secrets, provided_settings, resolve_secrets};
+use super::connection_secrets::{self as secrets};
 use super::connections::{self as conn};
 use super::{audit, credentials, workspaces};
 use crate::body::Fields;
@@ -118,21 +118,18 @@ pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<
         )
     })?;
     let permit = admit(state, p)?;
-    let secrets = resolve_secrets(state, &c).await?;
-    let mut settings = c
-        .credential
-        .as_ref()
-        .map(|cred| provided_settings(ty, cred))
-        .unwrap_or_default();
-    for (k, v) in &c.settings {
-        settings.insert(k.clone(), v.clone());
-    }
+    // The material a run would get (one code path with resolve), so a test cannot pass with
+    // settings or secrets a job would not receive.
+    let m = super::resolve::material(state, c).await?;
+    let c = &m.connection;
     let subject = Subject {
         workspace_id: &c.workspace_id,
         kind: "connection",
         id: &c.id,
         details: json!({"version": c.version}),
     };
+    let secrets = m.secrets;
+    let settings = m.settings;
     run(state, p, ty, &settings, secrets, subject, permit).await
 }
 
