@@ -105,6 +105,23 @@ struct ServeArgs {
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
+    /// Reverse proxies whose X-Forwarded-For is believed (comma-separated CIDRs or
+    /// addresses). The source address in audit records and for throttling is then the
+    /// right-most forwarded address that is not a trusted proxy. Default: none.
+    #[arg(long, env = "PATCHBAY_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
+}
+
+/// `10.0.0.0/8, 192.168.1.10, fd00::/8`.
+fn parse_cidrs(s: &str) -> Result<Vec<patchbay_probe::guard::Cidr>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            patchbay_probe::guard::Cidr::parse(e)
+                .ok_or_else(|| format!("`{e}` is not an address or CIDR block"))
+        })
+        .collect()
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -199,6 +216,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 per_minute: args.tests_per_minute,
                 ..Default::default()
             },
+            trusted_proxies: parse_cidrs(&args.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("trusted proxies: {e}"))?,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
