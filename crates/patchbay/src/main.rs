@@ -102,9 +102,42 @@ struct ServeArgs {
     /// The deadline of one connection test (at most 60s).
     #[arg(long, env = "PATCHBAY_TEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     test_deadline: Duration,
+    /// Local directories whose files connection tests of file-based types (DuckDB) may read,
+    /// separated like PATH. Default: none, every local path is refused.
+    #[arg(long, env = "PATCHBAY_PROBE_FILE_ROOTS", default_value = "")]
+    probe_file_roots: std::ffi::OsString,
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
+    /// Reverse proxies whose X-Forwarded-For is believed (comma-separated CIDRs or
+    /// addresses). The source address in audit records and for throttling is then the
+    /// right-most forwarded address that is not a trusted proxy. Default: none.
+    #[arg(long, env = "PATCHBAY_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
+}
+
+/// The network policy and the readable local directories of connection tests.
+fn probe_policy(args: &ServeArgs) -> anyhow::Result<patchbay_probe::Policy> {
+    let mut policy = patchbay_probe::Policy::parse(&args.network_allow, &args.network_deny)
+        .map_err(|e| anyhow::anyhow!("network policy: {e}"))?;
+    for root in std::env::split_paths(&args.probe_file_roots) {
+        if !root.as_os_str().is_empty() {
+            policy = policy.file_root(root).map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
+    Ok(policy)
+}
+
+/// `10.0.0.0/8, 192.168.1.10, fd00::/8`.
+fn parse_cidrs(s: &str) -> Result<Vec<patchbay_probe::guard::Cidr>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            patchbay_probe::guard::Cidr::parse(e)
+                .ok_or_else(|| format!("`{e}` is not an address or CIDR block"))
+        })
+        .collect()
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -146,6 +179,7 @@ fn env_or_file(name: &str) -> anyhow::Result<Option<SecretString>> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let policy = probe_policy(&args)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PATCHBAY_LOG")
@@ -193,12 +227,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audit_retention: args.audit_retention,
             audit_reads: args.audit_reads != "off",
             probes: patchbay_server::service::probes::ProbeSettings {
-                policy: patchbay_probe::Policy::parse(&args.network_allow, &args.network_deny)
-                    .map_err(|e| anyhow::anyhow!("network policy: {e}"))?,
+                policy,
                 deadline: args.test_deadline.min(patchbay_probe::MAX_DEADLINE),
                 per_minute: args.tests_per_minute,
                 ..Default::default()
             },
+            trusted_proxies: parse_cidrs(&args.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("trusted proxies: {e}"))?,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -229,6 +264,40 @@ mod tests {
         // clap checks every subcommand's arguments only when that subcommand runs; this
         // checks them all at once.
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_probe_file_roots_and_trusted_proxies() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "patchbay",
+            "serve",
+            "--probe-file-roots",
+            "/srv/duckdb:/data/lake",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.1",
+        ])
+        .unwrap();
+        let super::Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let policy = super::probe_policy(&args).unwrap();
+        assert_eq!(
+            policy.file_roots(),
+            [
+                std::path::PathBuf::from("/srv/duckdb"),
+                std::path::PathBuf::from("/data/lake")
+            ]
+        );
+        assert_eq!(super::parse_cidrs(&args.trusted_proxies).unwrap().len(), 2);
+        assert!(super::parse_cidrs("10.0.0.0/99").is_err());
+        let relative =
+            super::Cli::try_parse_from(["patchbay", "serve", "--probe-file-roots", "data"])
+                .unwrap();
+        let super::Command::Serve(args) = relative.command else {
+            panic!("not serve")
+        };
+        assert!(super::probe_policy(&args).is_err());
     }
 
     #[test]

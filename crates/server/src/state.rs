@@ -48,6 +48,9 @@ pub struct Settings {
     pub audit_reads: bool,
     /// Connection tests: network policy, deadline, rate limits.
     pub probes: crate::service::probes::ProbeSettings,
+    /// Proxies whose `X-Forwarded-For` is believed (PATCHBAY_TRUSTED_PROXIES). Empty: none,
+    /// the TCP peer is the source address.
+    pub trusted_proxies: Vec<patchbay_probe::guard::Cidr>,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             audit_retention: None,
             audit_reads: true,
             probes: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod master_keys;
 pub mod oauth;
 pub mod overview;
 pub mod probes;
+pub mod resolve;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
