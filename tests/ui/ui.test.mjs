@@ -128,6 +128,24 @@ async function axe(page, name) {
   scanned.push(`${name} (${result.length} minor)`);
 }
 
+// PB_UI_MORE_SHOTS=<dir>: also screenshots of the other pages, for looking at them.
+const moreShots = process.env.PB_UI_MORE_SHOTS;
+async function extraShot(page, name) {
+  if (moreShots) await page.screenshot({ path: path.join(moreShots, `${name}.png`), fullPage: true });
+}
+
+function record(page) {
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
+  page.on("response", async (r) => {
+    const type = r.headers()["content-type"] || "";
+    if (type.startsWith("text/html")) {
+      try { htmlSeen.push([r.url(), await r.text()]); } catch {}
+    }
+  });
+}
+
 async function noOverflow(page, name) {
   const w = await page.evaluate(() => document.documentElement.scrollWidth);
   const vw = page.viewportSize().width;
@@ -153,20 +171,13 @@ try {
   browser = await chromium.launch({ executablePath: browserPath, args: ["--no-sandbox"] });
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
-  page.on("console", (m) => {
-    if (m.type() === "error" && /Content.Security.Policy/i.test(m.text())) cspViolations.push(m.text());
-  });
-  page.on("response", async (r) => {
-    const type = r.headers()["content-type"] || "";
-    if (type.startsWith("text/html")) {
-      try { htmlSeen.push([r.url(), await r.text()]); } catch {}
-    }
-  });
+  record(page);
 
   // 1. Sign in.
   await page.goto(`${base}/`);
   check(page.url().endsWith("/login"), `signed out, / leads to /login (at ${page.url()})`);
   await axe(page, "login");
+  await extraShot(page, "login");
   await page.fill("#username", "admin");
   await page.fill("#password", password);
   await Promise.all([page.waitForURL(/\/projects\/[^/]+\/connections$/), page.click("button[type=submit]")]);
@@ -178,6 +189,7 @@ try {
   await page.click("text=Add a connection >> nth=0");
   await page.waitForURL(/\/connections\/new$/);
   await axe(page, "catalog picker");
+  await extraShot(page, "picker");
   await page.fill("#q", "postgres");
   await Promise.all([page.waitForURL(/q=postgres/), page.click("button:has-text('Search')")]);
   await Promise.all([page.waitForURL(/\/new\/postgresql$/), page.click("a.catalog-item[href$='/new/postgresql']")]);
@@ -223,6 +235,7 @@ try {
   await axe(page, "connection detail");
   await page.click("button:has-text('Test connection')");
   await page.locator("#test-result .result-ok").waitFor();
+  await extraShot(page, "detail");
 
   // A few more connections, so the overview shows what a team sees.
   const more = [
@@ -264,6 +277,7 @@ try {
   await page.goto(`${base}/connections/${id}`);
   await Promise.all([page.waitForURL(/\/edit$/), page.click("a:has-text('Edit')")]);
   await axe(page, "edit form");
+  await extraShot(page, "edit");
   check((await page.inputValue("#f-secrets-password")) === "", "the stored password is not in the form");
   await page.fill("#f-secrets-password", wrong);
   await Promise.all([page.waitForURL(/\/connections\/[0-9a-f-]+$/), page.click("button:has-text('Save')")]);
@@ -287,10 +301,42 @@ try {
   // Every other page passes the scan too.
   await page.click("nav.sidebar >> text=Credentials");
   await axe(page, "credentials");
+  await extraShot(page, "credentials");
   await page.click("nav.sidebar >> text=Audit log");
   await axe(page, "audit log");
+  await extraShot(page, "audit");
   await page.click("nav.sidebar >> text=API tokens");
   await axe(page, "API tokens");
+
+  // Without JavaScript the pages still work: the test button posts the form and the page
+  // comes back with the result (and an empty password input).
+  const plain = await browser.newContext({ viewport: { width: 1280, height: 800 }, javaScriptEnabled: false });
+  const nojs = await plain.newPage();
+  record(nojs);
+  await nojs.goto(`${base}/login`);
+  await nojs.fill("#username", "admin");
+  await nojs.fill("#password", password);
+  await Promise.all([nojs.waitForURL(/\/connections$/), nojs.click("button[type=submit]")]);
+  await nojs.goto(`${base}/projects/${project}/connections/new/postgresql`);
+  await nojs.fill("#f-name", "nojs-db");
+  await nojs.fill("#f-settings-host", "127.0.0.1");
+  await nojs.fill("#f-settings-port", "5433");
+  await nojs.fill("#f-settings-database", "pbtest");
+  await nojs.fill("#f-settings-username", "pb_ui");
+  await nojs.fill("#f-secrets-password", wrong);
+  await nojs.selectOption("#f-settings-sslmode", "require");
+  await Promise.all([nojs.waitForURL(/\/connections\/test$/), nojs.click("button:has-text('Test connection')")]);
+  const nojsResult = await nojs.locator("#test-result").innerText();
+  check(/Failed at the Authentication stage/.test(nojsResult), `no-JS test result: ${nojsResult}`);
+  check((await nojs.inputValue("#f-settings-host")) === "127.0.0.1", "no-JS: the form comes back filled");
+  check((await nojs.inputValue("#f-secrets-password")) === "", "no-JS: the secret is not sent back");
+  await nojs.fill("#f-secrets-password", canary);
+  await Promise.all([nojs.waitForURL(/\/connections\/[0-9a-f-]+$/), nojs.click("button:has-text('Save')")]);
+  await plain.close();
+
+  // Keyboard: the skip link is the first stop and leads to the content.
+  await page.keyboard.press("Tab");
+  check((await page.evaluate(() => document.activeElement.className)) === "skip-link", "the skip link comes first");
 
   // 4'. No HTML response carried either password; no CSP violation.
   check(htmlSeen.length > 10, `HTML responses recorded: ${htmlSeen.length}`);

@@ -281,6 +281,12 @@ struct SettingRow {
     label: String,
     value: String,
     set: bool,
+    /// Multi-line or long (a PEM certificate): shown folded.
+    long: bool,
+}
+
+fn is_long(v: &str) -> bool {
+    v.contains('\n') || v.len() > 160
 }
 
 struct HistoryRow {
@@ -347,6 +353,7 @@ async fn detail_page(
                 };
                 secrets.push(SettingRow {
                     label: f.title.clone(),
+                    long: is_long(&value),
                     value,
                     set,
                 });
@@ -357,6 +364,7 @@ async fn detail_page(
                 };
                 settings.push(SettingRow {
                     label: f.title.clone(),
+                    long: is_long(&value),
                     value,
                     set: true,
                 });
