@@ -375,9 +375,12 @@ pub fn settings_from(
                     None
                 }
             },
-            FieldType::String => Some(Value::String(
-                posted.get(&key).unwrap_or("").replace("\r\n", "\n"),
-            )),
+            // Single-line text is trimmed (a pasted host with a trailing space); PEM and
+            // multi-line text keep their lines.
+            FieldType::String if matches!(f.format, Some(Format::Pem | Format::Multiline)) => Some(
+                Value::String(posted.get(&key).unwrap_or("").replace("\r\n", "\n")),
+            ),
+            FieldType::String => Some(Value::String(raw.to_owned())),
         };
         if let Some(v) = value {
             settings.insert(name.clone(), v);
@@ -419,5 +422,116 @@ mod tests {
         assert_eq!(p[2], ("c".into(), String::new()));
         assert_eq!(p[3].1, "%zz");
         assert_eq!(p[4].1, "%4");
+    }
+
+    fn schema(id: &str) -> &'static patchbay_core::schema::SettingsSchema {
+        &patchbay_catalog::Catalog::builtin()
+            .get(id)
+            .expect("in the catalog")
+            .settings
+    }
+
+    fn posted(fields: &[(&str, &str)]) -> Posted {
+        Posted(
+            fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_form_is_grouped_in_schema_order_with_defaults_selects_and_empty_secrets() {
+        let values = Map::new();
+        let errors = BTreeMap::from([("/settings/port".to_owned(), "bad".to_owned())]);
+        let secrets_set = vec!["password".to_owned()];
+        let f = build(
+            schema("postgresql"),
+            &FormState {
+                values: &values,
+                secrets_set: &secrets_set,
+                errors: &errors,
+                mode: None,
+                defaults: true,
+            },
+        );
+        let titles: Vec<&str> = f.groups.iter().map(|g| g.title.as_str()).collect();
+        assert_eq!(titles, ["Connection", "Authentication", "TLS", "Advanced"]);
+        let names: Vec<&str> = f.groups[0].fields.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["settings.host", "settings.port", "settings.database"]
+        );
+        let port = &f.groups[0].fields[1];
+        assert_eq!((port.input, port.value.as_str()), ("number", "5432"));
+        assert_eq!(port.error.as_deref(), Some("bad"));
+        assert!(f.groups[0].fields[0].required);
+        let password = &f.groups[1].fields[1];
+        assert_eq!((password.input, password.value.as_str()), ("password", ""));
+        assert!(password.secret_set);
+        let sslmode = &f.groups[2].fields[0];
+        assert_eq!(sslmode.input, "select");
+        assert!(sslmode
+            .options
+            .iter()
+            .any(|o| o.value == "prefer" && o.selected));
+        assert!(f.modes.is_empty());
+    }
+
+    #[test]
+    fn auth_modes_become_tabs_and_their_fields_carry_the_mode_classes() {
+        let values = Map::new();
+        let f = build(
+            schema("s3"),
+            &FormState {
+                values: &values,
+                secrets_set: &[],
+                errors: &BTreeMap::new(),
+                mode: Some(1),
+                defaults: true,
+            },
+        );
+        assert_eq!(f.modes.len(), 3);
+        assert!(f.modes[1].checked && !f.modes[0].checked);
+        let all: Vec<&FieldView> = f.groups.iter().flat_map(|g| g.fields.iter()).collect();
+        let role = all.iter().find(|x| x.name == "settings.role_arn").unwrap();
+        assert_eq!(role.modes, "mode-field m1");
+        let bucket = all.iter().find(|x| x.name == "settings.bucket").unwrap();
+        assert_eq!(bucket.modes, "");
+    }
+
+    #[test]
+    fn posted_fields_are_typed_by_the_schema_and_bad_ones_named_by_pointer() {
+        let (settings, secrets, errors) = settings_from(
+            schema("postgresql"),
+            &posted(&[
+                ("settings.host", " db "),
+                ("settings.port", "6543"),
+                ("settings.database", ""),
+                ("secrets.password", "pw"),
+            ]),
+        );
+        assert_eq!(settings["host"], "db");
+        assert_eq!(settings["port"], 6543);
+        assert!(
+            !settings.contains_key("database"),
+            "empty inputs are left out"
+        );
+        assert_eq!(secrets["password"], "pw");
+        assert!(errors.is_empty());
+        let (_, secrets, errors) = settings_from(
+            schema("postgresql"),
+            &posted(&[("settings.port", "x"), ("secrets.password", "")]),
+        );
+        assert_eq!(errors["/settings/port"], "must be a whole number");
+        assert!(secrets.is_empty(), "an empty secret keeps the stored value");
+        let (settings, _, _) = settings_from(
+            schema("kafka"),
+            &posted(&[("settings.bootstrap_servers", "a:9092\r\n\n b:9092 ")]),
+        );
+        assert_eq!(
+            settings["bootstrap_servers"],
+            serde_json::json!(["a:9092", "b:9092"])
+        );
     }
 }
