@@ -256,10 +256,14 @@ pub async fn create_credential(
         Err(ApiError(e)) if matches!(e.code.status(), 400 | 409) => {
             let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
             let mut errors = BTreeMap::new();
-            if let Some(f) = &e.field {
-                errors.insert(f.clone(), e.message.clone());
-            }
-            fail(errors, e.message.clone(), status).await
+            let general = match &e.field {
+                Some(f) => {
+                    errors.insert(f.clone(), e.message.clone());
+                    "Check the highlighted field.".to_owned()
+                }
+                None => e.message.clone(),
+            };
+            fail(errors, general, status).await
         }
         Err(e) => Err(e),
     }

@@ -181,12 +181,12 @@ pub fn build(schema: &patchbay_core::schema::SettingsSchema, st: &FormState<'_>)
         let group = f.group.clone().unwrap_or_else(|| "connection".into());
         let section = if f.secret { "secrets" } else { "settings" };
         let form_name = format!("{section}.{name}");
-        let pointer = format!("/{section}/{name}");
-        let alt_pointer = format!("/settings/{name}");
+        // A credential kind's fields all travel in `secrets`, so errors may name either.
         let error = st
             .errors
-            .get(&pointer)
-            .or_else(|| st.errors.get(&alt_pointer))
+            .get(&format!("/{section}/{name}"))
+            .or_else(|| st.errors.get(&format!("/settings/{name}")))
+            .or_else(|| st.errors.get(&format!("/secrets/{name}")))
             .cloned();
         let in_modes: Vec<usize> = schema
             .one_of

@@ -464,3 +464,148 @@ async fn the_add_form_shows_field_errors_next_to_the_field_and_saves_valid_value
     assert_eq!(api.body["settings"]["port"], 6544);
     assert_eq!(api.body["secrets"]["password"], CANARY);
 }
+
+#[tokio::test]
+async fn credentials_are_created_by_kind_and_rotated_without_their_secret_reaching_a_page() {
+    let s = Service::start().await;
+    let ws = s.default_workspace().await;
+    let b = Browser::sign_in(&s, "admin", &admin_password(&s)).await;
+    // A missing required field: the service's error next to that field.
+    let missing = b
+        .post(
+            &format!("/workspaces/{ws}/credentials"),
+            &[
+                ("kind", "username_password"),
+                ("name", "etl-user"),
+                ("secrets.password", CANARY),
+            ],
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.text);
+    let at = missing.text.find("f-settings-username-help").unwrap();
+    assert!(
+        missing.text[at..].contains("field-error"),
+        "{}",
+        missing.text
+    );
+    assert!(!missing.text.contains(CANARY));
+    let r = b
+        .post(
+            &format!("/workspaces/{ws}/credentials"),
+            &[
+                ("kind", "username_password"),
+                ("name", "etl-user"),
+                ("settings.username", "etl"),
+                ("secrets.password", CANARY),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let page = r.location().to_owned();
+    let id = page.trim_start_matches("/credentials/").to_owned();
+    let shown = b.get(&page).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(shown.text.contains("etl-user") && !shown.text.contains(CANARY));
+    let list = b.get(&format!("/workspaces/{ws}/credentials")).await;
+    assert!(list.text.contains("etl-user") && !list.text.contains(CANARY));
+
+    // Rotate: a blank secret keeps its value, a new one becomes version 2.
+    let rotated = b
+        .post(
+            &format!("/credentials/{id}/rotate"),
+            &[
+                ("revision", "1"),
+                ("settings.username", "etl"),
+                ("secrets.password", "the next password"),
+            ],
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::SEE_OTHER, "{}", rotated.text);
+    let versions = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/credentials/{id}/versions"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        versions.body["items"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        versions.text
+    );
+    let stale = b
+        .post(
+            &format!("/credentials/{id}/rotate"),
+            &[("revision", "1"), ("secrets.password", "again")],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.text
+    );
+    assert!(stale.text.contains("changed by someone else"));
+
+    // An unknown kind is the API's 400 on an error page.
+    let unknown = b
+        .post(
+            &format!("/workspaces/{ws}/credentials"),
+            &[("kind", "nope"), ("name", "x")],
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(unknown.text.contains("unknown_credential_kind"));
+}
+
+#[tokio::test]
+async fn an_api_token_is_shown_once_on_creation_and_can_be_revoked() {
+    let s = Service::start().await;
+    let b = Browser::sign_in(&s, "admin", &admin_password(&s)).await;
+    let created = b
+        .post(
+            "/tokens",
+            &[("name", "laptop-cli"), ("expires_in", "86400")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let start = created.text.find("value=\"pbt_").expect("the new token") + 7;
+    let token = created.text[start..].split('"').next().unwrap().to_owned();
+    let works = s
+        .http
+        .get(format!("{}/api/v1/workspaces", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(works.status(), StatusCode::OK);
+    let later = b.get("/tokens").await;
+    assert!(later.text.contains("laptop-cli") && !later.text.contains(&token));
+
+    let list = s.call(Method::GET, "/api/v1/tokens", None, &[]).await;
+    let id = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "laptop-cli")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = b.post(&format!("/tokens/{id}/revoke"), &[]).await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.text);
+    let refused = s
+        .http
+        .get(format!("{}/api/v1/workspaces", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(b.get("/tokens").await.text.contains("revoked"));
+
+    let bad = b.post("/tokens", &[("name", "Not A Name")]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
