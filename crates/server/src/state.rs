@@ -48,6 +48,8 @@ pub struct Settings {
     pub audit_reads: bool,
     /// Connection tests: network policy, deadline, rate limits.
     pub probes: crate::service::probes::ProbeSettings,
+    /// Webhook delivery: poll interval, timeout, retries and backoff, lease, retention.
+    pub events: crate::service::events::EventSettings,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             audit_retention: None,
             audit_reads: true,
             probes: Default::default(),
+            events: Default::default(),
         }
     }
 }
