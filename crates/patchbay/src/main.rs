@@ -105,6 +105,28 @@ struct ServeArgs {
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
+    /// How often the webhook worker looks for due deliveries.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_POLL", default_value = "1s", value_parser = parse_duration)]
+    webhook_poll: Duration,
+    /// Timeout of one webhook delivery attempt.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+    /// Attempts before a webhook delivery is marked failed.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    webhook_max_attempts: u32,
+    /// First retry delay of a webhook delivery; doubles each attempt (with jitter).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_BACKOFF", default_value = "20s", value_parser = parse_duration)]
+    webhook_backoff: Duration,
+    /// Longest retry delay of a webhook delivery.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_BACKOFF_MAX", default_value = "6h", value_parser = parse_duration)]
+    webhook_backoff_max: Duration,
+    /// How long a replica keeps a claimed delivery before another may send it (must exceed
+    /// the timeout).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_LEASE", default_value = "60s", value_parser = parse_duration)]
+    webhook_lease: Duration,
+    /// How long finished deliveries are kept.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    webhook_retention: Duration,
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -198,6 +220,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 deadline: args.test_deadline.min(patchbay_probe::MAX_DEADLINE),
                 per_minute: args.tests_per_minute,
                 ..Default::default()
+            },
+            events: patchbay_server::service::events::EventSettings {
+                poll_interval: args.webhook_poll.max(Duration::from_millis(10)),
+                timeout: args.webhook_timeout.max(Duration::from_millis(100)),
+                max_attempts: args.webhook_max_attempts.max(1),
+                backoff_base: args.webhook_backoff,
+                backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
+                lease: args
+                    .webhook_lease
+                    .max(args.webhook_timeout + Duration::from_secs(1)),
+                retention: args.webhook_retention,
             },
         },
     };

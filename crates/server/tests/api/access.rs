@@ -79,6 +79,8 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{type}", "postgresql")
         .replace("{user}", user)
         .replace("{version}", "1")
+        .replace("{kind}", "pipeline")
+        .replace("{ref}", "etl-1")
         .replace(
             "{id}",
             if path.starts_with("/api/v1/connections/") {
