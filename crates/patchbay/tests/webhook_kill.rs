@@ -462,3 +462,170 @@ async fn postgres_webhook_delivery_survives_sigkill() {
         ])
         .output();
 }
+
+fn cli(s: &Server, data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("PATCHBAY_URL", &s.url)
+        .env("PATCHBAY_DATA_DIR", data)
+        .env_remove("PATCHBAY_TOKEN")
+        .env_remove("PATCHBAY_WORKSPACE")
+        .env_remove("PATCHBAY_PROJECT")
+        .output()
+        .unwrap()
+}
+
+/// The CLI end to end: a webhook, dependents, a refused delete that lists them, a cascade
+/// delete, and the deliveries it caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_dependents_and_deletes_with_a_cascade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = start(&data, None);
+    let hook_port = free_port();
+    let rx = Receiver::start(hook_port).await;
+    let ok = |out: std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let created = ok(cli(
+        &server,
+        &data,
+        &[
+            "webhooks",
+            "create",
+            &format!("http://127.0.0.1:{hook_port}/hook"),
+            "--event",
+            "dependent.cascade_deleted",
+            "--event",
+            "connection.deleted",
+            "-o",
+            "json",
+        ],
+    ));
+    let hook: Value = serde_json::from_str(&created).unwrap();
+    assert!(hook["secret"].as_str().unwrap().starts_with("whsec_"));
+    let hook_id = hook["id"].as_str().unwrap();
+    let listed = ok(cli(&server, &data, &["webhooks", "list"]));
+    assert!(
+        listed.contains(hook_id) && !listed.contains("whsec_"),
+        "{listed}"
+    );
+    ok(cli(
+        &server,
+        &data,
+        &[
+            "connections",
+            "create",
+            "warehouse",
+            "--type",
+            "postgresql",
+            "--set",
+            "host=127.0.0.1",
+            "--set",
+            "database=dw",
+        ],
+    ));
+    ok(cli(
+        &server,
+        &data,
+        &[
+            "dependents",
+            "add",
+            "warehouse",
+            "pipeline",
+            "etl-1",
+            "--name",
+            "Nightly ETL",
+        ],
+    ));
+    ok(cli(
+        &server,
+        &data,
+        &[
+            "dependents",
+            "add",
+            "warehouse",
+            "dataset",
+            "sales",
+            "--name",
+            "Sales",
+            "--link",
+            "https://bi.example.com/datasets/sales",
+        ],
+    ));
+    let deps = ok(cli(&server, &data, &["dependents", "list", "warehouse"]));
+    assert!(
+        deps.contains("etl-1") && deps.contains("https://bi.example.com/datasets/sales"),
+        "{deps}"
+    );
+    let conns = ok(cli(&server, &data, &["connections", "list"]));
+    assert!(conns.contains("DEPENDENTS"), "{conns}");
+
+    // Refused: the error names the code, and the dependents are listed.
+    let refused = cli(&server, &data, &["connections", "delete", "warehouse"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("has_dependents") && err.contains("etl-1") && err.contains("sales"),
+        "{err}"
+    );
+    let partial = cli(
+        &server,
+        &data,
+        &[
+            "connections",
+            "delete",
+            "warehouse",
+            "--cascade",
+            "pipeline/etl-1",
+        ],
+    );
+    assert!(!partial.status.success());
+    ok(cli(
+        &server,
+        &data,
+        &["dependents", "remove", "warehouse", "dataset", "sales"],
+    ));
+    ok(cli(
+        &server,
+        &data,
+        &[
+            "connections",
+            "delete",
+            "warehouse",
+            "--cascade",
+            "pipeline/etl-1",
+        ],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.got.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "events did not arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds: Vec<String> = rx
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.event.clone())
+        .collect();
+    assert!(
+        kinds.contains(&"dependent.cascade_deleted".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"connection.deleted".to_owned()),
+        "{kinds:?}"
+    );
+    let deliveries = ok(cli(&server, &data, &["webhooks", "deliveries", hook_id]));
+    assert!(
+        deliveries.contains("dependent.cascade_deleted"),
+        "{deliveries}"
+    );
+    let ping = ok(cli(&server, &data, &["webhooks", "ping", hook_id]));
+    assert_eq!(ping.trim().len(), 36, "{ping}");
+    ok(cli(&server, &data, &["webhooks", "delete", hook_id]));
+}

@@ -560,3 +560,52 @@ async fn webhook_input_is_checked_field_by_field() {
         .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_data_key_rotation_re_encrypts_the_signing_secret() {
+    let s = Service::start_with(fast_events(5)).await;
+    let rx = Receiver::start(0).await;
+    let (hook, secret) = webhook(&s, &rx.url, json!([]), None).await;
+    let ws = s.default_workspace().await;
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/keys/rotate-data"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    // The webhook's secret is one of the ciphertexts the rotation moves.
+    assert_eq!(r.body["total"], 1, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        let r = s
+            .call(
+                Method::GET,
+                &format!("/api/v1/keys/rotations/{id}"),
+                None,
+                &[],
+            )
+            .await;
+        state = r.body["state"].clone();
+        if state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "done");
+    // Signed with the same secret, now decrypted under the new data key.
+    let ping = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/webhooks/{hook}/ping"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(ping.status, StatusCode::ACCEPTED);
+    let got = rx.wait_for("ping", |g| !g.is_empty()).await;
+    assert!(signature_ok(&secret, &got[0]));
+}
