@@ -105,6 +105,13 @@ struct ServeArgs {
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
+    /// Webhook delivery settings (boxed: they are read once).
+    #[command(flatten)]
+    webhooks: Box<WebhookArgs>,
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
     /// How often the webhook worker looks for due deliveries.
     #[arg(long, env = "PATCHBAY_WEBHOOK_POLL", default_value = "1s", value_parser = parse_duration)]
     webhook_poll: Duration,
@@ -221,17 +228,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 per_minute: args.tests_per_minute,
                 ..Default::default()
             },
-            events: patchbay_server::service::events::EventSettings {
-                poll_interval: args.webhook_poll.max(Duration::from_millis(10)),
-                timeout: args.webhook_timeout.max(Duration::from_millis(100)),
-                max_attempts: args.webhook_max_attempts.max(1),
-                backoff_base: args.webhook_backoff,
-                backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
-                lease: args
-                    .webhook_lease
-                    .max(args.webhook_timeout + Duration::from_secs(1)),
-                retention: args.webhook_retention,
-            },
+            events: webhook_settings(&args.webhooks),
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -239,6 +236,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(patchbay_server::serve(config))?;
     Ok(())
+}
+
+fn webhook_settings(args: &WebhookArgs) -> patchbay_server::service::events::EventSettings {
+    patchbay_server::service::events::EventSettings {
+        poll_interval: args.webhook_poll.max(Duration::from_millis(10)),
+        timeout: args.webhook_timeout.max(Duration::from_millis(100)),
+        max_attempts: args.webhook_max_attempts.max(1),
+        backoff_base: args.webhook_backoff,
+        backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
+        lease: args
+            .webhook_lease
+            .max(args.webhook_timeout + Duration::from_secs(1)),
+        retention: args.webhook_retention,
+    }
 }
 
 fn main() -> ExitCode {
