@@ -396,6 +396,17 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>> {
         let now = now_millis();
+        // A read first: an idle worker then never takes the (SQLite) write lock.
+        let due: Option<(String,)> = sqlx::query_as(
+            "SELECT event_id FROM event_deliveries WHERE state = 'pending' \
+             AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.write().await?;
         // The outer WHERE repeats the due/free condition: on PostgreSQL a row locked by a
         // concurrent claim is re-checked after that claim commits, and then skipped.
