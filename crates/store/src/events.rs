@@ -354,6 +354,32 @@ impl Store {
         Ok(id)
     }
 
+    /// Queues a delivery again (a failed one, typically) with a fresh attempt budget, with
+    /// its audit record. `NotFound` when the webhook has no delivery of that event.
+    pub async fn redeliver(
+        &self,
+        event_id: &str,
+        webhook_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let n = sqlx::query(
+            "UPDATE event_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
+             delivered_at = NULL WHERE event_id = $2 AND webhook_id = $3",
+        )
+        .bind(now_millis())
+        .bind(event_id)
+        .bind(webhook_id)
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await
+    }
+
     /// The webhook's newest deliveries, newest first.
     pub async fn list_deliveries(
         &self,

@@ -160,6 +160,12 @@ pub enum WebhooksCommand {
     Deliveries { id: String },
     /// Queue a `ping` event to the webhook.
     Ping { id: String },
+    /// Send a delivery again (e.g. a failed one) with a fresh attempt budget.
+    Redeliver {
+        id: String,
+        /// The event id (EVENT column of `deliveries`).
+        event: String,
+    },
 }
 
 pub async fn webhooks(cmd: WebhooksCommand, ctx: Ctx) -> Result<(), ApiFailure> {
@@ -239,6 +245,21 @@ pub async fn webhooks(cmd: WebhooksCommand, ctx: Ctx) -> Result<(), ApiFailure> 
                 .await?
                 .body;
             println!("{}", v["event_id"].as_str().unwrap_or_default());
+        }
+        WebhooksCommand::Redeliver { id, event } => {
+            ctx.client
+                .call(
+                    Method::POST,
+                    &format!(
+                        "/api/v1/webhooks/{}/deliveries/{}/redeliver",
+                        enc(&id),
+                        enc(&event)
+                    ),
+                    None,
+                    &[],
+                )
+                .await?;
+            eprintln!("queued event {event} again");
         }
     }
     Ok(())

@@ -209,6 +209,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(WorkspaceAdmin),
     ),
     ("POST", "/api/v1/webhooks/{id}/ping", Needs(WorkspaceAdmin)),
+    (
+        "POST",
+        "/api/v1/webhooks/{id}/deliveries/{event}/redeliver",
+        Needs(WorkspaceAdmin),
+    ),
 ];
 
 /// The declaration of a route; HEAD is GET's.

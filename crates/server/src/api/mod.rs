@@ -51,7 +51,7 @@ use crate::state::AppState;
         audit::list, audit::verify,
         dependents::list, dependents::put, dependents::delete,
         webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::delete,
-        webhooks::deliveries, webhooks::ping,
+        webhooks::deliveries, webhooks::ping, webhooks::redeliver,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -282,6 +282,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/webhooks/{id}/ping",
             axum::routing::post(webhooks::ping),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{event}/redeliver",
+            axum::routing::post(webhooks::redeliver),
         )
         .route("/api/openapi.json", g(openapi_json))
         .route_layer(middleware::from_fn_with_state(

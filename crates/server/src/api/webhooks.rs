@@ -259,3 +259,18 @@ pub async fn ping(
     )
         .into_response())
 }
+
+/// Queues a delivery again with a fresh attempt budget (e.g. after it `failed`); the
+/// receiver sees the same event id.
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{event}/redeliver", tag = "webhooks",
+    params(("id" = String, Path), ("event" = String, Path, description = "The event id")),
+    responses((status = 202), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, event)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    svc::redeliver(&state, &auth.0, &id, &event).await?;
+    Ok(StatusCode::ACCEPTED)
+}

@@ -66,6 +66,7 @@ fn attempted(method: &str, route: &str, permission: &str) -> String {
         ("DELETE", "/webhooks/{id}") => "webhook.delete",
         ("GET", "/webhooks/{id}/deliveries") => "webhook.deliveries",
         ("POST", "/webhooks/{id}/ping") => "webhook.ping",
+        ("POST", "/webhooks/{id}/deliveries/{event}/redeliver") => "webhook.redeliver",
         _ => return format!("{method} {route}"),
     };
     action.to_owned()

@@ -253,3 +253,21 @@ pub async fn ping(state: &AppState, p: &Principal, id: &str) -> ApiResult<String
     );
     Ok(state.store.ping_webhook(&w, &entry).await?)
 }
+
+/// Sends a delivery again (after it failed, or to replay it): same event id, fresh
+/// attempt budget.
+pub async fn redeliver(state: &AppState, p: &Principal, id: &str, event_id: &str) -> ApiResult<()> {
+    let w = load(state, p, id).await?;
+    let entry = audit(
+        p,
+        "webhook.redeliver",
+        Some(&w.workspace_id),
+        "webhook",
+        &w.id,
+        json!({"event_id": event_id}),
+    );
+    match state.store.redeliver(event_id, &w.id, &entry).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found("delivery")),
+        other => Ok(other?),
+    }
+}

@@ -81,6 +81,7 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{version}", "1")
         .replace("{kind}", "pipeline")
         .replace("{ref}", "etl-1")
+        .replace("{event}", "0190c0de-0000-7000-8000-000000000001")
         .replace(
             "{id}",
             if path.starts_with("/api/v1/connections/") {

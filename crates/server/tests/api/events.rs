@@ -385,6 +385,30 @@ async fn a_delivery_is_marked_failed_after_the_last_attempt() {
     assert!(last["next_attempt_at"].is_null());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.received().len(), 3, "retried past max_attempts");
+    // Redelivery: a fresh budget of attempts, same event id.
+    let event = last["event_id"].as_str().unwrap().to_owned();
+    let again = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/webhooks/{hook}/deliveries/{event}/redeliver"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+    let got = rx.wait_for("three more attempts", |g| g.len() >= 6).await;
+    assert!(got.iter().all(|r| r.delivery == event));
+    let unknown = s
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/webhooks/{hook}/deliveries/0190c0de-0000-7000-8000-000000000001/redeliver"
+            ),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
 }
 
 #[tokio::test]
