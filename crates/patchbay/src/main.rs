@@ -114,6 +114,35 @@ struct ServeArgs {
     /// right-most forwarded address that is not a trusted proxy. Default: none.
     #[arg(long, env = "PATCHBAY_TRUSTED_PROXIES", default_value = "")]
     trusted_proxies: String,
+    /// Webhook delivery settings (boxed: they are read once).
+    #[command(flatten)]
+    webhooks: Box<WebhookArgs>,
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// How often the webhook worker looks for due deliveries.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_POLL", default_value = "1s", value_parser = parse_duration)]
+    webhook_poll: Duration,
+    /// Timeout of one webhook delivery attempt.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+    /// Attempts before a webhook delivery is marked failed.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    webhook_max_attempts: u32,
+    /// First retry delay of a webhook delivery; doubles each attempt (with jitter).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_BACKOFF", default_value = "20s", value_parser = parse_duration)]
+    webhook_backoff: Duration,
+    /// Longest retry delay of a webhook delivery.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_BACKOFF_MAX", default_value = "6h", value_parser = parse_duration)]
+    webhook_backoff_max: Duration,
+    /// How long a replica keeps a claimed delivery before another may send it (must exceed
+    /// the timeout).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_LEASE", default_value = "60s", value_parser = parse_duration)]
+    webhook_lease: Duration,
+    /// How long finished deliveries are kept.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    webhook_retention: Duration,
 }
 
 /// The network policy and the readable local directories of connection tests.
@@ -234,6 +263,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             trusted_proxies: parse_cidrs(&args.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("trusted proxies: {e}"))?,
+            events: webhook_settings(&args.webhooks),
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -241,6 +271,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(patchbay_server::serve(config))?;
     Ok(())
+}
+
+fn webhook_settings(args: &WebhookArgs) -> patchbay_server::service::events::EventSettings {
+    patchbay_server::service::events::EventSettings {
+        poll_interval: args.webhook_poll.max(Duration::from_millis(10)),
+        timeout: args.webhook_timeout.max(Duration::from_millis(100)),
+        max_attempts: args.webhook_max_attempts.max(1),
+        backoff_base: args.webhook_backoff,
+        backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
+        lease: args
+            .webhook_lease
+            .max(args.webhook_timeout + Duration::from_secs(1)),
+        retention: args.webhook_retention,
+    }
 }
 
 fn main() -> ExitCode {

@@ -51,6 +51,8 @@ pub struct Settings {
     /// Proxies whose `X-Forwarded-For` is believed (PATCHBAY_TRUSTED_PROXIES). Empty: none,
     /// the TCP peer is the source address.
     pub trusted_proxies: Vec<patchbay_probe::guard::Cidr>,
+    /// Webhook delivery: poll interval, timeout, retries and backoff, lease, retention.
+    pub events: crate::service::events::EventSettings,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             audit_reads: true,
             probes: Default::default(),
             trusted_proxies: Vec::new(),
+            events: Default::default(),
         }
     }
 }
