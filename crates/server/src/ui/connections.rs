@@ -12,13 +12,15 @@ use axum::response::{IntoResponse, Redirect, Response};
 use patchbay_core::model::Connection;
 use patchbay_core::permission::Permission;
 use patchbay_core::schema::{Genericity, CATEGORIES};
-use patchbay_store::AuditFilter;
+use patchbay_core::ErrorCode;
+use patchbay_store::{AuditFilter, Dependent};
 
 use super::form::{pairs, Posted};
 use super::page::{ago, badge, category_label, render, when, Choice, Chrome, Ui};
 use super::views::{Status, TestView};
 use crate::error::{ApiError, ApiResult};
 use crate::service::connections::{self as conn, ListFilter, ListQuery};
+use crate::service::dependents::{self, Cascade};
 use crate::service::{overview, probes, workspaces};
 use crate::state::AppState;
 
@@ -68,6 +70,7 @@ struct Row {
     environment: String,
     tags: Vec<String>,
     status: Status,
+    dependents: i64,
 }
 
 #[derive(Template)]
@@ -146,6 +149,7 @@ pub async fn overview(
             description: r.connection.description,
             environment: r.connection.environment.unwrap_or_default(),
             tags: r.connection.tags,
+            dependents: r.connection.dependents_count,
         })
         .collect();
     let mut types: Vec<Choice> = state
@@ -323,6 +327,7 @@ struct DetailPage {
     credential_id: String,
     credential_version: i64,
     history: Vec<HistoryRow>,
+    dependents: Vec<DependentView>,
     audit: Vec<AuditRow>,
     can_audit: bool,
     can_reveal: bool,
@@ -381,6 +386,11 @@ async fn detail_page(
             status: Status::of(Some(t)),
         })
         .collect();
+    let dependents = dependents::list(state, &ui.p, &c.id)
+        .await?
+        .iter()
+        .map(DependentView::of)
+        .collect();
     let can_audit = ui.p.can_in(&c.workspace_id, Permission::AuditRead);
     let audit = if can_audit {
         let filter = AuditFilter {
@@ -431,6 +441,7 @@ async fn detail_page(
         credential_id,
         credential_version,
         history,
+        dependents,
         audit,
         can_audit,
         can_reveal: ui.p.can_in(&c.workspace_id, Permission::ConnectionsReveal),
@@ -502,10 +513,24 @@ pub async fn reveal(
 }
 
 struct DependentView {
+    /// `kind/ref`, as `?cascade=` names it.
     key: String,
     kind: String,
+    reference: String,
     name: String,
     url: String,
+}
+
+impl DependentView {
+    fn of(d: &Dependent) -> Self {
+        DependentView {
+            key: format!("{}/{}", d.kind, d.reference),
+            kind: d.kind.clone(),
+            reference: d.reference.clone(),
+            name: d.name.clone(),
+            url: d.url.clone().unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -516,23 +541,38 @@ struct DeletePage {
     name: String,
     version: i64,
     dependents: Vec<DependentView>,
+    /// On a refused delete: the `kind/ref` the user had ticked.
+    picked: Vec<String>,
     error: String,
+}
+
+impl DeletePage {
+    fn is_picked(&self, key: &str) -> bool {
+        self.picked.is_empty() || self.picked.iter().any(|k| k == key)
+    }
 }
 
 async fn delete_page(
     state: &AppState,
     ui: &Ui,
     c: Connection,
+    picked: Vec<String>,
     error: String,
 ) -> ApiResult<Response> {
     let project = workspaces::project(state, &ui.p, &c.project_id).await?;
+    let dependents = dependents::list(state, &ui.p, &c.id)
+        .await?
+        .iter()
+        .map(DependentView::of)
+        .collect();
     let chrome = Chrome::load(state, ui, Some(&project), None, "connections").await?;
     Ok(render(&DeletePage {
         chrome,
         id: c.id,
         name: c.name,
         version: c.version,
-        dependents: vec![],
+        dependents,
+        picked,
         error,
     }))
 }
@@ -544,11 +584,12 @@ pub async fn delete_dialog(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let c = conn::load(&state, &ui.p, &id).await?;
-    delete_page(&state, &ui, c, String::new()).await
+    delete_page(&state, &ui, c, vec![], String::new()).await
 }
 
-/// `POST /connections/{id}/delete`: fields `version`, `cascade` (one per dependent to
-/// delete with it).
+/// `POST /connections/{id}/delete`: fields `version` and one `cascade` (`kind/ref`) per
+/// dependent to delete with it. The service deletes only when every dependent is picked;
+/// otherwise the dialog comes back (409) saying which are left.
 pub async fn delete(
     State(state): State<AppState>,
     ui: Ui,
@@ -558,26 +599,62 @@ pub async fn delete(
     let posted = Posted(pairs(&body));
     let c = conn::load(&state, &ui.p, &id).await?;
     let version = posted.text("version").parse::<i64>().ok();
-    match conn::delete(&state, &ui.p, &id, version).await {
-        Ok(()) => Ok(Redirect::to(&format!(
-            "/projects/{}/connections?deleted={}",
-            c.project_id,
-            urlencode(&c.name)
-        ))
-        .into_response()),
-        Err(ApiError(e)) if e.code.status() == 412 => {
-            let mut resp = delete_page(
-                &state,
-                &ui,
-                c,
-                "This connection was changed by someone else since you opened this dialog. \
-                 Review it and confirm again."
-                    .into(),
-            )
-            .await?;
-            *resp.status_mut() = StatusCode::PRECONDITION_FAILED;
-            Ok(resp)
+    let picked = posted.all("cascade");
+    let cascade = if picked.is_empty() {
+        Cascade::None
+    } else {
+        Cascade::Only(
+            picked
+                .iter()
+                .filter_map(|k| k.split_once('/'))
+                .map(|(k, r)| (k.to_owned(), r.to_owned()))
+                .collect(),
+        )
+    };
+    let (status, message) = match conn::delete(&state, &ui.p, &id, version, cascade).await {
+        Ok(()) => {
+            return Ok(Redirect::to(&format!(
+                "/projects/{}/connections?deleted={}",
+                c.project_id,
+                urlencode(&c.name)
+            ))
+            .into_response())
         }
-        Err(e) => Err(e),
-    }
+        Err(ApiError(e)) if e.code == ErrorCode::VersionConflict => (
+            StatusCode::PRECONDITION_FAILED,
+            "This connection was changed by someone else since you opened this dialog. \
+             Review it and confirm again."
+                .to_owned(),
+        ),
+        Err(ApiError(e)) if e.code == ErrorCode::HasDependents => {
+            let left = e
+                .details
+                .as_ref()
+                .and_then(|d| d["dependents"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            (
+                StatusCode::CONFLICT,
+                format!(
+                    "{left} dependent(s) not picked. The connection can only be deleted with \
+                     every dependent: pick them all, or have their owners move them to another \
+                     connection first."
+                ),
+            )
+        }
+        Err(ApiError(e)) if e.code.status() == 400 => (
+            StatusCode::BAD_REQUEST,
+            "The dependents changed since you opened this dialog; review them and confirm again."
+                .to_owned(),
+        ),
+        Err(e) => return Err(e),
+    };
+    // What the user ticked stays ticked (nothing ticked: a sentinel that matches nothing).
+    let picked = if picked.is_empty() {
+        vec![String::new()]
+    } else {
+        picked
+    };
+    let mut resp = delete_page(&state, &ui, c, picked, message).await?;
+    *resp.status_mut() = status;
+    Ok(resp)
 }

@@ -70,6 +70,14 @@ impl Posted {
     pub fn text(&self, name: &str) -> String {
         self.get(name).unwrap_or("").trim().to_owned()
     }
+    /// Every value of a repeated field (checkboxes of one name).
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
 }
 
 /// One input of a generated form.

@@ -609,3 +609,92 @@ async fn an_api_token_is_shown_once_on_creation_and_can_be_revoked() {
     let bad = b.post("/tokens", &[("name", "Not A Name")]).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn the_delete_dialog_lists_the_dependents_and_deletes_only_with_all_of_them_picked() {
+    let s = Service::start().await;
+    let project = s.default_project().await;
+    let ws = s.default_workspace().await;
+    let id = s.create_pg(&project, "finance").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (kind, reference, name) in [
+        ("pipeline", "etl-1", "Nightly ETL"),
+        ("dataset", "sales", "Sales <dataset>"),
+    ] {
+        let r = s
+            .call(
+                Method::PUT,
+                &format!("/api/v1/connections/{id}/dependents/{kind}/{reference}"),
+                Some(json!({"name": name, "url": "https://airflow.example/dags/etl-1"})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let b = Browser::sign_in(&s, "admin", &admin_password(&s)).await;
+    let overview = b.get(&format!("/projects/{project}/connections")).await;
+    assert!(
+        overview.text.contains("<td class=\"num\">2</td>"),
+        "{}",
+        overview.text
+    );
+    let detail = b.get(&format!("/connections/{id}")).await;
+    assert!(detail.text.contains("Nightly ETL"));
+    assert!(
+        detail.text.contains("Sales &") && !detail.text.contains("<dataset>"),
+        "names are escaped"
+    );
+
+    let dialog = b.get(&format!("/connections/{id}/delete")).await;
+    assert_eq!(dialog.status, StatusCode::OK);
+    assert!(dialog.text.contains("value=\"pipeline/etl-1\" checked"));
+    assert!(dialog.text.contains("value=\"dataset/sales\" checked"));
+
+    // One left out: refused, the dialog says so and keeps the choice; nothing is deleted.
+    let path = format!("/connections/{id}/delete");
+    let partial = b
+        .post(&path, &[("version", "1"), ("cascade", "pipeline/etl-1")])
+        .await;
+    assert_eq!(partial.status, StatusCode::CONFLICT, "{}", partial.text);
+    assert!(partial.text.contains("1 dependent(s) not picked"));
+    assert!(partial.text.contains("value=\"pipeline/etl-1\" checked"));
+    assert!(!partial.text.contains("value=\"dataset/sales\" checked"));
+    let none = b.post(&path, &[("version", "1")]).await;
+    assert_eq!(none.status, StatusCode::CONFLICT);
+    let still = s
+        .call(Method::GET, &format!("/api/v1/connections/{id}"), None, &[])
+        .await;
+    assert_eq!(still.status, StatusCode::OK);
+
+    let all = b
+        .post(
+            &path,
+            &[
+                ("version", "1"),
+                ("cascade", "pipeline/etl-1"),
+                ("cascade", "dataset/sales"),
+            ],
+        )
+        .await;
+    assert_eq!(all.status, StatusCode::SEE_OTHER, "{}", all.text);
+    let gone = s
+        .call(Method::GET, &format!("/api/v1/connections/{id}"), None, &[])
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let audit = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/audit?action=dependent.cascade_delete"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        audit.body["items"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        audit.text
+    );
+}
