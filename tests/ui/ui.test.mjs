@@ -5,7 +5,8 @@
 // 127.0.0.1:5433 (scripts/peers-probe.sh) through the catalog picker and the generated form,
 // tests it (a wrong password first: the auth stage fails; then every stage passes), saves
 // it, finds it in the overview, changes the password to a wrong one (the auth stage fails),
-// and deletes it through the delete dialog. On every page: an axe-core scan (no serious or
+// registers two dependents on it and deletes it through the delete dialog (leaving one out
+// is refused; picking both cascades). On every page: an axe-core scan (no serious or
 // critical violation), no CSP violation, and no HTML response containing either password.
 // Screenshots (1280x800): docs/screenshots/{overview,add-failed-test,delete-dialog}.png;
 // the layout is checked for horizontal overflow at 1024 px.
@@ -251,6 +252,11 @@ try {
     const r = await api(token, "POST", `/api/v1/projects/${project}/connections`, c);
     if (r.status !== 201) console.log(`note: could not add ${c.name} for the screenshot: ${JSON.stringify(r.body)}`);
     else if (c.name === "cache") await api(token, "POST", `/api/v1/connections/${r.body.id}/test`);
+    else if (c.name === "warehouse") {
+      for (const [kind, ref, name] of [["dashboard", "revenue", "Revenue"], ["dataset", "orders", "Orders"], ["pipeline", "dbt-daily", "dbt daily"]]) {
+        await api(token, "PUT", `/api/v1/connections/${r.body.id}/dependents/${kind}/${ref}`, { name });
+      }
+    }
   }
 
   // 3. The overview lists it with its last test.
@@ -288,15 +294,36 @@ try {
   await page.reload();
   check(/Failed/.test(await page.locator(".page-head .pill").innerText()), "the status pill says failed");
 
-  // 5. Delete through the dialog.
+  // 5. Delete with registered dependents: the dialog shows them; picking all cascades.
+  const deps = [
+    ["pipeline", "nightly-orders", "Nightly orders load", "https://airflow.example.com/dags/nightly-orders"],
+    ["dashboard", "sales-kpis", "Sales KPIs", "https://grafana.example.com/d/sales-kpis"],
+  ];
+  for (const [kind, ref, name, url] of deps) {
+    const r = await api(token, "PUT", `/api/v1/connections/${id}/dependents/${kind}/${ref}`, { name, url });
+    check(r.status === 201, `dependent ${kind}/${ref} registered: ${JSON.stringify(r.body)}`);
+  }
+  await page.reload();
+  check(/Nightly orders load/.test(await page.locator("#h-dependents").locator("..").innerText()), "the detail page lists the dependents");
   await Promise.all([page.waitForURL(/\/delete$/), page.click("a:has-text('Delete')")]);
   await page.getByRole("heading", { name: "Delete orders-db?" }).waitFor();
+  const boxes = page.locator("input[name=cascade]");
+  check((await boxes.count()) === 2, "the dialog lists both dependents");
   await axe(page, "delete dialog");
   await page.screenshot({ path: path.join(shots, "delete-dialog.png") });
+  // Leaving one out is refused and nothing is deleted.
+  await page.uncheck("input[value='dashboard/sales-kpis']");
+  await page.click("button:has-text('Delete connection')");
+  await page.locator(".alert-error", { hasText: "1 dependent(s) not picked" }).waitFor();
+  check((await api(token, "GET", `/api/v1/connections/${id}`)).status === 200, "still there");
+  await page.check("input[value='dashboard/sales-kpis']");
   await Promise.all([page.waitForURL(/deleted=orders-db/), page.click("button:has-text('Delete connection')")]);
   check((await page.locator(`a[href='/connections/${id}']`).count()) === 0, "deleted from the overview");
   const gone = await api(token, "GET", `/api/v1/connections/${id}`);
   check(gone.status === 404, "deleted in the API");
+  const ws = (await api(token, "GET", "/api/v1/workspaces")).body.items.find((w) => w.name === "default").id;
+  const cascaded = await api(token, "GET", `/api/v1/workspaces/${ws}/audit?action=dependent.cascade_delete`);
+  check(cascaded.body.items.length === 2, `both dependents cascaded: ${JSON.stringify(cascaded.body)}`);
 
   // Every other page passes the scan too.
   await page.click("nav.sidebar >> text=Credentials");
