@@ -17,3 +17,4 @@ mod sessions;
 mod tls;
 mod tokens;
 mod ui;
+mod ui_flows;
