@@ -151,6 +151,9 @@ async function noOverflow(page, name) {
   const w = await page.evaluate(() => document.documentElement.scrollWidth);
   const vw = page.viewportSize().width;
   check(w <= vw, `${name} overflows ${vw} px horizontally (${w} px)`);
+  const scrolled = await page.evaluate(() =>
+    [...document.querySelectorAll(".table-wrap")].filter((e) => e.scrollWidth > e.clientWidth).length);
+  check(scrolled === 0, `${name}: a table scrolls sideways`);
 }
 
 async function api(token, method, p, body) {
@@ -269,8 +272,10 @@ try {
   await page.screenshot({ path: path.join(shots, "overview.png") });
   await page.setViewportSize({ width: 1024, height: 800 });
   await noOverflow(page, "overview at 1024 px");
+  await extraShot(page, "overview-1024");
   await page.goto(`${base}/projects/${project}/connections/new/postgresql`);
   await noOverflow(page, "add form at 1024 px");
+  await extraShot(page, "add-1024");
   await page.goto(`${base}/connections/${id}`);
   await noOverflow(page, "detail at 1024 px");
   await page.setViewportSize({ width: 1280, height: 800 });
