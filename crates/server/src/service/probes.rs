@@ -35,6 +35,9 @@ pub struct ProbeSettings {
     pub per_minute: usize,
     /// Tests running at once, server-wide.
     pub concurrency: usize,
+    /// How long an agent's claim waits for a job (PATCHBAY_AGENT_POLL); an agent is
+    /// healthy while it called in within twice this.
+    pub agent_poll: Duration,
 }
 
 impl Default for ProbeSettings {
@@ -44,6 +47,7 @@ impl Default for ProbeSettings {
             deadline: patchbay_probe::DEFAULT_DEADLINE,
             per_minute: 30,
             concurrency: 16,
+            agent_poll: Duration::from_secs(25),
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct Probes {
     settings: ProbeSettings,
     recent: Mutex<HashMap<String, VecDeque<Instant>>>,
     running: Arc<Semaphore>,
+    /// Wakes agents' claims and zoned tests on this replica (service::agents).
+    pub agents: super::agents::AgentHub,
 }
 
 impl Probes {
@@ -62,6 +68,7 @@ impl Probes {
             guard: NetworkGuard::new(settings.policy.clone()),
             running: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             recent: Mutex::new(HashMap::new()),
+            agents: Default::default(),
             settings,
         }
     }
@@ -128,6 +135,21 @@ pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<
         id: &c.id,
         details: json!({"version": c.version}),
     };
+    if let Some(zone) = &c.zone {
+        // The zone's agent tests it on the workers' network path; the material it gets is
+        // resolved again when it claims the job (nothing secret is queued).
+        drop(m.secrets);
+        let outcome = super::agents::run_on_agent(state, p, c, zone).await;
+        drop(permit);
+        let outcome = outcome?;
+        let mut subject = subject;
+        if let (Some(d), Some(extra)) =
+            (subject.details.as_object_mut(), outcome.details.as_object())
+        {
+            d.extend(extra.clone());
+        }
+        return record(state, p, subject, outcome.result).await;
+    }
     let secrets = m.secrets;
     let settings = m.settings;
     run(state, p, ty, &settings, secrets, subject, permit).await
@@ -149,6 +171,13 @@ pub async fn test_draft(
     let _ = f.optional_string("description")?;
     let _ = f.optional_string("environment")?;
     let _ = f.optional_string_list("tags")?;
+    if f.optional_string("zone")?.is_some() {
+        return Err(ApiError::field(
+            ErrorCode::ZoneDraftUnsupported,
+            "/zone",
+            "a draft is tested by the server itself; save the connection to test it through its zone's agent",
+        ));
+    }
     let ty = conn::connector(state, &f.required_string("type")?)?;
     let mut settings = conn::strip_nulls(f.optional_object("settings")?.unwrap_or_default());
     validate_settings(ty, &settings)?;
@@ -276,6 +305,17 @@ async fn run(
     .await;
     drop(secrets);
     drop(permit);
+    record(state, p, subject, result).await
+}
+
+/// Records a test's result like every test: audit event, and for a saved connection its
+/// last result (20 kept), in one transaction; then redacts it for the caller.
+async fn record(
+    state: &AppState,
+    p: &Principal,
+    subject: Subject<'_>,
+    result: ProbeResult,
+) -> ApiResult<ProbeResult> {
     let mut details = json!({
         "ok": result.ok,
         "duration_ms": result.duration_ms,

@@ -14,3 +14,4 @@ mod probe;
 mod sessions;
 mod tls;
 mod tokens;
+mod zones;
