@@ -419,6 +419,10 @@ pub async fn run_on_agent(
         }
         let _ = tokio::time::timeout(left.min(POLL_ROWS), woken).await;
     };
+    // Finished jobs hold results only; an hour of them is kept for inspection.
+    if let Err(e) = state.store.prune_jobs(now_millis() - 3_600_000).await {
+        tracing::warn!(error = %e, "could not prune finished agent jobs");
+    }
     let agent_name = match &done.claimed_by {
         Some(id) => state
             .store

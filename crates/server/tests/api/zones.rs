@@ -384,3 +384,158 @@ async fn a_zoned_test_runs_on_the_agent_that_claims_it_and_is_recorded_like_a_lo
         .await;
     assert_eq!(zv.body["healthy"], false, "{}", zv.text);
 }
+
+/// One replica of a PostgreSQL deployment: an in-process service on `url`.
+async fn replica(dir: &std::path::Path, key: &std::path::Path, url: &str) -> String {
+    let mut settings = patchbay_server::state::Settings::default();
+    settings.probes.agent_poll = Duration::from_secs(2);
+    settings.probes.deadline = Duration::from_secs(5);
+    let config = patchbay_server::Config {
+        tls: Default::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        database_url: Some(patchbay_crypto::SecretString::new(url.to_owned())),
+        master_key: patchbay_server::MasterKeySource::File(key.to_owned()),
+        settings,
+    };
+    let app = patchbay_server::App::start(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app.router();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+async fn post(base: &str, token: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Two replicas on one PostgreSQL database: the test request arrives on A while the agent
+/// long-polls B; B hands out the job (resolving the material there), the agent reports to
+/// B, and A's waiting request finds the result in the table.
+#[tokio::test]
+async fn on_postgresql_the_agent_may_poll_another_replica_than_the_one_testing() {
+    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let admin = match sqlx::AnyPool::connect(&admin_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("PostgreSQL peer missing under CI=true: {e}");
+            }
+            eprintln!("SKIPPED: replica test: no PostgreSQL at {admin_url}: {e}");
+            return;
+        }
+    };
+    let db = format!("pb_agents_{}", patchbay_store::new_id().replace('-', ""));
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base_url, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base_url}/{db}");
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("master.key");
+    let a = replica(&tmp.path().join("a"), &key, &url).await;
+    let b = replica(&tmp.path().join("b"), &key, &url).await;
+    let token = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let (st, z) = post(
+        &a,
+        &token,
+        "/api/v1/workspaces/default/zones",
+        Some(json!({"name": "pg-zone"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{z}");
+    let (st, t) = post(
+        &a,
+        &token,
+        "/api/v1/workspaces/default/zones/pg-zone/agent-tokens",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    let agent = t["token"].as_str().unwrap().to_owned();
+    let projects: Value = reqwest::Client::new()
+        .get(format!("{a}/api/v1/workspaces/default/projects"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = projects["items"][0]["id"].as_str().unwrap().to_owned();
+    let (st, c) = post(
+        &a,
+        &token,
+        &format!("/api/v1/projects/{project}/connections"),
+        Some(
+            json!({"name": "pg-zoned", "type": "postgresql", "zone": "pg-zone",
+                    "settings": {"host": "db.pg-zone.internal", "database": "dw", "username": "pb"},
+                    "secrets": {"password": CANARY}}),
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    let id = c["id"].as_str().unwrap().to_owned();
+
+    // A heartbeat on B makes the zone healthy for A too (the table is shared).
+    let (st, _) = post(&b, &agent, "/api/v1/agent/claim", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let tester = {
+        let (a, token, id) = (a.clone(), token.clone(), id.clone());
+        tokio::spawn(async move {
+            post(&a, &token, &format!("/api/v1/connections/{id}/test"), None).await
+        })
+    };
+    // B has no notification of A's job: it finds the row by polling.
+    let (st, job) = post(&b, &agent, "/api/v1/agent/claim", None).await;
+    assert_eq!(st, StatusCode::OK, "{job}");
+    assert_eq!(job["secrets"]["password"], CANARY);
+    // A second claim (another agent on A) does not get the same job.
+    let (st, _) = post(&a, &agent, "/api/v1/agent/claim", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let result = json!({"ok": false, "duration_ms": 7, "warnings": [],
+        "stages": [{"stage": "dns", "status": "failed", "duration_ms": 7}],
+        "error": {"stage": "dns", "class": "dns_not_found", "message": "db.pg-zone.internal does not resolve"}});
+    let (st, body) = post(
+        &b,
+        &agent,
+        &format!(
+            "/api/v1/agent/jobs/{}/result",
+            job["job_id"].as_str().unwrap()
+        ),
+        Some(result),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{body}");
+    let (st, tested) = tokio::time::timeout(Duration::from_secs(10), tester)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{tested}");
+    assert_eq!(tested["error"]["class"], "dns_not_found", "{tested}");
+    assert_eq!(tested["stages"][0]["stage"], "agent", "{tested}");
+    assert!(!tested.to_string().contains(CANARY));
+}
