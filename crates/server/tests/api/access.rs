@@ -79,6 +79,7 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{type}", "postgresql")
         .replace("{user}", user)
         .replace("{version}", "1")
+        .replace("{zone}", "no-such-zone")
         .replace(
             "{id}",
             if path.starts_with("/api/v1/connections/") {
