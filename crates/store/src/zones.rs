@@ -40,6 +40,9 @@ pub struct AgentJob {
     pub zone_id: String,
     pub connection_id: String,
     pub requested_by: String,
+    /// The test request's id and source address (for the audit event of the result).
+    pub request_id: Option<String>,
+    pub source_address: Option<String>,
     /// queued | running | done | expired
     pub status: String,
     pub created_at: i64,
@@ -79,8 +82,8 @@ fn agent(row: &sqlx::any::AnyRow) -> Result<AgentRecord> {
     })
 }
 
-const JOB_COLUMNS: &str = "id, zone_id, connection_id, requested_by, status, created_at, \
-    deadline, claimed_by, claimed_at, result";
+const JOB_COLUMNS: &str = "id, zone_id, connection_id, requested_by, request_id, \
+    source_address, status, created_at, deadline, claimed_by, claimed_at, result";
 
 fn job(row: &sqlx::any::AnyRow) -> Result<AgentJob> {
     Ok(AgentJob {
@@ -88,6 +91,8 @@ fn job(row: &sqlx::any::AnyRow) -> Result<AgentJob> {
         zone_id: row.try_get("zone_id")?,
         connection_id: row.try_get("connection_id")?,
         requested_by: row.try_get("requested_by")?,
+        request_id: row.try_get("request_id")?,
+        source_address: row.try_get("source_address")?,
         status: row.try_get("status")?,
         created_at: row.try_get("created_at")?,
         deadline: row.try_get("deadline")?,
@@ -307,13 +312,16 @@ impl Store {
 
     pub async fn enqueue_job(&self, j: &AgentJob) -> Result<()> {
         sqlx::query(
-            "INSERT INTO agent_jobs (id, zone_id, connection_id, requested_by, status, \
-             created_at, deadline) VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+            "INSERT INTO agent_jobs (id, zone_id, connection_id, requested_by, request_id, \
+             source_address, status, created_at, deadline) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8)",
         )
         .bind(&j.id)
         .bind(&j.zone_id)
         .bind(&j.connection_id)
         .bind(&j.requested_by)
+        .bind(j.request_id.clone())
+        .bind(j.source_address.clone())
         .bind(j.created_at)
         .bind(j.deadline)
         .execute(&self.pool)
@@ -379,20 +387,35 @@ impl Store {
         Ok(true)
     }
 
-    /// Stores an agent's result of a job it claimed and that is still running. `false`
-    /// when the job is not (any more) the agent's running job.
-    pub async fn finish_job(&self, job_id: &str, agent_id: &str, result: &str) -> Result<bool> {
+    /// Stores an agent's result of a job it claimed and that is still running, with the
+    /// connection's test history and the `connection.test` audit event, in one transaction.
+    /// `false` when the job is not (any more) the agent's running job (nothing written).
+    pub async fn finish_job(
+        &self,
+        job: &AgentJob,
+        agent_id: &str,
+        ok: bool,
+        result: &serde_json::Value,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE agent_jobs SET status = 'done', result = $1, finished_at = $2 \
              WHERE id = $3 AND claimed_by = $4 AND status = 'running'",
         )
-        .bind(result)
+        .bind(result.to_string())
         .bind(now_millis())
-        .bind(job_id)
+        .bind(&job.id)
         .bind(agent_id)
-        .execute(&self.pool)
+        .execute(&mut *tx.tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        crate::probe_results::insert_test(&mut tx, &job.connection_id, ok, result).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Marks a job expired unless it is already done; returns the job as it ends.

@@ -147,6 +147,8 @@ async fn a_job_goes_to_one_agent_and_only_its_claimer_reports_it(s: &Store) {
         zone_id: f.zone.id.clone(),
         connection_id: f.connection.clone(),
         requested_by: "token:x".into(),
+        request_id: None,
+        source_address: None,
         status: "queued".into(),
         created_at: now_millis(),
         deadline: now_millis() + 60_000,
@@ -166,15 +168,33 @@ async fn a_job_goes_to_one_agent_and_only_its_claimer_reports_it(s: &Store) {
     assert!(a ^ b, "exactly one claim wins: {a} {b}");
     let (winner, loser) = if a { (0, 1) } else { (1, 0) };
     assert!(s.queued_jobs(&f.zone.id, 8).await.unwrap().is_empty());
-    assert!(!s.finish_job(&job.id, &f.agents[loser], "{}").await.unwrap());
+    let result = json!({"ok": true});
+    let test = audit("connection.test");
+    assert!(!s
+        .finish_job(&job, &f.agents[loser], true, &result, &test)
+        .await
+        .unwrap());
     assert!(s
-        .finish_job(&job.id, &f.agents[winner], "{\"ok\":true}")
+        .finish_job(&job, &f.agents[winner], true, &result, &test)
         .await
         .unwrap());
     assert!(!s
-        .finish_job(&job.id, &f.agents[winner], "{}")
+        .finish_job(&job, &f.agents[winner], true, &result, &test)
         .await
         .unwrap());
+    // The report wrote the connection's history (once) with its audit record.
+    let history = s.connection_tests(&f.connection).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].result, result);
+    assert_eq!(
+        s.audit_for_target("t")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.entry.action == "connection.test")
+            .count(),
+        1
+    );
     // Expiring a finished job keeps its result.
     let done = s.expire_job(&job.id).await.unwrap();
     assert_eq!(done.status, "done");

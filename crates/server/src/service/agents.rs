@@ -17,7 +17,7 @@ use patchbay_core::model::{Connection, Principal};
 use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
 use patchbay_probe::{ErrorClass, ProbeError, ProbeResult, ProbeStage, StageReport, StageStatus};
-use patchbay_store::{new_id, now_millis, AgentJob, AgentRecord, StoreError};
+use patchbay_store::{new_id, now_millis, AgentJob, AgentRecord, AuditEntry, StoreError};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
@@ -212,7 +212,9 @@ async fn hand_out(
 }
 
 /// POST /api/v1/agent/jobs/{id}/result: the agent's `ProbeResult`, checked for shape and
-/// size before it is stored for the waiting test.
+/// size, then committed with the connection's test history and the `connection.test` audit
+/// event (on behalf of whoever asked for the test) in one transaction, so the result is
+/// recorded even when the waiting request is gone.
 pub async fn report(state: &AppState, p: &Principal, job_id: &str, body: Value) -> ApiResult<()> {
     let zone_id = agent_of(p)?;
     let agent = agent_record(state, p).await?;
@@ -221,16 +223,62 @@ pub async fn report(state: &AppState, p: &Principal, job_id: &str, body: Value) 
         Ok(_) | Err(StoreError::NotFound) => return Err(ApiError::not_found("agent job")),
         Err(e) => return Err(e.into()),
     };
-    let result = check_result(body)?;
-    let text =
-        serde_json::to_string(&result).map_err(|_| ApiError(patchbay_core::Error::internal()))?;
-    if job.claimed_by.as_deref() != Some(agent.id.as_str())
-        || !state.store.finish_job(&job.id, &agent.id, &text).await?
-    {
-        return Err(ApiError::new(
+    let mut result = check_result(body)?;
+    let closed = || {
+        ApiError::new(
             ErrorCode::AgentJobClosed,
             "this job is not running for this agent any more; the result is dropped",
-        ));
+        )
+    };
+    if job.claimed_by.as_deref() != Some(agent.id.as_str()) || job.status != "running" {
+        return Err(closed());
+    }
+    let c = match state.store.get_connection(&job.connection_id).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound) => return Err(closed()),
+        Err(e) => return Err(e.into()),
+    };
+    let zone = state.store.get_zone(&zone_id).await?;
+    // The agent stage: from the request to the report, less the agent's own test time.
+    let total = u64::try_from(now_millis() - job.created_at).unwrap_or(0);
+    result.stages.insert(
+        0,
+        StageReport {
+            stage: ProbeStage::Agent,
+            status: StageStatus::Ok,
+            duration_ms: total.saturating_sub(result.duration_ms),
+            detail: Some(format!("run by agent {} of zone {}", agent.name, zone.name)),
+        },
+    );
+    result.duration_ms = total.max(result.duration_ms);
+    let json =
+        serde_json::to_value(&result).map_err(|_| ApiError(patchbay_core::Error::internal()))?;
+    let entry = AuditEntry {
+        actor: job.requested_by.clone(),
+        action: "connection.test".into(),
+        outcome: patchbay_store::Outcome::Success,
+        workspace_id: Some(c.workspace_id.clone()),
+        target_kind: "connection".into(),
+        target_id: c.id.clone(),
+        request_id: job.request_id.clone(),
+        source_address: job.source_address.clone(),
+        details: json!({
+            "ok": result.ok,
+            "duration_ms": result.duration_ms,
+            "stage": result.error.as_ref().map(|e| e.stage.as_str()),
+            "class": result.error.as_ref().map(|e| e.class.as_str()),
+            "version": c.version,
+            "zone": zone.name,
+            "job": job.id,
+            "agent": agent.name,
+        }),
+    };
+    if !state
+        .store
+        .finish_job(&job, &agent.id, result.ok, &json, &entry)
+        .await?
+    {
+        return Err(closed());
     }
     state.probes.agents.results.notify_waiters();
     let gap = i64::try_from(health_window(state).as_millis()).unwrap_or(i64::MAX);
@@ -310,16 +358,19 @@ fn agent_failure(class: ErrorClass, message: String, hint: &str, waited: Duratio
     }
 }
 
-/// What a zoned test produced, with the details its audit record adds.
-pub struct Outcome {
-    pub result: ProbeResult,
-    pub details: Value,
+/// What a zoned test produced.
+pub enum Outcome {
+    /// The agent's result, already recorded (history and audit) by its report.
+    Recorded(ProbeResult),
+    /// The test failed at the `agent` stage; the caller records it like a local test, with
+    /// these audit details.
+    Failed { result: ProbeResult, details: Value },
 }
 
 /// Runs a test of a zoned connection on an agent of its zone: enqueue, wait (within the
-/// test deadline plus a grace for the report) for the result, which the caller records like
-/// a local test. No healthy agent: fails at once at stage `agent`, class
-/// `agent_unavailable`.
+/// test deadline plus a grace for the report) for the result the agent's report recorded.
+/// No healthy agent: fails at once at stage `agent`, class `agent_unavailable`; no report
+/// in time: the job expires and the failure is the caller's to record.
 pub async fn run_on_agent(
     state: &AppState,
     p: &Principal,
@@ -339,7 +390,7 @@ pub async fn run_on_agent(
                 &hint,
                 started.elapsed(),
             );
-            return Ok(Outcome {
+            return Ok(Outcome::Failed {
                 result: r,
                 details: json!({"zone": zone_name}),
             });
@@ -362,7 +413,7 @@ pub async fn run_on_agent(
             &hint,
             started.elapsed(),
         );
-        return Ok(Outcome {
+        return Ok(Outcome::Failed {
             result: r,
             details: json!({"zone": zone_name}),
         });
@@ -373,6 +424,8 @@ pub async fn run_on_agent(
         zone_id: zone.id.clone(),
         connection_id: c.id.clone(),
         requested_by: p.actor(),
+        request_id: p.request.request_id.clone(),
+        source_address: p.request.source_address.clone(),
         status: "queued".into(),
         created_at: now_millis(),
         deadline: now_millis() + i64::try_from(deadline.as_millis()).unwrap_or(60_000),
@@ -384,38 +437,16 @@ pub async fn run_on_agent(
     let hub = &state.probes.agents;
     hub.jobs.notify_waiters();
     let until = started + deadline + REPORT_GRACE;
-    let done = loop {
+    let ended = loop {
         let woken = hub.results.notified();
         let j = state.store.get_job(&job.id).await?;
-        if j.status == "done" {
+        if j.status == "done" || j.status == "expired" {
             break j;
         }
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let j = state.store.expire_job(&job.id).await?;
-            if j.status == "done" {
-                break j;
-            }
-            let (class, message) = match j.claimed_by {
-                None => (
-                    ErrorClass::AgentUnavailable,
-                    format!(
-                        "no agent of zone {zone_name} took the test within {} s",
-                        deadline.as_secs()
-                    ),
-                ),
-                Some(_) => (
-                    ErrorClass::Timeout,
-                    format!(
-                        "the agent of zone {zone_name} took the test but did not report in time"
-                    ),
-                ),
-            };
-            let r = agent_failure(class, message, &hint, started.elapsed());
-            return Ok(Outcome {
-                result: r,
-                details: json!({"zone": zone_name, "job": job.id}),
-            });
+            // A compare-and-set: a report landing now either wins (done) or is refused.
+            break state.store.expire_job(&job.id).await?;
         }
         let _ = tokio::time::timeout(left.min(POLL_ROWS), woken).await;
     };
@@ -423,37 +454,35 @@ pub async fn run_on_agent(
     if let Err(e) = state.store.prune_jobs(now_millis() - 3_600_000).await {
         tracing::warn!(error = %e, "could not prune finished agent jobs");
     }
-    let agent_name = match &done.claimed_by {
-        Some(id) => state
-            .store
-            .zone_agents(&zone.id)
-            .await?
-            .into_iter()
-            .find(|a| &a.id == id)
-            .map(|a| a.name),
-        None => None,
+    if ended.status == "done" {
+        return ended
+            .result
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<ProbeResult>(t).ok())
+            .map(Outcome::Recorded)
+            .ok_or_else(|| ApiError(patchbay_core::Error::internal()));
+    }
+    let (class, message) = match &ended.claimed_by {
+        Some(_) => (
+            ErrorClass::Timeout,
+            format!("the agent of zone {zone_name} took the test but did not report in time"),
+        ),
+        None if now_millis() < ended.deadline => (
+            ErrorClass::AgentUnavailable,
+            format!(
+                "the test was withdrawn before an agent of zone {zone_name} took it: the connection left the zone or its secrets could not be resolved"
+            ),
+        ),
+        None => (
+            ErrorClass::AgentUnavailable,
+            format!(
+                "no agent of zone {zone_name} took the test within {} s",
+                deadline.as_secs()
+            ),
+        ),
     };
-    let mut result = done
-        .result
-        .as_deref()
-        .and_then(|t| serde_json::from_str::<ProbeResult>(t).ok())
-        .ok_or_else(|| ApiError(patchbay_core::Error::internal()))?;
-    let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    result.stages.insert(
-        0,
-        StageReport {
-            stage: ProbeStage::Agent,
-            status: StageStatus::Ok,
-            duration_ms: waited.saturating_sub(result.duration_ms),
-            detail: Some(format!(
-                "run by agent {} of zone {zone_name}",
-                agent_name.as_deref().unwrap_or("(deleted)")
-            )),
-        },
-    );
-    result.duration_ms = waited;
-    Ok(Outcome {
-        result,
-        details: json!({"zone": zone_name, "job": job.id, "agent": agent_name}),
+    Ok(Outcome::Failed {
+        result: agent_failure(class, message, &hint, started.elapsed()),
+        details: json!({"zone": zone_name, "job": job.id}),
     })
 }

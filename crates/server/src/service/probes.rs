@@ -141,14 +141,18 @@ pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<
         drop(m.secrets);
         let outcome = super::agents::run_on_agent(state, p, c, zone).await;
         drop(permit);
-        let outcome = outcome?;
-        let mut subject = subject;
-        if let (Some(d), Some(extra)) =
-            (subject.details.as_object_mut(), outcome.details.as_object())
-        {
-            d.extend(extra.clone());
-        }
-        return record(state, p, subject, outcome.result).await;
+        return match outcome? {
+            super::agents::Outcome::Recorded(result) => Ok(redact_for(p, &c.workspace_id, result)),
+            super::agents::Outcome::Failed { result, details } => {
+                let mut subject = subject;
+                if let (Some(d), Some(extra)) =
+                    (subject.details.as_object_mut(), details.as_object())
+                {
+                    d.extend(extra.clone());
+                }
+                record(state, p, subject, result).await
+            }
+        };
     }
     let secrets = m.secrets;
     let settings = m.settings;

@@ -352,6 +352,49 @@ async fn a_zoned_test_runs_on_the_agent_that_claims_it_and_is_recorded_like_a_lo
     assert_eq!(tested["details"]["agent"], "b1");
     assert!(!audit.text.contains(CANARY));
 
+    // The requester hangs up while the agent works: the report still lands in the history.
+    let tester = {
+        let (base, token, path) = (s.base.clone(), s.token.clone(), test_path.clone());
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new()
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await;
+        })
+    };
+    let claim = s
+        .call_as(&agent, Method::POST, "/api/v1/agent/claim", None)
+        .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.text);
+    tester.abort();
+    let failed = json!({"ok": false, "duration_ms": 5, "warnings": [],
+        "stages": [{"stage": "tcp", "status": "failed", "duration_ms": 5}],
+        "error": {"stage": "tcp", "class": "connection_refused", "message": "refused"}});
+    let path = format!(
+        "/api/v1/agent/jobs/{}/result",
+        claim.body["job_id"].as_str().unwrap()
+    );
+    let done = s.call_as(&agent, Method::POST, &path, Some(failed)).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.text);
+    let history = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/connections/{id}/tests"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(history.body["items"][0]["ok"], false, "{}", history.text);
+    assert_eq!(
+        history.body["items"][0]["result"]["error"]["class"],
+        "connection_refused"
+    );
+    assert_eq!(
+        history.body["items"][0]["result"]["stages"][0]["stage"],
+        "agent"
+    );
+
     // An agent that took a job but never reports: the test ends at its deadline.
     let tester = {
         let (base, token, path) = (s.base.clone(), s.token.clone(), test_path.clone());

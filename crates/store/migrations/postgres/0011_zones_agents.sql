@@ -2,7 +2,8 @@
 -- workspace (`connections.zone`, the zone's name); its tests then run on an agent inside
 -- that network. Agents long-poll `agent_jobs`; the job row names the connection and never
 -- holds secrets: the replica that hands a job to an agent resolves the material at claim
--- time. `result` is the ProbeResult JSON the agent reported (never secrets).
+-- time. `result` is the ProbeResult JSON the agent reported (never secrets); the report
+-- commits it with the connection's test history and audit event.
 CREATE TABLE zones (
     id TEXT PRIMARY KEY,
     workspace_id TEXT NOT NULL REFERENCES workspaces(id),
@@ -31,6 +32,10 @@ CREATE TABLE agent_jobs (
     zone_id TEXT NOT NULL REFERENCES zones(id) ON DELETE CASCADE,
     connection_id TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
     requested_by TEXT NOT NULL,
+    -- The test request's id and source address, for the connection.test audit event the
+    -- agent's report commits.
+    request_id TEXT,
+    source_address TEXT,
     status TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     deadline BIGINT NOT NULL,
