@@ -390,6 +390,10 @@ fn a_database_only_the_agent_reaches_is_tested_through_the_zones_agent() {
             !log.contains(CANARY),
             "the {who} log carries the secret:\n{log}"
         );
+        assert!(
+            !log.contains(&agent_token),
+            "the {who} log carries the agent token"
+        );
     }
     assert!(
         server.log().contains("/api/v1/agent/claim"),
