@@ -16,7 +16,7 @@ mod token;
 
 pub use envelope::{
     sync_parent, CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey,
-    OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION,
+    OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION, WEBHOOK_SECRET_FIELD, WEBHOOK_SECRET_VERSION,
 };
 pub use password::{hash_password, verify_password, PasswordError, MIN_PASSWORD_LEN};
 pub use secret::{KeyBytes, SecretString};

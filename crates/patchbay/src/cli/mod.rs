@@ -6,6 +6,7 @@ mod audit;
 mod client;
 mod connections;
 mod credentials;
+mod dependents;
 mod keys;
 mod output;
 mod tokens;
@@ -92,6 +93,12 @@ pub enum ClientCommand {
     /// Network zones of --workspace: agents' health, agent tokens.
     #[command(subcommand)]
     Zones(zones::ZonesCommand),
+    /// What uses a connection (pipelines, datasets, …): list, add, remove.
+    #[command(subcommand, visible_alias = "deps")]
+    Dependents(dependents::DependentsCommand),
+    /// Webhooks of --workspace: where events are delivered, and their deliveries.
+    #[command(subcommand)]
+    Webhooks(dependents::WebhooksCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -205,6 +212,8 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Credentials(c) => credentials::run(c, Ctx::new(g)).await,
         ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
         ClientCommand::Audit(c) => audit::run(c, Ctx::new(g)).await,
+        ClientCommand::Dependents(c) => dependents::dependents(c, Ctx::new(g)).await,
+        ClientCommand::Webhooks(c) => dependents::webhooks(c, Ctx::new(g)).await,
         ClientCommand::Tokens(c) => tokens::run(c, Ctx::new(g)).await,
         ClientCommand::Users(c) => users::users(c, Ctx::new(g)).await,
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,

@@ -6,10 +6,12 @@ pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
+pub mod dependents;
 pub mod keys;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 pub mod workspaces;
 pub mod zones;
 
@@ -50,6 +52,9 @@ use crate::state::AppState;
         audit::list, audit::verify,
         zones::list, zones::create, zones::get, zones::delete, zones::create_agent_token,
         zones::claim, zones::result,
+        dependents::list, dependents::put, dependents::delete,
+        webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::delete,
+        webhooks::deliveries, webhooks::ping, webhooks::redeliver,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -274,6 +279,30 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/agent/jobs/{id}/result",
             axum::routing::post(zones::result),
+        )
+        .route("/api/v1/connections/{id}/dependents", g(dependents::list))
+        .route(
+            "/api/v1/connections/{id}/dependents/{kind}/{ref}",
+            axum::routing::put(dependents::put).delete(dependents::delete),
+        )
+        .route(
+            "/api/v1/workspaces/{ws}/webhooks",
+            g(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            g(webhooks::get)
+                .patch(webhooks::patch)
+                .delete(webhooks::delete),
+        )
+        .route("/api/v1/webhooks/{id}/deliveries", g(webhooks::deliveries))
+        .route(
+            "/api/v1/webhooks/{id}/ping",
+            axum::routing::post(webhooks::ping),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{event}/redeliver",
+            axum::routing::post(webhooks::redeliver),
         )
         .route("/api/openapi.json", g(openapi_json))
         .route_layer(middleware::from_fn_with_state(

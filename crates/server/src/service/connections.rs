@@ -50,6 +50,7 @@ const READ_ONLY: &[&str] = &[
     "project_id",
     "category",
     "secrets_set",
+    "dependents_count",
     "version",
     "created_at",
     "updated_at",
@@ -235,7 +236,7 @@ async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<
 }
 
 /// 412 unless `expected` (from If-Match; `None` is `*`) is the current version.
-fn check_version(current: &Connection, expected: Expected) -> ApiResult<i64> {
+pub(crate) fn check_version(current: &Connection, expected: Expected) -> ApiResult<i64> {
     match expected {
         Some(v) if v != current.version => Err(StoreError::VersionConflict {
             current: current.version,
@@ -527,23 +528,16 @@ pub async fn patch(
     save(state, p, &current, expected, w, &mut f).await
 }
 
+/// Deletes a connection; with dependents, `cascade` must name them all (see
+/// [`super::dependents::delete_connection`]).
 pub async fn delete(
     state: &AppState,
     p: &Principal,
     id: &str,
     expected: Expected,
+    cascade: super::dependents::Cascade,
 ) -> ApiResult<()> {
-    let current = load_for_write(state, p, id).await?;
-    check_version(&current, expected)?;
-    let entry = audit(
-        p,
-        "connection.delete",
-        Some(&current.workspace_id),
-        "connection",
-        &current.id,
-        json!({"name": current.name, "version": current.version}),
-    );
-    Ok(state.store.delete_connection(&current.id, &entry).await?)
+    super::dependents::delete_connection(state, p, id, expected, cascade).await
 }
 
 pub struct ListQuery {

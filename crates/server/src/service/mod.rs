@@ -6,6 +6,8 @@ pub mod audit;
 pub mod connection_secrets;
 pub mod connections;
 pub mod credentials;
+pub mod dependents;
+pub mod events;
 pub mod external;
 pub mod keys;
 pub mod master_keys;
@@ -15,6 +17,7 @@ pub mod resolve;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 pub mod workspaces;
 pub mod zones;
 

@@ -169,6 +169,83 @@ async fn zones_are_named_per_workspace_and_connections_must_name_an_existing_one
 }
 
 #[tokio::test]
+async fn another_workspaces_zone_answers_like_a_missing_one() {
+    let s = service().await;
+    let victim = s.default_workspace().await;
+    let z = zone(&s, &victim, "secret-net").await;
+    let r = s
+        .call(
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({"name": "other"})),
+            &[],
+        )
+        .await;
+    let other = r.body["id"].as_str().unwrap().to_owned();
+    let user = s.create_user("zone-attacker").await;
+    s.set_role(&other, &user, "admin").await;
+    let token = s.user_token(&user).await;
+    for method in [Method::GET, Method::DELETE] {
+        let foreign = s
+            .call_as(
+                &token,
+                method.clone(),
+                &format!("/api/v1/zones/{}", z["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        let missing = s
+            .call_as(
+                &token,
+                method.clone(),
+                "/api/v1/zones/0190c0de-0000-7000-8000-00000000dead",
+                None,
+            )
+            .await;
+        assert_eq!(
+            foreign.status,
+            StatusCode::NOT_FOUND,
+            "{method}: {}",
+            foreign.text
+        );
+        assert_eq!(foreign.text, missing.text, "{method}");
+    }
+    // A zone name of the other workspace is unknown to a connection of this one.
+    let project = s
+        .call_as(
+            &token,
+            Method::POST,
+            &format!("/api/v1/workspaces/{other}/projects"),
+            Some(json!({"name": "p"})),
+        )
+        .await;
+    let created = s
+        .call_as(
+            &token,
+            Method::POST,
+            &format!(
+                "/api/v1/projects/{}/connections",
+                project.body["id"].as_str().unwrap()
+            ),
+            Some(
+                json!({"name": "x", "type": "postgresql", "zone": "secret-net",
+                        "settings": {"host": "h", "database": "d"}}),
+            ),
+        )
+        .await;
+    assert_eq!(created.body["code"], "unknown_zone", "{}", created.text);
+    let still = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/zones/{}", z["id"].as_str().unwrap()),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(still.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_agent_token_calls_the_agent_endpoints_and_nothing_else() {
     let s = service().await;
     let ws = s.default_workspace().await;
