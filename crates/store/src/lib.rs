@@ -18,6 +18,7 @@ mod probe_results;
 mod tokens;
 mod users;
 mod workspaces;
+mod zones;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,7 @@ pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
 pub use workspaces::StoredDataKey;
+pub use zones::{AgentJob, AgentRecord, ZoneRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -20,6 +20,10 @@ const SQLITE: &[(i64, &str)] = &[
         10,
         include_str!("../migrations/sqlite/0010_dependents_events.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/sqlite/0011_zones_agents.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -39,6 +43,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         10,
         include_str!("../migrations/postgres/0010_dependents_events.sql"),
+    ),
+    (
+        11,
+        include_str!("../migrations/postgres/0011_zones_agents.sql"),
     ),
 ];
 

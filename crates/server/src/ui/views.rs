@@ -42,6 +42,7 @@ fn stage_label(s: patchbay_probe::ProbeStage) -> &'static str {
         Auth => "Authentication",
         Query => "Query",
         Permissions => "Permissions",
+        Agent => "Agent",
     }
 }
 

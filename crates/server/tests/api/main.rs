@@ -18,3 +18,4 @@ mod tls;
 mod tokens;
 mod ui;
 mod ui_flows;
+mod zones;
