@@ -319,7 +319,7 @@ try {
   // Leaving one out is refused and nothing is deleted.
   await page.uncheck("input[value='dashboard/sales-kpis']");
   await page.click("button:has-text('Delete connection')");
-  await page.locator(".alert-error", { hasText: "1 dependent(s) not picked" }).waitFor();
+  await page.locator(".alert-error", { hasText: "One dependent was not picked" }).waitFor();
   check((await api(token, "GET", `/api/v1/connections/${id}`)).status === 200, "still there");
   await page.check("input[value='dashboard/sales-kpis']");
   await Promise.all([page.waitForURL(/deleted=orders-db/), page.click("button:has-text('Delete connection')")]);

@@ -635,9 +635,13 @@ pub async fn delete(
             (
                 StatusCode::CONFLICT,
                 format!(
-                    "{left} dependent(s) not picked. The connection can only be deleted with \
-                     every dependent: pick them all, or have their owners move them to another \
-                     connection first."
+                    "{} not picked. The connection can only be deleted with every dependent: \
+                     pick them all, or have their owners move them to another connection first.",
+                    if left == 1 {
+                        "One dependent was".to_owned()
+                    } else {
+                        format!("{left} dependents were")
+                    }
                 ),
             )
         }

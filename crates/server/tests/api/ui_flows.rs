@@ -201,7 +201,7 @@ async fn the_delete_dialog_lists_the_dependents_and_deletes_only_with_all_of_the
         .post(&path, &[("version", "1"), ("cascade", "pipeline/etl-1")])
         .await;
     assert_eq!(partial.status, StatusCode::CONFLICT, "{}", partial.text);
-    assert!(partial.text.contains("1 dependent(s) not picked"));
+    assert!(partial.text.contains("One dependent was not picked"));
     assert!(partial.text.contains("value=\"pipeline/etl-1\" checked"));
     assert!(!partial.text.contains("value=\"dataset/sales\" checked"));
     let none = b.post(&path, &[("version", "1")]).await;
