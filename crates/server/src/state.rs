@@ -48,6 +48,8 @@ pub struct Settings {
     pub audit_reads: bool,
     /// Connection tests: network policy, deadline, rate limits.
     pub probes: crate::service::probes::ProbeSettings,
+    /// `serve --provision DIR`: document files applied at start (service::provision).
+    pub provision_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             audit_retention: None,
             audit_reads: true,
             probes: Default::default(),
+            provision_dir: None,
         }
     }
 }

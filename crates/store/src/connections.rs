@@ -70,7 +70,7 @@ pub struct ConnectionPage {
 
 const COLUMNS: &str = "id, workspace_id, project_id, name, type, description, environment, \
                        tags, settings, version, created_at, updated_at, credential_id, \
-                       credential_version";
+                       credential_version, provisioned";
 
 fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
     let tags: String = row.try_get("tags")?;
@@ -88,6 +88,7 @@ fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
         settings: serde_json::from_str(&settings).map_err(corrupt)?,
         secrets_set: Vec::new(),
         credential: None,
+        provisioned: row.try_get("provisioned")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

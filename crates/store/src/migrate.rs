@@ -16,6 +16,10 @@ const SQLITE: &[(i64, &str)] = &[
     ),
     (8, include_str!("../migrations/sqlite/0008_users.sql")),
     (9, include_str!("../migrations/sqlite/0009_sessions.sql")),
+    (
+        12,
+        include_str!("../migrations/sqlite/0012_provisioned.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -32,6 +36,10 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (8, include_str!("../migrations/postgres/0008_users.sql")),
     (9, include_str!("../migrations/postgres/0009_sessions.sql")),
+    (
+        12,
+        include_str!("../migrations/postgres/0012_provisioned.sql"),
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -43,6 +43,8 @@ pub struct ConnectionOut {
     pub secrets_set: Vec<String>,
     /// The credential the secrets come from; `null` when the connection has no secrets.
     pub credential: Option<CredentialRefOut>,
+    /// The provisioning file that manages it (read-only through the API); `null` otherwise.
+    pub provisioned: Option<String>,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -110,6 +112,7 @@ impl ConnectionOut {
                 current_version: k.current_version,
                 external: k.external,
             }),
+            provisioned: c.provisioned,
             version: c.version,
             created_at: format_rfc3339(c.created_at),
             updated_at: format_rfc3339(c.updated_at),

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod master_keys;
 pub mod oauth;
 pub mod probes;
+pub mod provision;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
