@@ -109,9 +109,7 @@ pub fn interpolate(
                     out.push_str(text.trim_end_matches(['\n', '\r']));
                 } else {
                     let valid = !expr.is_empty()
-                        && expr
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                        && expr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                     if !valid {
                         return Err(format!(
                             "{pointer}: `${{…}}` must name an environment variable ([A-Za-z0-9_]) or file:PATH"
@@ -214,9 +212,11 @@ connections:
             missing,
             "/connections/0/secrets/password: environment variable NOPE is not set"
         );
-        let nofile =
-            read(&text.replace("pw.txt", "absent.txt"), &dir, None, &env).unwrap_err();
-        assert!(nofile.starts_with("/connections/0/secrets/password: cannot read"), "{nofile}");
+        let nofile = read(&text.replace("pw.txt", "absent.txt"), &dir, None, &env).unwrap_err();
+        assert!(
+            nofile.starts_with("/connections/0/secrets/password: cannot read"),
+            "{nofile}"
+        );
         assert!(parse_yaml("- a\n- b").is_err());
         assert!(parse_yaml("a: [").unwrap_err().contains("line"));
     }

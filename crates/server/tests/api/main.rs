@@ -8,6 +8,7 @@ mod bad_requests;
 mod connections;
 mod credentials;
 mod external;
+mod import_export;
 mod keys;
 mod kit;
 mod probe;

@@ -154,7 +154,14 @@ pub fn parse(doc: Map<String, Value>) -> ApiResult<Document> {
 fn credential(m: Map<String, Value>, here: &str) -> ApiResult<CredentialEntry> {
     let mut f = Fields::new(
         m,
-        &["name", "kind", "description", "fields", "secrets", "external"],
+        &[
+            "name",
+            "kind",
+            "description",
+            "fields",
+            "secrets",
+            "external",
+        ],
         &[],
     )?;
     let name = f.required_string("name")?;
@@ -162,7 +169,10 @@ fn credential(m: Map<String, Value>, here: &str) -> ApiResult<CredentialEntry> {
     let kind = f.required_string("kind")?;
     let description = f.optional_string("description")?.unwrap_or_default();
     let mut values = f.optional_object("fields")?.unwrap_or_default();
-    let secrets = secret_map(f.optional_object("secrets")?.unwrap_or_default(), "/secrets")?;
+    let secrets = secret_map(
+        f.optional_object("secrets")?.unwrap_or_default(),
+        "/secrets",
+    )?;
     let secret_names = secrets.keys().cloned().collect();
     for (k, v) in secrets {
         if values.insert(k.clone(), v).is_some() {
@@ -204,9 +214,8 @@ fn connection(m: Map<String, Value>, here: &str) -> ApiResult<ConnectionEntry> {
     let description = f.optional_string("description")?.unwrap_or_default();
     let environment = f.optional_string("environment")?;
     let tags = f.optional_string_list("tags")?.unwrap_or_default();
-    let settings = super::super::connections::strip_nulls(
-        f.optional_object("settings")?.unwrap_or_default(),
-    );
+    let settings =
+        super::super::connections::strip_nulls(f.optional_object("settings")?.unwrap_or_default());
     let credential = match f.take("credential") {
         None | Some(Value::Null) => None,
         Some(Value::Object(mut c)) => {
@@ -216,15 +225,16 @@ fn connection(m: Map<String, Value>, here: &str) -> ApiResult<ConnectionEntry> {
             };
             let version = match c.remove("version") {
                 None | Some(Value::Null) => None,
-                Some(v) => Some(
-                    v.as_i64()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| bad("/credential/version".into(), "must be a positive integer"))?,
-                ),
+                Some(v) => Some(v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
+                    bad("/credential/version".into(), "must be a positive integer")
+                })?),
             };
             if let Some(k) = c.keys().next() {
                 return Err(bad(
-                    format!("/credential/{}", patchbay_core::validate::pointer_segment(k)),
+                    format!(
+                        "/credential/{}",
+                        patchbay_core::validate::pointer_segment(k)
+                    ),
                     "unknown field; allowed: name, version",
                 ));
             }

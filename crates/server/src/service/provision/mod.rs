@@ -439,7 +439,11 @@ async fn plan_connection(
             }
         }
     }
-    let current = match state.store.get_connection_by_name(project_id, &e.name).await {
+    let current = match state
+        .store
+        .get_connection_by_name(project_id, &e.name)
+        .await
+    {
         Ok(c) => Some(c),
         Err(StoreError::NotFound) => None,
         Err(err) => return Err(err.into()),
@@ -540,7 +544,10 @@ async fn apply_connection(
     body.insert("tags".into(), json!(e.tags));
     body.insert("settings".into(), Value::Object(e.settings.clone()));
     if let Some((name, version)) = &e.credential {
-        body.insert("credential".into(), json!({"name": name, "version": version}));
+        body.insert(
+            "credential".into(),
+            json!({"name": name, "version": version}),
+        );
     }
     let c = match plan.current {
         None => {
@@ -561,8 +568,15 @@ async fn apply_connection(
             if !plan.secrets.is_empty() {
                 body.insert("secrets".into(), Value::Object(plan.secrets));
             }
-            connections::replace_managed(state, p, &current.id, Some(current.version), body, managed)
-                .await?
+            connections::replace_managed(
+                state,
+                p,
+                &current.id,
+                Some(current.version),
+                body,
+                managed,
+            )
+            .await?
         }
     };
     mark(

@@ -35,10 +35,11 @@ fn system() -> Principal {
 
 fn files(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
     let mut out = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("{}: {}", dir.display(), e.kind()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {}", dir.display(), e.kind()))?;
     for e in entries {
-        let path = e.map_err(|e| format!("{}: {}", dir.display(), e.kind()))?.path();
+        let path = e
+            .map_err(|e| format!("{}: {}", dir.display(), e.kind()))?
+            .path();
         let ext = path.extension().and_then(|x| x.to_str()).unwrap_or("");
         if path.is_file() && matches!(ext, "yaml" | "yml" | "json") {
             out.push(path);
@@ -66,8 +67,7 @@ pub async fn provision(state: &AppState, dir: &Path) -> Result<(), String> {
             .to_owned();
         let fail = |msg: String| format!("provisioning file {file}: {msg}");
         let text = std::fs::read_to_string(&path).map_err(|e| fail(e.kind().to_string()))?;
-        let doc =
-            document_file::read(&text, dir, passphrase.as_ref(), &env).map_err(fail)?;
+        let doc = document_file::read(&text, dir, passphrase.as_ref(), &env).map_err(fail)?;
         let str_of = |k: &str| {
             doc.get(k)
                 .and_then(Value::as_str)
@@ -138,9 +138,18 @@ pub async fn provision(state: &AppState, dir: &Path) -> Result<(), String> {
             continue;
         }
         match connections::delete_managed(state, &p, &c.id, None, true).await {
-            Ok(()) => tracing::info!(file = c.source, name = c.name, "deleted a connection no provisioning file names any more"),
+            Ok(()) => tracing::info!(
+                file = c.source,
+                name = c.name,
+                "deleted a connection no provisioning file names any more"
+            ),
             Err(e) if e.0.code == patchbay_core::ErrorCode::NotFound => {}
-            Err(e) => return Err(format!("deleting connection {} (from {}): {}", c.name, c.source, e.0)),
+            Err(e) => {
+                return Err(format!(
+                    "deleting connection {} (from {}): {}",
+                    c.name, c.source, e.0
+                ))
+            }
         }
     }
     for (id, name, source) in state
@@ -170,7 +179,11 @@ pub async fn provision(state: &AppState, dir: &Path) -> Result<(), String> {
             .set_provisioned(Provisionable::Credential, &id, None, &entry)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(file = source, name, "released a credential no provisioning file names any more");
+        tracing::info!(
+            file = source,
+            name,
+            "released a credential no provisioning file names any more"
+        );
     }
     Ok(())
 }
