@@ -102,6 +102,12 @@ struct ServeArgs {
     /// The deadline of one connection test (at most 60s).
     #[arg(long, env = "PATCHBAY_TEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     test_deadline: Duration,
+    /// Apply the document files (*.yaml, *.yml, *.json) of this directory at start; what they
+    /// define is read-only through the API, and a connection removed from them is deleted.
+    /// `${VAR}` in secrets reads this process's environment; sealed secrets open with
+    /// PATCHBAY_EXPORT_PASSPHRASE.
+    #[arg(long, env = "PATCHBAY_PROVISION_DIR")]
+    provision: Option<PathBuf>,
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
@@ -199,6 +205,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 per_minute: args.tests_per_minute,
                 ..Default::default()
             },
+            provision_dir: args.provision,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -8,6 +8,7 @@ mod credentials;
 mod keys;
 mod output;
 mod tokens;
+mod transfer;
 mod users;
 
 use std::process::ExitCode;
@@ -87,6 +88,10 @@ pub enum ClientCommand {
     /// The audit log: list, export (JSON lines), verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Export --project as a document (YAML, apiVersion 1) or as Airflow connections.
+    Export(transfer::ExportArgs),
+    /// Apply a document or Airflow connections to --project (idempotent; prints the diff).
+    Import(transfer::ImportArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -200,6 +205,8 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Users(c) => users::users(c, Ctx::new(g)).await,
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,
         ClientCommand::Roles(c) => users::roles(c, Ctx::new(g)).await,
+        ClientCommand::Export(a) => transfer::export(a, Ctx::new(g)).await,
+        ClientCommand::Import(a) => transfer::import(a, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];
