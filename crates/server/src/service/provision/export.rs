@@ -93,19 +93,21 @@ pub async fn export(
         out_conns.push(Value::Object(e));
     }
 
+    // A reader without credentials:read sees which credentials are used, not their fields.
+    let read_creds = p.can_in(&ws.id, Permission::CredentialsRead);
     let mut out_creds = Vec::new();
     for (name, id) in &shared {
         let cred = credentials::find(state, p, id).await?;
         let mut e = Map::new();
         e.insert("name".into(), json!(name));
         e.insert("kind".into(), json!(cred.kind));
-        if !cred.description.is_empty() {
+        if read_creds && !cred.description.is_empty() {
             e.insert("description".into(), json!(cred.description));
         }
-        if !cred.public_fields.is_empty() {
+        if read_creds && !cred.public_fields.is_empty() {
             e.insert("fields".into(), Value::Object(cred.public_fields.clone()));
         }
-        if let Some(x) = &cred.external {
+        if let Some(x) = cred.external.as_ref().filter(|_| read_creds) {
             e.insert("external".into(), x.clone());
         } else if let Some((_, key)) = &sealing {
             // No record, no secret: the export of the values is audited before they are read.
