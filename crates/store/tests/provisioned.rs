@@ -5,8 +5,7 @@
 
 use patchbay_crypto::WrappedKey;
 use patchbay_store::{
-    AuditEntry, ConnectionWrite, CredentialLink, NewCredential, Provisionable, Store,
-    StoredDataKey,
+    AuditEntry, ConnectionWrite, CredentialLink, NewCredential, Provisionable, Store, StoredDataKey,
 };
 use serde_json::json;
 
@@ -89,7 +88,9 @@ async fn markers_are_set_listed_and_cleared(s: &Store) {
     );
     assert_eq!(listed[0].project_id, p.id);
     let events = s.audit_for_target(&id).await.unwrap();
-    assert!(events.iter().any(|e| e.entry.action == "connection.provision"));
+    assert!(events
+        .iter()
+        .any(|e| e.entry.action == "connection.provision"));
 
     let cred = patchbay_store::new_id();
     s.create_credential(
@@ -118,7 +119,11 @@ async fn markers_are_set_listed_and_cleared(s: &Store) {
     .await
     .unwrap();
     assert_eq!(
-        s.get_credential(&cred).await.unwrap().provisioned.as_deref(),
+        s.get_credential(&cred)
+            .await
+            .unwrap()
+            .provisioned
+            .as_deref(),
         Some("base.yaml")
     );
     assert_eq!(

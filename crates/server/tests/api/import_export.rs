@@ -179,6 +179,11 @@ async fn bad_documents_answer_400_naming_the_place_and_write_nothing() {
             "/connections/0/type",
         ),
         (
+            json!({"apiVersion": 1, "connections": [{"name": "ok", "type": "redis", "settings": {"host": "h"}},
+                                                    {"name": "no-db", "type": "postgresql", "settings": {"host": "h"}}]}),
+            "/connections/1/settings/database",
+        ),
+        (
             json!({"apiVersion": 1, "connections": [{"name": "x", "type": "redis", "settings": {"host": "h"}, "credential": {"name": "missing"}}]}),
             "/connections/0/credential/name",
         ),

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use patchbay_core::model::{Connection, Credential, Principal};
 use patchbay_core::permission::Permission;
-use patchbay_core::validate::{validate_secret_names, validate_settings};
+use patchbay_core::validate::{check_required, validate_secret_names, validate_settings};
 use patchbay_core::ErrorCode;
 use patchbay_store::{AuditEntry, Provisionable, StoreError};
 use serde::Serialize;
@@ -448,6 +448,23 @@ async fn plan_connection(
         Err(StoreError::NotFound) => None,
         Err(err) => return Err(err.into()),
     };
+    // Required settings and secrets, checked before anything is written (a shared
+    // credential's fields are checked when the connection is written).
+    let stays_shared = e.credential.is_some()
+        || (e.secrets.is_none()
+            && current
+                .as_ref()
+                .and_then(|c| c.credential.as_ref())
+                .is_some_and(|c| !c.owned));
+    if !stays_shared {
+        let mut have: std::collections::BTreeSet<String> = current
+            .as_ref()
+            .filter(|c| c.credential.as_ref().is_some_and(|k| k.owned))
+            .map(|c| c.secrets_set.iter().cloned().collect())
+            .unwrap_or_default();
+        have.extend(e.secrets.iter().flatten().map(|(k, _)| k.clone()));
+        check_required(ty, &e.settings, &have)?;
+    }
     let Some(current) = current else {
         let mut changed: Vec<String> = e.settings.keys().map(|k| format!("settings.{k}")).collect();
         changed.extend(
