@@ -49,6 +49,7 @@ const READ_ONLY: &[&str] = &[
     "project_id",
     "category",
     "secrets_set",
+    "provisioned",
     "version",
     "created_at",
     "updated_at",

@@ -41,6 +41,7 @@ const READ_ONLY: &[&str] = &[
     "revision",
     "fields",
     "external",
+    "provisioned",
     "created_at",
     "updated_at",
 ];
