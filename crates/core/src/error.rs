@@ -38,6 +38,7 @@ error_codes! {
     CredentialKindMismatch => ("credential_kind_mismatch", "invalid_request", 400, "The credential's kind is not one the connector type accepts; `field` is /credential."),
     UnknownCredentialKind => ("unknown_credential_kind", "invalid_request", 400, "The credential kind is not in the catalog; GET /api/v1/credential-kinds lists them."),
     InUse => ("in_use", "conflict", 409, "The credential is used by connections (listed in `details.connections`); detach them first."),
+    HasDependents => ("has_dependents", "conflict", 409, "The connection has registered dependents (listed in `details.dependents`); delete with `?cascade=all` or `?cascade=kind/ref,…` naming every one of them, or unregister them first."),
     InvalidState => ("invalid_state", "conflict", 409, "The operation does not apply in the resource's current state (e.g. revoking the current version)."),
     CredentialVersionUnavailable => ("credential_version_unavailable", "conflict", 409, "The credential version a connection needs was revoked or destroyed, or its grace period ended."),
     ExternalNotFound => ("external_not_found", "dependency", 424, "The external secret manager has no such secret, key or version."),

@@ -47,6 +47,8 @@ pub struct Connection {
     pub version: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// How many dependents (pipelines, datasets, …) consumers registered on it.
+    pub dependents_count: i64,
 }
 
 /// The credential a connection takes its secrets from, as the connection sees it.

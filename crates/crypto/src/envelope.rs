@@ -68,6 +68,17 @@ impl<'a> SecretAad<'a> {
         }
     }
 
+    /// The binding of a webhook's signing secret (`webhooks`): owner is the webhook,
+    /// version -2, field `webhook_secret`.
+    pub fn webhook_secret(workspace_id: &'a str, webhook_id: &'a str) -> Self {
+        Self {
+            workspace_id,
+            owner_id: webhook_id,
+            version: WEBHOOK_SECRET_VERSION,
+            field: WEBHOOK_SECRET_FIELD,
+        }
+    }
+
     /// The binding of a legacy connection-owned secret (`connection_secrets`, version 0).
     pub fn connection(workspace_id: &'a str, connection_id: &'a str, field: &'a str) -> Self {
         Self {
@@ -96,6 +107,9 @@ impl<'a> SecretAad<'a> {
 /// `SecretAad::oauth_token`'s version and field.
 pub const OAUTH_TOKEN_VERSION: i64 = -1;
 pub const OAUTH_TOKEN_FIELD: &str = "oauth_token";
+/// `SecretAad::webhook_secret`'s version and field.
+pub const WEBHOOK_SECRET_VERSION: i64 = -2;
+pub const WEBHOOK_SECRET_FIELD: &str = "webhook_secret";
 
 fn aad(domain: &[u8], parts: &[&str]) -> Vec<u8> {
     let mut out = domain.to_vec();

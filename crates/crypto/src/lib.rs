@@ -17,7 +17,7 @@ mod token;
 
 pub use envelope::{
     sync_parent, CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey,
-    OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION,
+    OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION, WEBHOOK_SECRET_FIELD, WEBHOOK_SECRET_VERSION,
 };
 pub use passphrase::{
     is_sealed, KdfParams, PassphraseError, PassphraseKey, ALGORITHM as PASSPHRASE_ALGORITHM,

@@ -102,6 +102,10 @@ struct ServeArgs {
     /// The deadline of one connection test (at most 60s).
     #[arg(long, env = "PATCHBAY_TEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     test_deadline: Duration,
+    /// Local directories whose files connection tests of file-based types (DuckDB) may read,
+    /// separated like PATH. Default: none, every local path is refused.
+    #[arg(long, env = "PATCHBAY_PROBE_FILE_ROOTS", default_value = "")]
+    probe_file_roots: std::ffi::OsString,
     /// Apply the document files (*.yaml, *.yml, *.json) of this directory at start; what they
     /// define is read-only through the API, and a connection removed from them is deleted.
     /// `${VAR}` in secrets reads this process's environment; sealed secrets open with
@@ -111,6 +115,64 @@ struct ServeArgs {
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
+    /// Reverse proxies whose X-Forwarded-For is believed (comma-separated CIDRs or
+    /// addresses). The source address in audit records and for throttling is then the
+    /// right-most forwarded address that is not a trusted proxy. Default: none.
+    #[arg(long, env = "PATCHBAY_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
+    /// Webhook delivery settings (boxed: they are read once).
+    #[command(flatten)]
+    webhooks: Box<WebhookArgs>,
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// How often the webhook worker looks for due deliveries.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_POLL", default_value = "1s", value_parser = parse_duration)]
+    webhook_poll: Duration,
+    /// Timeout of one webhook delivery attempt.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    webhook_timeout: Duration,
+    /// Attempts before a webhook delivery is marked failed.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    webhook_max_attempts: u32,
+    /// First retry delay of a webhook delivery; doubles each attempt (with jitter).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_BACKOFF", default_value = "20s", value_parser = parse_duration)]
+    webhook_backoff: Duration,
+    /// Longest retry delay of a webhook delivery.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_BACKOFF_MAX", default_value = "6h", value_parser = parse_duration)]
+    webhook_backoff_max: Duration,
+    /// How long a replica keeps a claimed delivery before another may send it (must exceed
+    /// the timeout).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_LEASE", default_value = "60s", value_parser = parse_duration)]
+    webhook_lease: Duration,
+    /// How long finished deliveries are kept.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    webhook_retention: Duration,
+}
+
+/// The network policy and the readable local directories of connection tests.
+fn probe_policy(args: &ServeArgs) -> anyhow::Result<patchbay_probe::Policy> {
+    let mut policy = patchbay_probe::Policy::parse(&args.network_allow, &args.network_deny)
+        .map_err(|e| anyhow::anyhow!("network policy: {e}"))?;
+    for root in std::env::split_paths(&args.probe_file_roots) {
+        if !root.as_os_str().is_empty() {
+            policy = policy.file_root(root).map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
+    Ok(policy)
+}
+
+/// `10.0.0.0/8, 192.168.1.10, fd00::/8`.
+fn parse_cidrs(s: &str) -> Result<Vec<patchbay_probe::guard::Cidr>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            patchbay_probe::guard::Cidr::parse(e)
+                .ok_or_else(|| format!("`{e}` is not an address or CIDR block"))
+        })
+        .collect()
 }
 
 /// `90`, `500ms`, `30s`, `15m`, `24h`, `7d`.
@@ -152,6 +214,7 @@ fn env_or_file(name: &str) -> anyhow::Result<Option<SecretString>> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let policy = probe_policy(&args)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PATCHBAY_LOG")
@@ -199,12 +262,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audit_retention: args.audit_retention,
             audit_reads: args.audit_reads != "off",
             probes: patchbay_server::service::probes::ProbeSettings {
-                policy: patchbay_probe::Policy::parse(&args.network_allow, &args.network_deny)
-                    .map_err(|e| anyhow::anyhow!("network policy: {e}"))?,
+                policy,
                 deadline: args.test_deadline.min(patchbay_probe::MAX_DEADLINE),
                 per_minute: args.tests_per_minute,
                 ..Default::default()
             },
+            trusted_proxies: parse_cidrs(&args.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("trusted proxies: {e}"))?,
+            events: webhook_settings(&args.webhooks),
             provision_dir: args.provision,
         },
     };
@@ -213,6 +278,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(patchbay_server::serve(config))?;
     Ok(())
+}
+
+fn webhook_settings(args: &WebhookArgs) -> patchbay_server::service::events::EventSettings {
+    patchbay_server::service::events::EventSettings {
+        poll_interval: args.webhook_poll.max(Duration::from_millis(10)),
+        timeout: args.webhook_timeout.max(Duration::from_millis(100)),
+        max_attempts: args.webhook_max_attempts.max(1),
+        backoff_base: args.webhook_backoff,
+        backoff_max: args.webhook_backoff_max.max(args.webhook_backoff),
+        lease: args
+            .webhook_lease
+            .max(args.webhook_timeout + Duration::from_secs(1)),
+        retention: args.webhook_retention,
+    }
 }
 
 fn main() -> ExitCode {
@@ -236,6 +315,40 @@ mod tests {
         // clap checks every subcommand's arguments only when that subcommand runs; this
         // checks them all at once.
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_probe_file_roots_and_trusted_proxies() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "patchbay",
+            "serve",
+            "--probe-file-roots",
+            "/srv/duckdb:/data/lake",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.1",
+        ])
+        .unwrap();
+        let super::Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let policy = super::probe_policy(&args).unwrap();
+        assert_eq!(
+            policy.file_roots(),
+            [
+                std::path::PathBuf::from("/srv/duckdb"),
+                std::path::PathBuf::from("/data/lake")
+            ]
+        );
+        assert_eq!(super::parse_cidrs(&args.trusted_proxies).unwrap().len(), 2);
+        assert!(super::parse_cidrs("10.0.0.0/99").is_err());
+        let relative =
+            super::Cli::try_parse_from(["patchbay", "serve", "--probe-file-roots", "data"])
+                .unwrap();
+        let super::Command::Serve(args) = relative.command else {
+            panic!("not serve")
+        };
+        assert!(super::probe_policy(&args).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls;
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -25,27 +25,6 @@ pub async fn probe(t: &Target<'_>, guard: &NetworkGuard, budget: Duration) -> Pr
     run.finish()
 }
 
-/// TLS options shared by the broker types (`tls`, `tls_verify`, `tls_*` PEM fields).
-pub(crate) fn broker_tls(t: &Target<'_>) -> (bool, TlsOptions) {
-    let mode =
-        t.str("tls_verify_mode")
-            .and_then(VerifyMode::parse)
-            .or(match t.bool("tls_verify") {
-                Some(false) => Some(VerifyMode::None),
-                _ => Some(VerifyMode::Full),
-            });
-    (
-        t.bool("tls").unwrap_or(false),
-        TlsOptions {
-            mode,
-            ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-            client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-            client_key_pem: t.secret("tls_private_key").cloned(),
-            server_name: t.str("tls_server_name").map(str::to_owned),
-        },
-    )
-}
-
 async fn steps(
     run: &mut Run,
     t: &Target<'_>,
@@ -57,7 +36,7 @@ async fn steps(
             let port = t.port("port")?;
             let vhost = t.str("virtual_host").unwrap_or("/").to_owned();
             let user = t.str("username").unwrap_or("guest").to_owned();
-            let (use_tls, opts) = broker_tls(t);
+            let (use_tls, opts) = tls::broker_tls(t);
             let detail = format!(
                 "{user}@{host}:{port} virtual host {vhost}{}",
                 if use_tls { ", TLS" } else { "" }

@@ -15,7 +15,7 @@ use crate::result::{
     ms, ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, StageReport, StageStatus, Stopped,
 };
 use crate::signed_http::{send, Answer, Call};
-use crate::tls::{TlsOptions, VerifyMode};
+use crate::tls::{verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 mod kinesis;
@@ -44,14 +44,8 @@ fn credentials(t: &Target<'_>) -> Result<Credentials, Failure> {
 }
 
 fn tls_options(t: &Target<'_>) -> TlsOptions {
-    TlsOptions {
-        mode: Some(match t.bool("tls_verify") {
-            Some(false) => VerifyMode::None,
-            _ => VerifyMode::Full,
-        }),
-        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-        ..TlsOptions::default()
-    }
+    let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+    TlsOptions::from_target(t, Some(mode), PemFields::TLS)
 }
 
 fn parse_url(raw: &str) -> Result<Url, Failure> {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -222,17 +222,13 @@ async fn steps(
     let checked = run.stage(S::Dns, net::dns(guard, &host, port)).await?;
     let tcp = run.stage(S::Tcp, net::tcp(&checked.addrs)).await?;
     let io: Box<dyn Io> = if t.bool("ssl_enabled") == Some(true) {
-        let opts = TlsOptions {
-            mode: Some(if t.bool("ssl_hostname_validation") == Some(false) {
-                VerifyMode::CaOnly
-            } else {
-                VerifyMode::Full
-            }),
-            ca_pem: t.str("ssl_ca").map(str::to_owned),
-            client_cert_pem: t.str("ssl_client_certificate").map(str::to_owned),
-            client_key_pem: t.secret("ssl_private_key").cloned(),
-            server_name: None,
+        let mode = verify_unless(t, "ssl_hostname_validation", VerifyMode::CaOnly);
+        let pem = PemFields {
+            ca: "ssl_ca",
+            cert: "ssl_client_certificate",
+            key: "ssl_private_key",
         };
+        let opts = TlsOptions::from_target(t, Some(mode), pem);
         let host = &checked.host;
         let io = run
             .stage(S::Tls, async {

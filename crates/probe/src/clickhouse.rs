@@ -16,7 +16,7 @@ use crate::result::{
     ms, ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo, StageReport,
     StageStatus, Stopped,
 };
-use crate::tls::{TlsOptions, VerifyMode};
+use crate::tls::{verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -79,15 +79,12 @@ async fn steps(run: &mut Run, t: &Target<'_>, guard: &NetworkGuard) -> Result<()
     })
     .await?;
     let https = base.scheme() == "https";
-    let opts = TlsOptions {
-        mode: Some(if t.bool("verify") == Some(false) {
-            VerifyMode::None
-        } else {
-            VerifyMode::Full
-        }),
-        ca_pem: t.str("ca_certificate").map(str::to_owned),
-        ..TlsOptions::default()
+    let mode = verify_unless(t, "verify", VerifyMode::None);
+    let pem = PemFields {
+        ca: "ca_certificate",
+        ..PemFields::TLS
     };
+    let opts = TlsOptions::from_target(t, Some(mode), pem);
     let client = match plain_http::client(&checked, &opts) {
         Ok(c) => c,
         Err((stage, f)) => return Err(run.fail(stage, f)),

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -55,14 +55,8 @@ async fn steps(
                 None if security == Security::Implicit => 990,
                 _ => t.port("port")?,
             };
-            let opts = TlsOptions {
-                mode: Some(match t.bool("tls_verify") {
-                    Some(false) => VerifyMode::None,
-                    _ => VerifyMode::Full,
-                }),
-                ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-                ..TlsOptions::default()
-            };
+            let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+            let opts = TlsOptions::from_target(t, Some(mode), PemFields::TLS);
             let root = t.str("root_path").unwrap_or("/").to_owned();
             if root.contains(['\r', '\n']) {
                 return Err(Failure::new(

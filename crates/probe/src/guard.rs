@@ -44,7 +44,8 @@ impl Cidr {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// `10.0.0.0/8`, `fd00::/8`, or a single address.
+    pub fn parse(s: &str) -> Option<Self> {
         match s.split_once('/') {
             Some((a, p)) => Cidr::new(parse_ip(a)?, p.parse().ok()?),
             None => {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
 use crate::scram::{Hash, Scram};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -85,15 +85,14 @@ fn params(t: &Target<'_>) -> Result<(Params, String), Failure> {
             ),
         ));
     }
-    let tls = use_tls.then(|| TlsOptions {
-        mode: Some(match t.bool("ssl_endpoint_identification") {
-            Some(false) => VerifyMode::CaOnly,
-            _ => VerifyMode::Full,
-        }),
-        ca_pem: t.str("ssl_ca_certificate").map(str::to_owned),
-        client_cert_pem: t.str("ssl_client_certificate").map(str::to_owned),
-        client_key_pem: t.secret("ssl_private_key").cloned(),
-        server_name: None,
+    let tls = use_tls.then(|| {
+        let mode = verify_unless(t, "ssl_endpoint_identification", VerifyMode::CaOnly);
+        let pem = PemFields {
+            ca: "ssl_ca_certificate",
+            cert: "ssl_client_certificate",
+            key: "ssl_private_key",
+        };
+        TlsOptions::from_target(t, Some(mode), pem)
     });
     let topic = t.str("topic").map(str::to_owned);
     let detail = format!(

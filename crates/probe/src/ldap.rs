@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -119,14 +119,8 @@ fn params(t: &Target<'_>) -> Result<(Params, String), Failure> {
     } else {
         Security::Plain
     };
-    let tls = TlsOptions {
-        mode: Some(match t.bool("tls_verify") {
-            Some(false) => VerifyMode::None,
-            _ => VerifyMode::Full,
-        }),
-        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-        ..TlsOptions::default()
-    };
+    let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+    let tls = TlsOptions::from_target(t, Some(mode), PemFields::TLS);
     let detail = format!(
         "{host}:{port}{}, base {base_dn}",
         match security {

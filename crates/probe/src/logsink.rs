@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, Stopped};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -40,16 +40,8 @@ pub enum Kind {
 }
 
 fn tls_options(t: &Target<'_>) -> TlsOptions {
-    TlsOptions {
-        mode: Some(match t.bool("tls_verify") {
-            Some(false) => VerifyMode::None,
-            _ => VerifyMode::Full,
-        }),
-        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-        client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-        client_key_pem: t.secret("tls_private_key").cloned(),
-        server_name: None,
-    }
+    let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+    TlsOptions::from_target(t, Some(mode), PemFields::TLS)
 }
 
 fn transport(t: &Target<'_>, kind: Kind) -> Result<Transport, Failure> {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
 use crate::scram::{Hash, Scram};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -288,17 +288,13 @@ fn params(t: &Target<'_>) -> Result<(Params, String), Failure> {
     }
     let database = database.unwrap_or_else(|| "admin".into());
     let auth_source = auth_source.unwrap_or_else(|| "admin".into());
-    let opts = TlsOptions {
-        mode: Some(if t.bool("tls_allow_invalid_hostnames") == Some(true) {
-            VerifyMode::CaOnly
-        } else {
-            VerifyMode::Full
-        }),
-        ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-        client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-        client_key_pem: t.secret("tls_private_key").cloned(),
-        server_name: None,
+    // MongoDB names the flag the other way round.
+    let mode = if t.bool("tls_allow_invalid_hostnames") == Some(true) {
+        VerifyMode::CaOnly
+    } else {
+        VerifyMode::Full
     };
+    let opts = TlsOptions::from_target(t, Some(mode), PemFields::TLS);
     let detail = format!(
         "{}{host}:{port}/{database}, {}",
         user.as_deref().map(|u| format!("{u}@")).unwrap_or_default(),

@@ -6,10 +6,10 @@ use std::time::Duration;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::amqp::broker_tls;
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run};
 use crate::tls;
+use crate::tls::broker_tls;
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth];

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[
@@ -79,13 +79,12 @@ fn params(t: &Target<'_>) -> Result<(Params, String), Failure> {
             ))
         }
     };
-    let tls = TlsOptions {
-        mode,
-        ca_pem: t.str("ssl_ca").map(str::to_owned),
-        client_cert_pem: t.str("ssl_cert").map(str::to_owned),
-        client_key_pem: t.secret("ssl_private_key").cloned(),
-        server_name: t.str("tls_server_name").map(str::to_owned),
+    let pem = PemFields {
+        ca: "ssl_ca",
+        cert: "ssl_cert",
+        key: "ssl_private_key",
     };
+    let tls = TlsOptions::from_target(t, mode, pem);
     let detail = format!("{user}@{host}:{port}/{database}, ssl_mode {ssl_mode}");
     Ok((
         Params {

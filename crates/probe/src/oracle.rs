@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -65,17 +65,12 @@ fn param(desc: &str, key: &str) -> Option<String> {
 
 fn params(t: &Target<'_>) -> Result<Params, Failure> {
     let tcps = t.str("protocol") == Some("tcps");
-    let opts = TlsOptions {
-        mode: Some(if t.bool("ssl_server_dn_match") == Some(false) {
-            VerifyMode::CaOnly
-        } else {
-            VerifyMode::Full
-        }),
-        ca_pem: t.str("ssl_ca").map(str::to_owned),
-        client_cert_pem: None,
-        client_key_pem: None,
-        server_name: None,
+    let mode = verify_unless(t, "ssl_server_dn_match", VerifyMode::CaOnly);
+    let pem = PemFields {
+        ca: "ssl_ca",
+        ..PemFields::TLS
     };
+    let opts = TlsOptions::from_target(t, Some(mode), pem);
     if let Some(desc) = t.str("connect_descriptor") {
         let desc: String = desc.split_whitespace().collect::<Vec<_>>().join("");
         let host = param(&desc, "HOST").ok_or_else(|| {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[
@@ -56,17 +56,12 @@ fn params(t: &Target<'_>) -> Result<(Params, String), Failure> {
             ))
         }
     };
-    let mode = t
-        .str("tls_verify_mode")
-        .and_then(VerifyMode::parse)
-        .or(mode);
-    let tls = TlsOptions {
-        mode,
-        ca_pem: t.str("ssl_root_cert").map(str::to_owned),
-        client_cert_pem: t.str("ssl_client_cert").map(str::to_owned),
-        client_key_pem: t.secret("ssl_client_key").cloned(),
-        server_name: t.str("tls_server_name").map(str::to_owned),
+    let pem = PemFields {
+        ca: "ssl_root_cert",
+        cert: "ssl_client_cert",
+        key: "ssl_client_key",
     };
+    let tls = TlsOptions::from_target(t, mode, pem);
     let detail = format!("{user}@{host}:{port}/{database}, sslmode {sslmode}");
     Ok((
         Params {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -266,17 +266,8 @@ async fn steps(
     let checked = run.stage(S::Dns, net::dns(guard, &host, port)).await?;
     let tcp = run.stage(S::Tcp, net::tcp(&checked.addrs)).await?;
     let io: Box<dyn Io> = if use_tls {
-        let opts = TlsOptions {
-            mode: Some(if t.bool("tls_verify") == Some(false) {
-                VerifyMode::None
-            } else {
-                VerifyMode::Full
-            }),
-            ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-            client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-            client_key_pem: t.secret("tls_private_key").cloned(),
-            server_name: None,
-        };
+        let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+        let opts = TlsOptions::from_target(t, Some(mode), PemFields::TLS);
         let host = &checked.host;
         let io = run
             .stage(S::Tls, async {

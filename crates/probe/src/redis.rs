@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];
@@ -35,20 +35,8 @@ async fn steps(
                 ));
             }
             let use_tls = t.bool("tls").unwrap_or(false);
-            let mode = t
-                .str("tls_verify_mode")
-                .and_then(VerifyMode::parse)
-                .or(match t.bool("tls_verify") {
-                    Some(false) => Some(VerifyMode::None),
-                    _ => Some(VerifyMode::Full),
-                });
-            let opts = TlsOptions {
-                mode,
-                ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-                client_cert_pem: t.str("tls_client_certificate").map(str::to_owned),
-                client_key_pem: t.secret("tls_private_key").cloned(),
-                server_name: t.str("tls_server_name").map(str::to_owned),
-            };
+            let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+            let opts = TlsOptions::from_target(t, Some(mode), PemFields::TLS);
             let detail = format!("{host}:{port} database {db}{}", if use_tls { ", TLS" } else { "" });
             Ok(((host, port, db, use_tls, opts), Some(detail)))
         })

@@ -13,7 +13,7 @@ use tokio::io::{
 
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeResult, ProbeStage as S, Run, ServerInfo};
-use crate::tls::{self, TlsOptions, VerifyMode};
+use crate::tls::{self, verify_unless, PemFields, TlsOptions, VerifyMode};
 use crate::{NetworkGuard, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth];
@@ -64,17 +64,8 @@ async fn steps(
                     "auth_mechanism must be auto, plain, login or cram-md5",
                 ));
             }
-            let opts = TlsOptions {
-                mode: t.str("tls_verify_mode").and_then(VerifyMode::parse).or(
-                    match t.bool("tls_verify") {
-                        Some(false) => Some(VerifyMode::None),
-                        _ => Some(VerifyMode::Full),
-                    },
-                ),
-                ca_pem: t.str("tls_ca_certificate").map(str::to_owned),
-                server_name: t.str("tls_server_name").map(str::to_owned),
-                ..TlsOptions::default()
-            };
+            let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+            let opts = TlsOptions::from_target(t, Some(mode), PemFields::TLS);
             // The EHLO name is sent to the server: keep it a plain host name.
             let helo = t
                 .str("helo_name")

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::amqp::broker_tls;
 use crate::net::{self, io_failure, Io};
 use crate::result::{ErrorClass, Failure, ProbeStage as S, Run, ServerInfo, Stopped};
 use crate::tls;
+use crate::tls::broker_tls;
 use crate::{NetworkGuard, ProbeResult, Target};
 
 const PLANNED: &[S] = &[S::Resolve, S::Dns, S::Tcp, S::Tls, S::Auth, S::Query];

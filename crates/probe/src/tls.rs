@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::guard::Host;
 use crate::result::{ErrorClass, Failure};
+use crate::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyMode {
@@ -46,6 +47,25 @@ impl VerifyMode {
     }
 }
 
+/// `Full` unless the boolean setting `flag` is explicitly false, then `off` (`tls_verify:
+/// false` → none; `ssl_endpoint_identification: false` → ca-only, and so on).
+pub(crate) fn verify_unless(t: &Target<'_>, flag: &str, off: VerifyMode) -> VerifyMode {
+    if t.bool(flag) == Some(false) {
+        off
+    } else {
+        VerifyMode::Full
+    }
+}
+
+/// TLS options shared by the broker types (`tls`, `tls_verify`, `tls_*` PEM fields).
+pub(crate) fn broker_tls(t: &Target<'_>) -> (bool, TlsOptions) {
+    let mode = verify_unless(t, "tls_verify", VerifyMode::None);
+    (
+        t.bool("tls").unwrap_or(false),
+        TlsOptions::from_target(t, Some(mode), PemFields::TLS),
+    )
+}
+
 /// TLS options of one connection, read from its settings by the family module.
 #[derive(Default)]
 pub struct TlsOptions {
@@ -57,7 +77,42 @@ pub struct TlsOptions {
     pub server_name: Option<String>,
 }
 
+/// The names of a type's PEM settings (CA bundle, client certificate, secret client key):
+/// the catalog names them per family after the product's own documentation.
+#[derive(Debug, Clone, Copy)]
+pub struct PemFields {
+    pub ca: &'static str,
+    pub cert: &'static str,
+    pub key: &'static str,
+}
+
+impl PemFields {
+    /// The names most types use.
+    pub const TLS: PemFields = PemFields {
+        ca: "tls_ca_certificate",
+        cert: "tls_client_certificate",
+        key: "tls_private_key",
+    };
+}
+
 impl TlsOptions {
+    /// Reads a type's TLS settings: the PEM fields under `pem`'s names, `tls_server_name`,
+    /// and the verify mode — `tls_verify_mode` when the type declares and sets it, else
+    /// `mode` (the family's own flags, e.g. [`verify_unless`]). A name the type does not
+    /// declare reads as unset.
+    pub(crate) fn from_target(t: &Target<'_>, mode: Option<VerifyMode>, pem: PemFields) -> Self {
+        TlsOptions {
+            mode: t
+                .str("tls_verify_mode")
+                .and_then(VerifyMode::parse)
+                .or(mode),
+            ca_pem: t.str(pem.ca).map(str::to_owned),
+            client_cert_pem: t.str(pem.cert).map(str::to_owned),
+            client_key_pem: t.secret(pem.key).cloned(),
+            server_name: t.str("tls_server_name").map(str::to_owned),
+        }
+    }
+
     pub fn mode(&self) -> VerifyMode {
         self.mode.unwrap_or(VerifyMode::Full)
     }

@@ -5,9 +5,8 @@
 //! request, so role changes apply at once.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use patchbay_core::model::Principal;
 use patchbay_core::permission::PermissionSet;
@@ -164,8 +163,9 @@ async fn session_principal(parts: &Parts, state: &AppState, secret: &str) -> Api
 /// (`pbt_` and 8 characters: guessing at one known token from many addresses).
 pub(crate) fn failure_keys(parts: &Parts, token: Option<&str>) -> Vec<String> {
     let mut keys = Vec::with_capacity(2);
-    if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        keys.push(format!("addr:{}", addr.ip()));
+    // The source address as the request layer worked it out (trusted proxies honoured).
+    if let Some(addr) = request_meta(parts).source_address {
+        keys.push(format!("addr:{addr}"));
     }
     if let Some(token) = token {
         keys.push(format!(

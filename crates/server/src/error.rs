@@ -114,6 +114,9 @@ impl From<StoreError> for ApiError {
                 format!("credential version {version} is {state}; unpin the connection or pin a current version"),
             ),
             StoreError::Conflict(message) => Self::new(ErrorCode::InvalidState, message),
+            StoreError::DependentsChanged(list) => {
+                crate::service::dependents::has_dependents(&list, list.len())
+            }
             StoreError::Corrupt(_) | StoreError::Database(_) => {
                 // The cause goes to the log (it names tables and SQL, never secret values:
                 // the store only ever sees ciphertext).

@@ -163,6 +163,7 @@ impl App {
             state.clone(),
             state.settings.sweep_interval,
         ));
+        tokio::spawn(service::events::deliver_forever(state.clone()));
         if let Some(retention) = state.settings.audit_retention {
             tokio::spawn(service::audit::retention_forever(
                 state.clone(),

@@ -1,6 +1,8 @@
 //! Fixed-window counters per key, in memory (per replica): failed authentications per
-//! source address and per token prefix. A key that reached its limit is refused until its
-//! window ends.
+//! source address and per token prefix ([`WindowLimiter::record`] after a failure,
+//! [`WindowLimiter::blocked`] before trying), and connection tests per principal
+//! ([`WindowLimiter::admit`]: count and refuse in one step). A key that reached its limit
+//! is refused until its window ends.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,7 +39,32 @@ impl WindowLimiter {
     /// Counts one event for `key`.
     pub fn record(&self, key: &str) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = self.window_of(&mut counts, key, Instant::now());
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    /// Counts one event for `key` unless its window is used up: then nothing is counted
+    /// and the answer is how long until the window ends.
+    pub fn admit(&self, key: &str) -> Result<(), Duration> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        let window = self.window;
+        let limit = self.limit;
+        let entry = self.window_of(&mut counts, key, now);
+        if entry.1 >= limit {
+            return Err(window.saturating_sub(now.duration_since(entry.0)));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// `key`'s current window (a fresh one when it ended), keeping the map bounded.
+    fn window_of<'a>(
+        &self,
+        counts: &'a mut HashMap<String, (Instant, u32)>,
+        key: &str,
+        now: Instant,
+    ) -> &'a mut (Instant, u32) {
         if counts.len() >= MAX_KEYS && !counts.contains_key(key) {
             counts.retain(|_, (start, _)| now.duration_since(*start) < self.window);
             if counts.len() >= MAX_KEYS {
@@ -51,7 +78,7 @@ impl WindowLimiter {
         if now.duration_since(entry.0) >= self.window {
             *entry = (now, 0);
         }
-        entry.1 = entry.1.saturating_add(1);
+        entry
     }
 }
 
@@ -73,6 +100,18 @@ mod tests {
         assert!(l.blocked("a").is_none(), "the window ended");
         l.record("a");
         assert!(l.blocked("a").is_none(), "a new window starts at one");
+    }
+
+    #[test]
+    fn admit_counts_until_the_limit_then_refuses_without_counting() {
+        let l = WindowLimiter::new(2, Duration::from_millis(200));
+        assert!(l.admit("p").is_ok());
+        assert!(l.admit("p").is_ok());
+        let wait = l.admit("p").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200));
+        assert!(l.admit("q").is_ok(), "keys are independent");
+        std::thread::sleep(Duration::from_millis(220));
+        assert!(l.admit("p").is_ok(), "the window ended");
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! printable, else generated, and echoed on every response), the peer address, and the
 //! audit record of a refused attempt (403). A 401 has no actor and is only logged.
 //!
-//! The peer address is the TCP peer (`ConnectInfo`); `X-Forwarded-For` is not honoured
-//! (there is no trusted-proxy setting yet), so behind a proxy it is the proxy's address.
+//! The source address is the TCP peer (`ConnectInfo`), unless that peer is one of the
+//! trusted proxies (`PATCHBAY_TRUSTED_PROXIES`): then it is the right-most address of
+//! `X-Forwarded-For` that is not itself a trusted proxy (nginx's `real_ip_recursive`), so a
+//! client cannot choose its own address by sending the header. Audit records and the
+//! authentication-failure limiter use it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
@@ -14,6 +17,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use patchbay_core::model::{Principal, RequestMeta};
+use patchbay_probe::guard::Cidr;
 
 use crate::state::AppState;
 
@@ -39,6 +43,46 @@ pub(crate) fn remember_principal(parts: &Parts, p: &Principal) {
     }
 }
 
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client's address as far as the trusted proxies vouch for it: walking
+/// `X-Forwarded-For` (every header, in order) from the right while the hop is trusted. An
+/// unparsable entry stops the walk at the last trusted hop.
+pub(crate) fn client_address<'a>(
+    peer: IpAddr,
+    forwarded: impl Iterator<Item = &'a HeaderValue>,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = forwarded
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// `203.0.113.7`, `2001:db8::1`, `[2001:db8::1]:443`, `203.0.113.7:5000`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    hop.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
 fn accepted_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     (!s.is_empty() && s.len() <= MAX_REQUEST_ID && s.bytes().all(|b| b.is_ascii_graphic()))
@@ -56,10 +100,10 @@ pub async fn context(
         .get(&REQUEST_ID)
         .and_then(accepted_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let source_address = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let source_address = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| {
+        let forwarded = req.headers().get_all(&X_FORWARDED_FOR).iter();
+        client_address(c.0.ip(), forwarded, &state.settings.trusted_proxies).to_string()
+    });
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -111,4 +155,58 @@ pub async fn context(
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(peer: &str, headers: &[&str], trusted: &[&str]) -> String {
+        let values: Vec<HeaderValue> = headers
+            .iter()
+            .map(|h| HeaderValue::from_str(h).unwrap())
+            .collect();
+        let trusted: Vec<Cidr> = trusted.iter().map(|c| Cidr::parse(c).unwrap()).collect();
+        client_address(peer.parse().unwrap(), values.iter(), &trusted).to_string()
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        // No trusted proxy: the header is the client's word and is ignored.
+        assert_eq!(addr("198.51.100.9", &["203.0.113.7"], &[]), "198.51.100.9");
+        // A peer outside the trusted set is the client even if it sends the header.
+        assert_eq!(
+            addr("198.51.100.9", &["203.0.113.7"], &["10.0.0.0/8"]),
+            "198.51.100.9"
+        );
+        // Behind one trusted proxy: the right-most entry.
+        assert_eq!(
+            addr("10.0.0.2", &["1.2.3.4, 203.0.113.7"], &["10.0.0.0/8"]),
+            "203.0.113.7"
+        );
+        // Chains of trusted proxies are skipped (several headers read in order); what the
+        // client put in front of them is not believed.
+        assert_eq!(
+            addr(
+                "10.0.0.2",
+                &["6.6.6.6, 203.0.113.7", "10.0.0.5"],
+                &["10.0.0.0/8"]
+            ),
+            "203.0.113.7"
+        );
+        // Ports and bracketed IPv6 are understood.
+        assert_eq!(
+            addr("10.0.0.2", &["[2001:db8::1]:443"], &["10.0.0.0/8"]),
+            "2001:db8::1"
+        );
+        assert_eq!(addr("::1", &["203.0.113.7:5000"], &["::1"]), "203.0.113.7");
+        // Garbage stops the walk at the last trusted hop, never at a made-up value.
+        assert_eq!(
+            addr("10.0.0.2", &["203.0.113.7, not-an-ip"], &["10.0.0.0/8"]),
+            "10.0.0.2"
+        );
+        // Only trusted hops: the left-most of them.
+        assert_eq!(addr("10.0.0.2", &["10.0.0.9"], &["10.0.0.0/8"]), "10.0.0.9");
+        assert_eq!(addr("10.0.0.2", &[], &["10.0.0.0/8"]), "10.0.0.2");
+    }
 }

@@ -48,6 +48,11 @@ pub struct Settings {
     pub audit_reads: bool,
     /// Connection tests: network policy, deadline, rate limits.
     pub probes: crate::service::probes::ProbeSettings,
+    /// Proxies whose `X-Forwarded-For` is believed (PATCHBAY_TRUSTED_PROXIES). Empty: none,
+    /// the TCP peer is the source address.
+    pub trusted_proxies: Vec<patchbay_probe::guard::Cidr>,
+    /// Webhook delivery: poll interval, timeout, retries and backoff, lease, retention.
+    pub events: crate::service::events::EventSettings,
     /// `serve --provision DIR`: document files applied at start (service::provision).
     pub provision_dir: Option<std::path::PathBuf>,
 }
@@ -64,6 +69,8 @@ impl Default for Settings {
             audit_retention: None,
             audit_reads: true,
             probes: Default::default(),
+            trusted_proxies: Vec::new(),
+            events: Default::default(),
             provision_dir: None,
         }
     }

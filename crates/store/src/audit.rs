@@ -277,12 +277,19 @@ fn remember(tx: &WriteTx<'_>, seq: i64, hash: &str) {
     }
 }
 
-/// Appends one event to the chain inside the caller's write transaction.
+/// Appends one event to the chain inside the caller's write transaction, and queues the
+/// webhook event it stands for, if any (`events::emit`): no change commits without both.
+pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
+    append_audit(tx, e).await?;
+    crate::events::emit(tx, e).await
+}
+
+/// Appends one event to the chain.
 ///
 /// Fast path: move the head from the remembered one with one conditional UPDATE (which
 /// also takes PostgreSQL's row lock); when it matches no row the hint was stale, and the
 /// head is read under lock instead. Either way the new event links to the real head.
-pub(crate) async fn insert_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
+async fn append_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
     let at = now_millis();
     let hint = tx.audit_head.lock().ok().and_then(|g| g.clone());
     if tx.backend == Backend::Sqlite {

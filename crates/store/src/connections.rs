@@ -70,7 +70,8 @@ pub struct ConnectionPage {
 
 const COLUMNS: &str = "id, workspace_id, project_id, name, type, description, environment, \
                        tags, settings, version, created_at, updated_at, credential_id, \
-                       credential_version, provisioned";
+                       credential_version, provisioned, (SELECT COUNT(*) FROM connection_dependents d \
+                       WHERE d.connection_id = connections.id) AS dependents_count";
 
 fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
     let tags: String = row.try_get("tags")?;
@@ -92,6 +93,7 @@ fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        dependents_count: row.try_get("dependents_count")?,
     })
 }
 
@@ -442,24 +444,32 @@ impl Store {
 
     pub async fn delete_connection(&self, id: &str, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write().await?;
-        if let Some(owned) = owned_credential(&mut tx, id).await? {
-            remove_credential(&mut tx, &owned).await?;
-        }
-        for sql in [
-            "DELETE FROM connection_secrets WHERE connection_id = $1",
-            "DELETE FROM credential_uses WHERE connection_id = $1",
-            "DELETE FROM connection_tags WHERE connection_id = $1",
-        ] {
-            sqlx::query(sql).bind(id).execute(&mut *tx.tx).await?;
-        }
-        let deleted = sqlx::query("DELETE FROM connections WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx.tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
+        delete_connection_in(&mut tx, id).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await
     }
+}
+
+/// Deletes a connection with what it owns (its own credential, tags, test results, the
+/// registrations of its dependents) inside the caller's transaction.
+pub(crate) async fn delete_connection_in(tx: &mut WriteTx<'_>, id: &str) -> Result<()> {
+    if let Some(owned) = owned_credential(tx, id).await? {
+        remove_credential(tx, &owned).await?;
+    }
+    for sql in [
+        "DELETE FROM connection_secrets WHERE connection_id = $1",
+        "DELETE FROM credential_uses WHERE connection_id = $1",
+        "DELETE FROM connection_tags WHERE connection_id = $1",
+        "DELETE FROM connection_dependents WHERE connection_id = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *tx.tx).await?;
+    }
+    let deleted = sqlx::query("DELETE FROM connections WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx.tx)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }

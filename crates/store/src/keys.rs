@@ -55,13 +55,15 @@ pub enum CiphertextTable {
     CredentialSecrets,
     ConnectionSecrets,
     OauthTokens,
+    WebhookSecrets,
 }
 
 impl CiphertextTable {
-    pub const ALL: [CiphertextTable; 3] = [
+    pub const ALL: [CiphertextTable; 4] = [
         CiphertextTable::CredentialSecrets,
         CiphertextTable::ConnectionSecrets,
         CiphertextTable::OauthTokens,
+        CiphertextTable::WebhookSecrets,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +71,7 @@ impl CiphertextTable {
             Self::CredentialSecrets => "credential_secrets",
             Self::ConnectionSecrets => "connection_secrets",
             Self::OauthTokens => "oauth_tokens",
+            Self::WebhookSecrets => "webhooks",
         }
     }
 
@@ -98,6 +101,13 @@ impl CiphertextTable {
                  WHERE s.key_id = $1 LIMIT $2",
                 " FOR UPDATE OF s",
             ),
+            Self::WebhookSecrets => (
+                "SELECT s.id AS owner_id, CAST(-2 AS BIGINT) AS version, \
+                 'webhook_secret' AS field, s.key_id AS key_id, s.nonce AS nonce, \
+                 s.ciphertext AS ciphertext, s.workspace_id AS workspace_id \
+                 FROM webhooks s WHERE s.key_id = $1 LIMIT $2",
+                " FOR UPDATE OF s",
+            ),
         };
         match backend {
             Backend::Postgres => format!("{sql}{lock}"),
@@ -120,7 +130,7 @@ impl CiphertextTable {
             }
         };
         let per = self.params_per_row();
-        let upsert = self != Self::OauthTokens;
+        let upsert = !matches!(self, Self::OauthTokens | Self::WebhookSecrets);
         let mut values = String::with_capacity(rows * (per + 1) * 7);
         for r in 0..rows {
             if r > 0 {
@@ -162,6 +172,14 @@ impl CiphertextTable {
                      FROM v WHERE oauth_tokens.credential_id = v.owner_id AND oauth_tokens.key_id = {from}"
                 )
             }
+            Self::WebhookSecrets => {
+                let (to, from) = (p(), p());
+                format!(
+                    "WITH v(owner_id, nonce, ciphertext) AS (VALUES {values}) \
+                     UPDATE webhooks SET key_id = {to}, nonce = v.nonce, ciphertext = v.ciphertext \
+                     FROM v WHERE webhooks.id = v.owner_id AND webhooks.key_id = {from}"
+                )
+            }
         }
     }
 
@@ -169,7 +187,7 @@ impl CiphertextTable {
         match self {
             Self::CredentialSecrets => 5,
             Self::ConnectionSecrets => 4,
-            Self::OauthTokens => 3,
+            Self::OauthTokens | Self::WebhookSecrets => 3,
         }
     }
 }
@@ -198,6 +216,7 @@ impl CiphertextRow {
                 SecretAad::connection(ws, &self.owner_id, &self.field)
             }
             CiphertextTable::OauthTokens => SecretAad::oauth_token(ws, &self.owner_id),
+            CiphertextTable::WebhookSecrets => SecretAad::webhook_secret(ws, &self.owner_id),
         })
     }
 
@@ -215,6 +234,7 @@ impl CiphertextRow {
             CiphertextTable::OauthTokens => {
                 format!("oauth_tokens(credential_id={})", self.owner_id)
             }
+            CiphertextTable::WebhookSecrets => format!("webhooks(id={})", self.owner_id),
         }
     }
 }
@@ -259,7 +279,8 @@ fn rotation(row: &sqlx::any::AnyRow) -> Result<KeyRotation> {
 const COUNT_UNDER_KEY: &str = "SELECT \
     (SELECT COUNT(*) FROM credential_secrets WHERE key_id = $1) + \
     (SELECT COUNT(*) FROM connection_secrets WHERE key_id = $1) + \
-    (SELECT COUNT(*) FROM oauth_tokens WHERE key_id = $1)";
+    (SELECT COUNT(*) FROM oauth_tokens WHERE key_id = $1) + \
+    (SELECT COUNT(*) FROM webhooks WHERE key_id = $1)";
 
 fn stored_key(row: &sqlx::any::AnyRow) -> Result<StoredDataKey> {
     Ok(StoredDataKey {
@@ -299,7 +320,8 @@ impl Store {
             "SELECT key_id, COUNT(*) FROM credential_secrets GROUP BY key_id \
              UNION ALL SELECT key_id, COUNT(*) FROM connection_secrets GROUP BY key_id \
              UNION ALL SELECT key_id, COUNT(*) FROM oauth_tokens WHERE key_id IS NOT NULL \
-             GROUP BY key_id",
+             GROUP BY key_id \
+             UNION ALL SELECT key_id, COUNT(*) FROM webhooks GROUP BY key_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -550,6 +572,10 @@ impl Store {
                 }
             }
             let per = table.params_per_row();
+            let in_place = matches!(
+                table,
+                CiphertextTable::OauthTokens | CiphertextTable::WebhookSecrets
+            );
             for chunk in out.chunks((MAX_PARAMS - 2) / (per + 1)) {
                 let sql = table.update(self.backend, chunk.len());
                 let mut q = sqlx::query(&sql);
@@ -562,14 +588,14 @@ impl Store {
                         CiphertextTable::ConnectionSecrets => {
                             q = q.bind(row.field.clone());
                         }
-                        CiphertextTable::OauthTokens => {}
+                        CiphertextTable::OauthTokens | CiphertextTable::WebhookSecrets => {}
                     }
                     q = q.bind(ev.nonce.clone()).bind(ev.ciphertext.clone());
-                    if table != CiphertextTable::OauthTokens {
+                    if !in_place {
                         q = q.bind(to_key.to_owned());
                     }
                 }
-                if table == CiphertextTable::OauthTokens {
+                if in_place {
                     q = q.bind(to_key.to_owned());
                 }
                 q = q.bind(from_key.to_owned());

@@ -9,6 +9,8 @@
 mod audit;
 mod connections;
 mod credentials;
+mod dependents;
+mod events;
 mod keys;
 mod migrate;
 mod oauth;
@@ -30,6 +32,11 @@ pub use connections::{
     ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink, LinkChange,
 };
 pub use credentials::{CredentialPage, CredentialUse, NewCredential, NewVersion};
+pub use dependents::{Dependent, Registered};
+pub use events::{
+    event_kind_for, ClaimedDelivery, DeliveryRecord, DeliveryResult, NewWebhook, WebhookPatch,
+    WebhookRecord, EVENT_KINDS,
+};
 pub use keys::{
     BatchOutcome, CiphertextRow, CiphertextTable, DataKeyInfo, KeyRotation, Reencrypt,
     StartRotation,
@@ -54,6 +61,9 @@ pub enum StoreError {
     VersionUnavailable { version: i64, state: String },
     #[error("{0}")]
     Conflict(String),
+    /// A cascade delete found other dependents than the caller chose (they are listed).
+    #[error("the connection has {} dependent(s)", .0.len())]
+    DependentsChanged(Vec<Dependent>),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database: {0}")]

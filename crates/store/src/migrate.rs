@@ -17,6 +17,10 @@ const SQLITE: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_users.sql")),
     (9, include_str!("../migrations/sqlite/0009_sessions.sql")),
     (
+        10,
+        include_str!("../migrations/sqlite/0010_dependents_events.sql"),
+    ),
+    (
         12,
         include_str!("../migrations/sqlite/0012_provisioned.sql"),
     ),
@@ -36,6 +40,10 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (8, include_str!("../migrations/postgres/0008_users.sql")),
     (9, include_str!("../migrations/postgres/0009_sessions.sql")),
+    (
+        10,
+        include_str!("../migrations/postgres/0010_dependents_events.sql"),
+    ),
     (
         12,
         include_str!("../migrations/postgres/0012_provisioned.sql"),

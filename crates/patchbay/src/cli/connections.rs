@@ -65,10 +65,15 @@ pub enum ConnectionsCommand {
         #[command(flatten)]
         fields: FieldArgs,
     },
-    /// Delete a connection.
+    /// Delete a connection. One with registered dependents is refused (they are listed)
+    /// unless --cascade names them all.
     Delete {
         /// Connection name (in --project) or id.
         connection: String,
+        /// Delete these dependents' registrations with it: `all`, or `kind/ref,kind/ref`.
+        /// Each becomes a dependent.cascade_deleted event for its owner.
+        #[arg(long, value_name = "all|KIND/REF,…")]
+        cascade: Option<String>,
     },
 }
 
@@ -209,7 +214,7 @@ impl FieldArgs {
 }
 
 /// Finds a connection by id, or by exact name in --project. Never reveals secrets.
-async fn find(ctx: &Ctx, wanted: &str) -> Result<(Value, String), ApiFailure> {
+pub(super) async fn find(ctx: &Ctx, wanted: &str) -> Result<(Value, String), ApiFailure> {
     if looks_like_id(wanted) {
         let reply = ctx
             .client
@@ -251,6 +256,7 @@ const COLUMNS: &[(&str, &str)] = &[
     ("ENVIRONMENT", "/environment"),
     ("TAGS", "/tags"),
     ("SECRETS", "/secrets_set"),
+    ("DEPENDENTS", "/dependents_count"),
     ("VERSION", "/version"),
     ("UPDATED", "/updated_at"),
 ];
@@ -428,17 +434,40 @@ pub async fn run(cmd: ConnectionsCommand, ctx: Ctx) -> Result<(), ApiFailure> {
                 .body;
             show(&ctx, &v);
         }
-        ConnectionsCommand::Delete { connection } => {
+        ConnectionsCommand::Delete {
+            connection,
+            cascade,
+        } => {
             let (current, _) = find(&ctx, &connection).await?;
             let id = current["id"].as_str().unwrap_or_default();
-            ctx.client
+            let query = cascade
+                .as_deref()
+                .map(|c| format!("?cascade={}", enc(c)))
+                .unwrap_or_default();
+            let deleted = ctx
+                .client
                 .call(
                     Method::DELETE,
-                    &format!("/api/v1/connections/{}", enc(id)),
+                    &format!("/api/v1/connections/{}{query}", enc(id)),
                     None,
                     &[],
                 )
-                .await?;
+                .await;
+            if let Err(e) = &deleted {
+                if e.code == "has_dependents" {
+                    // Show what would go with it, so the user can choose.
+                    let deps = ctx
+                        .client
+                        .get(&format!("/api/v1/connections/{}/dependents", enc(id)))
+                        .await?;
+                    let rows = deps["items"].as_array().cloned().unwrap_or_default();
+                    eprint!("{}", output::table(&rows, super::dependents::COLUMNS));
+                    eprintln!(
+                        "pass --cascade all, or --cascade KIND/REF,… naming each, to delete them with it"
+                    );
+                }
+            }
+            deleted?;
             eprintln!(
                 "deleted connection {}",
                 current["name"].as_str().unwrap_or(id)

@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod connections;
 mod credentials;
+mod dependents;
 mod keys;
 mod output;
 mod tokens;
@@ -88,6 +89,12 @@ pub enum ClientCommand {
     /// The audit log: list, export (JSON lines), verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// What uses a connection (pipelines, datasets, …): list, add, remove.
+    #[command(subcommand, visible_alias = "deps")]
+    Dependents(dependents::DependentsCommand),
+    /// Webhooks of --workspace: where events are delivered, and their deliveries.
+    #[command(subcommand)]
+    Webhooks(dependents::WebhooksCommand),
     /// Export --project as a document (YAML, apiVersion 1) or as Airflow connections.
     Export(transfer::ExportArgs),
     /// Apply a document or Airflow connections to --project (idempotent; prints the diff).
@@ -201,6 +208,8 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Credentials(c) => credentials::run(c, Ctx::new(g)).await,
         ClientCommand::Keys(c) => keys::run(c, Ctx::new(g)).await,
         ClientCommand::Audit(c) => audit::run(c, Ctx::new(g)).await,
+        ClientCommand::Dependents(c) => dependents::dependents(c, Ctx::new(g)).await,
+        ClientCommand::Webhooks(c) => dependents::webhooks(c, Ctx::new(g)).await,
         ClientCommand::Tokens(c) => tokens::run(c, Ctx::new(g)).await,
         ClientCommand::Users(c) => users::users(c, Ctx::new(g)).await,
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,

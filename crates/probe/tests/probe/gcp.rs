@@ -272,7 +272,7 @@ async fn a_key_the_account_does_not_have_is_auth_failed_at_auth() {
     )
     .await;
     assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
-    assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+    kit::assert_no_canary(&r);
 }
 
 #[tokio::test]
@@ -302,7 +302,7 @@ async fn a_malformed_key_file_is_invalid_settings_without_echoing_it() {
     )
     .await;
     assert_failed(&r, ProbeStage::Resolve, ErrorClass::InvalidSettings);
-    assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+    kit::assert_no_canary(&r);
 }
 
 #[tokio::test]

@@ -103,3 +103,34 @@ pub fn assert_failed(r: &ProbeResult, stage: ProbeStage, class: ErrorClass) {
         .iter()
         .all(|s| s.status == StageStatus::Skipped));
 }
+
+/// The result, serialized, does not carry the canary secret anywhere.
+#[track_caller]
+pub fn assert_no_canary(r: &ProbeResult) {
+    let text = serde_json::to_string(r).unwrap();
+    assert!(
+        !text.contains(CANARY),
+        "the canary leaked into the result: {text}"
+    );
+}
+
+/// `type_id` tested against a server that accepts and never answers (settings built for its
+/// port) fails at `stage` with a timeout, within the deadline plus scheduling slack.
+pub async fn assert_silent_times_out(
+    type_id: &str,
+    settings: impl FnOnce(u16) -> serde_json::Value,
+    secrets: &[(&str, &str)],
+    stage: ProbeStage,
+    deadline: std::time::Duration,
+) {
+    let port = crate::http_responder::silent().await;
+    let started = std::time::Instant::now();
+    let r = run(&loopback(), type_id, settings(port), secrets, deadline).await;
+    assert_failed(&r, stage, ErrorClass::Timeout);
+    let slack = std::time::Duration::from_millis(200).max(deadline / 2);
+    assert!(
+        started.elapsed() < deadline + slack,
+        "answered after {:?}",
+        started.elapsed()
+    );
+}

@@ -54,7 +54,7 @@ async fn a_wrong_password_is_auth_failed_at_auth() {
     )
     .await;
     assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
-    assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+    kit::assert_no_canary(&r);
 }
 
 #[tokio::test]

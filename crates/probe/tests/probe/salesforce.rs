@@ -217,7 +217,7 @@ async fn a_wrong_secret_or_key_is_auth_failed_at_auth_and_not_echoed() {
     )
     .await;
     assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
-    assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+    kit::assert_no_canary(&r);
     let r = run(
         json!({"instance_url": base, "login_url": base, "client_id": CLIENT_ID, "username": USER}),
         &[("private_key", &other)],

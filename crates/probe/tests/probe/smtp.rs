@@ -82,7 +82,7 @@ async fn a_wrong_password_is_auth_failed_and_never_appears_in_the_result() {
         .await;
         assert_failed(&r, ProbeStage::Auth, ErrorClass::AuthFailed);
         assert!(r.error.as_ref().unwrap().message.contains("535"));
-        assert!(!serde_json::to_string(&r).unwrap().contains(CANARY));
+        kit::assert_no_canary(&r);
     }
 }
 

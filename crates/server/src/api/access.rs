@@ -189,6 +189,47 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/workspaces/{ws}/keys/rotate-data",
         Needs(WorkspaceAdmin),
     ),
+    // Dependents (issue 7): consumers register what uses a connection.
+    (
+        "GET",
+        "/api/v1/connections/{id}/dependents",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "PUT",
+        "/api/v1/connections/{id}/dependents/{kind}/{ref}",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "DELETE",
+        "/api/v1/connections/{id}/dependents/{kind}/{ref}",
+        Needs(ConnectionsWrite),
+    ),
+    // Webhooks (issue 7): where events are delivered; workspace administrators only.
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/webhooks",
+        Needs(WorkspaceAdmin),
+    ),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/webhooks",
+        Needs(WorkspaceAdmin),
+    ),
+    ("GET", "/api/v1/webhooks/{id}", Needs(WorkspaceAdmin)),
+    ("PATCH", "/api/v1/webhooks/{id}", Needs(WorkspaceAdmin)),
+    ("DELETE", "/api/v1/webhooks/{id}", Needs(WorkspaceAdmin)),
+    (
+        "GET",
+        "/api/v1/webhooks/{id}/deliveries",
+        Needs(WorkspaceAdmin),
+    ),
+    ("POST", "/api/v1/webhooks/{id}/ping", Needs(WorkspaceAdmin)),
+    (
+        "POST",
+        "/api/v1/webhooks/{id}/deliveries/{event}/redeliver",
+        Needs(WorkspaceAdmin),
+    ),
 ];
 
 /// The declaration of a route; HEAD is GET's.

@@ -43,6 +43,8 @@ pub struct ConnectionOut {
     pub secrets_set: Vec<String>,
     /// The credential the secrets come from; `null` when the connection has no secrets.
     pub credential: Option<CredentialRefOut>,
+    /// How many dependents (pipelines, datasets, …) are registered on the connection.
+    pub dependents_count: i64,
     /// The provisioning file that manages it (read-only through the API); `null` otherwise.
     pub provisioned: Option<String>,
     pub version: i64,
@@ -112,6 +114,7 @@ impl ConnectionOut {
                 current_version: k.current_version,
                 external: k.external,
             }),
+            dependents_count: c.dependents_count,
             provisioned: c.provisioned,
             version: c.version,
             created_at: format_rfc3339(c.created_at),
@@ -328,18 +331,28 @@ pub async fn patch(
     ))
 }
 
+/// Deletes a connection. One with registered dependents answers 409 `has_dependents`
+/// (listed in `details.dependents`) unless `cascade` names them all; the cascaded
+/// registrations go with it, each as a `dependent.cascade_deleted` event.
 #[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
-    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Optional: delete only this version")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)),
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Optional: delete only this version"),
+        ("cascade" = Option<String>, Query, description = "`all`, or `kind/ref,kind/ref`: the dependents to delete with the connection (every one it has)")),
+    responses((status = 204), (status = 400, body = ErrorBody, description = "cascade malformed or naming an unregistered dependent"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "has_dependents: details.dependents lists those not chosen"),
+        (status = 412, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
+    query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
+    let Query(q) =
+        query.map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
+    let cascade = crate::service::dependents::parse_cascade(q.get("cascade").map(String::as_str))?;
     let expected = if_match(&headers, false)?.flatten();
-    svc::delete(&state, &auth.0, &id, expected).await?;
+    svc::delete(&state, &auth.0, &id, expected, cascade).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,11 +6,13 @@ pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod credentials;
+pub mod dependents;
 pub mod import_export;
 pub mod keys;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 pub mod workspaces;
 
 use std::time::Instant;
@@ -49,6 +51,9 @@ use crate::state::AppState;
         sessions::create, sessions::delete,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         audit::list, audit::verify,
+        dependents::list, dependents::put, dependents::delete,
+        webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::delete,
+        webhooks::deliveries, webhooks::ping, webhooks::redeliver,
         health, ready,
     ),
     components(schemas(ErrorBody)),
@@ -268,6 +273,30 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/workspaces/{ws}/audit", g(audit::list))
         .route("/api/v1/audit/verify", g(audit::verify))
+        .route("/api/v1/connections/{id}/dependents", g(dependents::list))
+        .route(
+            "/api/v1/connections/{id}/dependents/{kind}/{ref}",
+            axum::routing::put(dependents::put).delete(dependents::delete),
+        )
+        .route(
+            "/api/v1/workspaces/{ws}/webhooks",
+            g(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            g(webhooks::get)
+                .patch(webhooks::patch)
+                .delete(webhooks::delete),
+        )
+        .route("/api/v1/webhooks/{id}/deliveries", g(webhooks::deliveries))
+        .route(
+            "/api/v1/webhooks/{id}/ping",
+            axum::routing::post(webhooks::ping),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{event}/redeliver",
+            axum::routing::post(webhooks::redeliver),
+        )
         .route("/api/openapi.json", g(openapi_json))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

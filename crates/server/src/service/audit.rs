@@ -56,6 +56,17 @@ fn attempted(method: &str, route: &str, permission: &str) -> String {
         ("POST", "/projects/{project}/connections/test") => "connection.test_draft",
         ("GET", "/workspaces/{ws}/audit") => "audit.list",
         ("GET", "/audit/verify") => "audit.verify",
+        ("GET", "/connections/{id}/dependents") => "dependent.list",
+        ("PUT", "/connections/{id}/dependents/{kind}/{ref}") => "dependent.register",
+        ("DELETE", "/connections/{id}/dependents/{kind}/{ref}") => "dependent.unregister",
+        ("GET", "/workspaces/{ws}/webhooks") => "webhook.list",
+        ("POST", "/workspaces/{ws}/webhooks") => "webhook.create",
+        ("GET", "/webhooks/{id}") => "webhook.read",
+        ("PATCH", "/webhooks/{id}") => "webhook.update",
+        ("DELETE", "/webhooks/{id}") => "webhook.delete",
+        ("GET", "/webhooks/{id}/deliveries") => "webhook.deliveries",
+        ("POST", "/webhooks/{id}/ping") => "webhook.ping",
+        ("POST", "/webhooks/{id}/deliveries/{event}/redeliver") => "webhook.redeliver",
         _ => return format!("{method} {route}"),
     };
     action.to_owned()

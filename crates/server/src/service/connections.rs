@@ -49,6 +49,7 @@ const READ_ONLY: &[&str] = &[
     "project_id",
     "category",
     "secrets_set",
+    "dependents_count",
     "provisioned",
     "version",
     "created_at",
@@ -257,7 +258,7 @@ pub(crate) fn not_provisioned(what: &str, source: Option<&str>) -> ApiResult<()>
 }
 
 /// 412 unless `expected` (from If-Match; `None` is `*`) is the current version.
-fn check_version(current: &Connection, expected: Expected) -> ApiResult<i64> {
+pub(crate) fn check_version(current: &Connection, expected: Expected) -> ApiResult<i64> {
     match expected {
         Some(v) if v != current.version => Err(StoreError::VersionConflict {
             current: current.version,
@@ -550,34 +551,32 @@ pub async fn patch(
     save(state, p, &current, expected, w, &mut f).await
 }
 
+/// Deletes a connection; with dependents, `cascade` must name them all (see
+/// [`super::dependents::delete_connection`]).
 pub async fn delete(
     state: &AppState,
     p: &Principal,
     id: &str,
     expected: Expected,
+    cascade: super::dependents::Cascade,
 ) -> ApiResult<()> {
-    delete_managed(state, p, id, expected, false).await
+    delete_managed(state, p, id, expected, cascade, false).await
 }
 
-/// [`delete`], for the provisioning run too (`managed`).
+/// [`delete`], for the provisioning run too (`managed`): a provisioned connection is
+/// deleted only by its provisioning run.
 pub(crate) async fn delete_managed(
     state: &AppState,
     p: &Principal,
     id: &str,
     expected: Expected,
+    cascade: super::dependents::Cascade,
     managed: bool,
 ) -> ApiResult<()> {
-    let current = load_for_write(state, p, id, managed).await?;
-    check_version(&current, expected)?;
-    let entry = audit(
-        p,
-        "connection.delete",
-        Some(&current.workspace_id),
-        "connection",
-        &current.id,
-        json!({"name": current.name, "version": current.version}),
-    );
-    Ok(state.store.delete_connection(&current.id, &entry).await?)
+    if !managed {
+        load_for_write(state, p, id, false).await?;
+    }
+    super::dependents::delete_connection(state, p, id, expected, cascade).await
 }
 
 pub struct ListQuery {

@@ -3,9 +3,9 @@
 //! and a cap on concurrently running tests; records a `connection.test` audit event with
 //! the outcome (never secrets).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use patchbay_core::model::{Connection, ConnectionCredential, Principal};
 use patchbay_core::permission::Permission;
@@ -17,11 +17,12 @@ use patchbay_probe::{ErrorClass, NetworkGuard, ProbeResult};
 use serde_json::{json, Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connection_secrets::{self as secrets, provided_settings, resolve_secrets};
+use super::connection_secrets::{self as secrets};
 use super::connections::{self as conn};
 use super::{audit, credentials, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
+use crate::ratelimit::WindowLimiter;
 use crate::state::AppState;
 
 /// Tunables of connection tests, part of the server settings.
@@ -52,7 +53,7 @@ impl Default for ProbeSettings {
 pub struct Probes {
     guard: NetworkGuard,
     settings: ProbeSettings,
-    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    per_principal: WindowLimiter,
     running: Arc<Semaphore>,
 }
 
@@ -61,42 +62,25 @@ impl Probes {
         Self {
             guard: NetworkGuard::new(settings.policy.clone()),
             running: Arc::new(Semaphore::new(settings.concurrency.max(1))),
-            recent: Mutex::new(HashMap::new()),
+            per_principal: WindowLimiter::new(
+                u32::try_from(settings.per_minute).unwrap_or(u32::MAX),
+                Duration::from_secs(60),
+            ),
             settings,
         }
     }
 
-    /// Sliding one-minute window per principal.
+    /// A one-minute window per principal.
     fn admit(&self, actor: &str) -> ApiResult<()> {
-        let now = Instant::now();
-        let window = Duration::from_secs(60);
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Principals idle for a minute are forgotten, so the map does not grow forever.
-        if recent.len() >= 1024 {
-            recent.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
-        }
-        let q = recent.entry(actor.to_owned()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            q.pop_front();
-        }
-        if q.len() >= self.settings.per_minute {
-            let wait = q
-                .front()
-                .map(|t| window.saturating_sub(now.duration_since(*t)))
-                .unwrap_or(window);
-            return Err(ApiError::rate_limited(
+        self.per_principal.admit(actor).map_err(|wait| {
+            ApiError::rate_limited(
                 format!(
                     "at most {} connection tests a minute; retry a minute later",
                     self.settings.per_minute
                 ),
                 wait,
-            ));
-        }
-        q.push_back(now);
-        Ok(())
+            )
+        })
     }
 }
 
@@ -118,21 +102,18 @@ pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<
         )
     })?;
     let permit = admit(state, p)?;
-    let secrets = resolve_secrets(state, &c).await?;
-    let mut settings = c
-        .credential
-        .as_ref()
-        .map(|cred| provided_settings(ty, cred))
-        .unwrap_or_default();
-    for (k, v) in &c.settings {
-        settings.insert(k.clone(), v.clone());
-    }
+    // The material a run would get (one code path with resolve), so a test cannot pass with
+    // settings or secrets a job would not receive.
+    let m = super::resolve::material(state, c).await?;
+    let c = &m.connection;
     let subject = Subject {
         workspace_id: &c.workspace_id,
         kind: "connection",
         id: &c.id,
         details: json!({"version": c.version}),
     };
+    let secrets = m.secrets;
+    let settings = m.settings;
     run(state, p, ty, &settings, secrets, subject, permit).await
 }
 

@@ -79,6 +79,9 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{type}", "postgresql")
         .replace("{user}", user)
         .replace("{version}", "1")
+        .replace("{kind}", "pipeline")
+        .replace("{ref}", "etl-1")
+        .replace("{event}", "0190c0de-0000-7000-8000-000000000001")
         .replace(
             "{id}",
             if path.starts_with("/api/v1/connections/") {
@@ -552,6 +555,23 @@ async fn ids_from_another_workspace_answer_404_like_nonexistent_ids() {
             Method::POST,
             "/api/v1/workspaces/{ws}/keys/rotate-data",
             None,
+        ),
+        (Method::GET, "/api/v1/connections/{id}/dependents", None),
+        (
+            Method::PUT,
+            "/api/v1/connections/{id}/dependents/pipeline/etl-1",
+            Some(json!({"name": "x"})),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/connections/{id}/dependents/pipeline/etl-1",
+            None,
+        ),
+        (Method::GET, "/api/v1/workspaces/{ws}/webhooks", None),
+        (
+            Method::POST,
+            "/api/v1/workspaces/{ws}/webhooks",
+            Some(json!({"url": "http://127.0.0.1:9/hook"})),
         ),
     ];
     let fill = |t: &str, f: &Fixture| {

@@ -7,6 +7,8 @@ mod audit;
 mod bad_requests;
 mod connections;
 mod credentials;
+mod dependents;
+mod events;
 mod external;
 mod import_export;
 mod keys;

@@ -300,3 +300,108 @@ async fn failed_authentication_is_throttled_per_source_address_with_one_401_for_
     let health = s.raw(Method::GET, "/api/v1/health", None, &[], None).await;
     assert_eq!(health.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_audited_and_throttled() {
+    let s = Service::start_with(patchbay_server::state::Settings {
+        auth_failure_limit: 3,
+        trusted_proxies: vec![patchbay_probe::guard::Cidr::parse("127.0.0.1").unwrap()],
+        ..Default::default()
+    })
+    .await;
+    let ws = s.default_workspace().await;
+    // The proxy (127.0.0.1, trusted) forwards for 203.0.113.7: the audit record names the
+    // client, not the proxy, and ignores what the client put in front of it.
+    let project = s.default_project().await;
+    let body = serde_json::json!({"name": "via-proxy", "type": "postgresql",
+        "settings": {"host": "127.0.0.1", "database": "test"}});
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/connections"),
+            Some(body),
+            &[("x-forwarded-for", "6.6.6.6, 203.0.113.7")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let audit = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/audit?action=connection.create&limit=5"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.text);
+    let events = audit.body["items"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["source_address"] == "203.0.113.7"),
+        "{events:?}"
+    );
+    // Failures are counted per forwarded client: one client is blocked, another is not.
+    for _ in 0..3 {
+        let r = s
+            .raw(
+                Method::GET,
+                "/api/v1/workspaces",
+                Some("pbt_guess"),
+                &[("x-forwarded-for", "203.0.113.8")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let blocked = s
+        .raw(
+            Method::GET,
+            "/api/v1/workspaces",
+            Some(&s.token),
+            &[("x-forwarded-for", "203.0.113.8")],
+            None,
+        )
+        .await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+    let other = s
+        .raw(
+            Method::GET,
+            "/api/v1/workspaces",
+            Some(&s.token),
+            &[("x-forwarded-for", "203.0.113.9")],
+            None,
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text);
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
+    let s = Service::start_with(patchbay_server::state::Settings {
+        auth_failure_limit: 2,
+        ..Default::default()
+    })
+    .await;
+    // A client cannot escape throttling by inventing a new address per request.
+    for i in 0..2 {
+        let ip = format!("198.51.100.{i}");
+        let r = s
+            .raw(
+                Method::GET,
+                "/api/v1/workspaces",
+                Some("pbt_guess"),
+                &[("x-forwarded-for", &ip)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let blocked = s
+        .raw(
+            Method::GET,
+            "/api/v1/workspaces",
+            Some(&s.token),
+            &[("x-forwarded-for", "198.51.100.77")],
+            None,
+        )
+        .await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+}

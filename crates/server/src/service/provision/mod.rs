@@ -154,7 +154,15 @@ pub async fn apply(
         }
         for (c, foreign) in prune {
             if !foreign {
-                connections::delete_managed(state, p, &c.id, None, managed).await?;
+                connections::delete_managed(
+                    state,
+                    p,
+                    &c.id,
+                    None,
+                    super::dependents::Cascade::None,
+                    managed,
+                )
+                .await?;
             }
         }
     }

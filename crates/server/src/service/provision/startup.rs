@@ -137,13 +137,21 @@ pub async fn provision(state: &AppState, dir: &Path) -> Result<(), String> {
         if connections_named.contains(&(c.source.clone(), c.project_id.clone(), c.name.clone())) {
             continue;
         }
-        match connections::delete_managed(state, &p, &c.id, None, true).await {
+        let cascade = crate::service::dependents::Cascade::None;
+        match connections::delete_managed(state, &p, &c.id, None, cascade, true).await {
             Ok(()) => tracing::info!(
                 file = c.source,
                 name = c.name,
                 "deleted a connection no provisioning file names any more"
             ),
             Err(e) if e.0.code == patchbay_core::ErrorCode::NotFound => {}
+            // Something still uses it: kept (still read-only) until its dependents are
+            // unregistered or a file names it again.
+            Err(e) if e.0.code == patchbay_core::ErrorCode::HasDependents => tracing::warn!(
+                file = c.source,
+                name = c.name,
+                "a connection no provisioning file names has dependents; kept"
+            ),
             Err(e) => {
                 return Err(format!(
                     "deleting connection {} (from {}): {}",
