@@ -459,7 +459,35 @@ async fn provisioned_connections_are_read_only_through_the_api_and_follow_their_
     assert_eq!(prune.status, StatusCode::OK, "{}", prune.text);
     assert_eq!(prune.body["summary"], json!({"kept": 2}));
 
-    // Restart with a changed file: the change applies; the removed connection is deleted.
+    // A third connection, used by a pipeline, to be removed from the file below.
+    let dir = s.into_dir();
+    std::fs::write(
+        prov.join("finance.yaml"),
+        format!("{PROVISIONED}  - name: prov-used\n    type: redis\n    settings: {{host: used.internal}}\n"),
+    )
+    .unwrap();
+    let s = Service::start_in(dir, key(), settings.clone()).await;
+    let used = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/projects/{project}/connections?name=prov-used"),
+            None,
+            &[],
+        )
+        .await;
+    let used_id = used.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let dep = s
+        .call(
+            Method::PUT,
+            &format!("/api/v1/connections/{used_id}/dependents/pipeline/etl-1"),
+            Some(json!({"name": "Nightly ETL"})),
+            &[],
+        )
+        .await;
+    assert!(dep.status.is_success(), "{}", dep.text);
+
+    // Restart with a changed file: the change applies; a removed connection is deleted,
+    // unless something still uses it (then it is kept, still provisioned).
     let dir = s.into_dir();
     std::fs::write(
         prov.join("finance.yaml"),
@@ -481,9 +509,11 @@ async fn provisioned_connections_are_read_only_through_the_api_and_follow_their_
         )
         .await;
     let items = list.body["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{}", list.text);
+    let names: Vec<&str> = items.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["prov-pg", "prov-used"], "{}", list.text);
     assert_eq!(items[0]["settings"]["host"], "db2.internal");
     assert_eq!(items[0]["version"], 2);
+    assert_eq!(items[1]["provisioned"], "finance.yaml");
 
     // A file that does not apply stops the start, naming the file and the place.
     let dir = s.into_dir();
