@@ -56,6 +56,10 @@ error_codes! {
     RotationUnsupported => ("rotation_unsupported", "conflict", 409, "The master key source cannot rotate online; for an inline key, restart once with PATCHBAY_MASTER_KEY (new) and PATCHBAY_MASTER_KEY_PREVIOUS (old)."),
     Provisioned => ("provisioned", "conflict", 409, "The object is managed by a provisioning file (`serve --provision`; `details.source` names the file): change the file and restart instead. The API does not change or delete it."),
     CsrfTokenInvalid => ("csrf_token_invalid", "auth", 403, "A change made with a session cookie lacks the session's CSRF token (header X-CSRF-Token, or the csrf_token form field)."),
+    UnknownZone => ("unknown_zone", "invalid_request", 400, "The connection names a network zone its workspace does not have; `field` is /zone. GET /api/v1/workspaces/{ws}/zones lists them."),
+    ZoneInUse => ("zone_in_use", "conflict", 409, "Connections name the zone (listed in `details.connections`); move them to another zone or none first."),
+    ZoneDraftUnsupported => ("zone_draft_unsupported", "invalid_request", 400, "A draft (unsaved) connection cannot be tested through a zone's agent; save it, then test it. `field` is /zone."),
+    AgentJobClosed => ("agent_job_closed", "conflict", 409, "The agent job is not running for this agent any more (expired, already reported, or claimed by another agent); its result is dropped."),
     Internal => ("internal", "internal", 500, "An unexpected server error; details are in the server log."),
     Unavailable => ("unavailable", "internal", 503, "A dependency (database, key) is not ready."),
 }

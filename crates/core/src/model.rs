@@ -35,6 +35,9 @@ pub struct Connection {
     pub connector_type: String,
     pub description: String,
     pub environment: Option<String>,
+    /// The network zone (a zone name of the workspace) whose agents test this connection;
+    /// `None`: the server tests it itself.
+    pub zone: Option<String>,
     pub tags: Vec<String>,
     pub settings: Map<String, Value>,
     /// Names of the secret fields that hold a value, sorted.
@@ -168,6 +171,9 @@ pub struct Principal {
     /// `None`: no per-workspace limit (instance admins, tokens without a user).
     /// `Some(map)`: the workspaces the user is a member of and what their role grants there.
     pub memberships: Option<BTreeMap<String, PermissionSet>>,
+    /// `Some(zone id)`: an agent token of that network zone, which may call the agent
+    /// endpoints (claim, result) and nothing else.
+    pub agent_zone: Option<String>,
     /// The request this principal acts in, for audit records.
     pub request: RequestMeta,
 }

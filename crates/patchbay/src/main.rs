@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run the service (REST API on PATCHBAY_LISTEN).
     Serve(ServeArgs),
+    /// Run a network zone's connection tests inside that network: long-polls the server
+    /// (--server) with an agent token (--token) of the zone.
+    Agent(cli::agent::AgentArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -115,6 +118,10 @@ struct ServeArgs {
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
+    /// How long an agent's claim waits for a job before answering 204; an agent is
+    /// healthy while it called in within twice this.
+    #[arg(long, env = "PATCHBAY_AGENT_POLL", default_value = "25s", value_parser = parse_duration)]
+    agent_poll: Duration,
     /// Reverse proxies whose X-Forwarded-For is believed (comma-separated CIDRs or
     /// addresses). The source address in audit records and for throttling is then the
     /// right-most forwarded address that is not a trusted proxy. Default: none.
@@ -265,6 +272,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 policy,
                 deadline: args.test_deadline.min(patchbay_probe::MAX_DEADLINE),
                 per_minute: args.tests_per_minute,
+                agent_poll: args
+                    .agent_poll
+                    .clamp(Duration::from_millis(500), Duration::from_secs(60)),
                 ..Default::default()
             },
             trusted_proxies: parse_cidrs(&args.trusted_proxies)
@@ -301,6 +311,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("patchbay: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Agent(args) => match cli::agent::run(args, cli.global.token) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("patchbay agent: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeStage {
+    /// Handing the test to an agent of the connection's network zone (server side only).
+    Agent,
     Resolve,
     Dns,
     Tcp,
@@ -20,6 +22,7 @@ pub enum ProbeStage {
 
 impl ProbeStage {
     pub const ALL: &'static [ProbeStage] = &[
+        ProbeStage::Agent,
         ProbeStage::Resolve,
         ProbeStage::Dns,
         ProbeStage::Tcp,
@@ -31,6 +34,7 @@ impl ProbeStage {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            ProbeStage::Agent => "agent",
             ProbeStage::Resolve => "resolve",
             ProbeStage::Dns => "dns",
             ProbeStage::Tcp => "tcp",
@@ -44,6 +48,7 @@ impl ProbeStage {
     /// What the stage was doing, for timeout messages.
     fn doing(self) -> &'static str {
         match self {
+            ProbeStage::Agent => "waiting for an agent of the zone",
             ProbeStage::Resolve => "reading the settings",
             ProbeStage::Dns => "resolving the host name",
             ProbeStage::Tcp => "opening the TCP connection",
@@ -84,6 +89,8 @@ pub enum ErrorClass {
     InvalidSettings,
     /// The type's probe kind has no probe yet; said plainly rather than faking success.
     NotImplemented,
+    /// The connection's zone has no agent that is connected (or none took the test in time).
+    AgentUnavailable,
     Unknown,
 }
 
@@ -104,6 +111,7 @@ impl ErrorClass {
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::InvalidSettings => "invalid_settings",
             ErrorClass::NotImplemented => "not_implemented",
+            ErrorClass::AgentUnavailable => "agent_unavailable",
             ErrorClass::Unknown => "unknown",
         }
     }

@@ -80,6 +80,19 @@ impl FromRequestParts<AppState> for Auth {
             None => None,
             Some(user_id) => memberships(state, user_id).await?,
         };
+        // An agent token is bound to its zone through its agent row.
+        let agent_zone = if record.kind == crate::service::tokens::AGENT {
+            match state.store.agent_by_token(&record.id).await {
+                Ok(a) => Some(a.zone_id),
+                Err(StoreError::NotFound) => {
+                    failed(state, &keys);
+                    return Err(unauthenticated());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
         let principal = Principal {
             token_id: record.id,
             token_name: record.name,
@@ -88,6 +101,7 @@ impl FromRequestParts<AppState> for Auth {
             workspace_id: record.workspace_id,
             permissions: record.permissions,
             memberships,
+            agent_zone,
             request: request_meta(parts),
         };
         crate::request::remember_principal(parts, &principal);
@@ -153,6 +167,7 @@ async fn session_principal(parts: &Parts, state: &AppState, secret: &str) -> Api
         workspace_id: None,
         permissions: PermissionSet::all(),
         memberships,
+        agent_zone: None,
         request: request_meta(parts),
     };
     crate::request::remember_principal(parts, &principal);

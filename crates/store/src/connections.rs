@@ -23,6 +23,8 @@ pub struct ConnectionWrite {
     pub environment: Option<String>,
     pub tags: Vec<String>,
     pub settings: Map<String, Value>,
+    /// The network zone whose agents test the connection (a zone name of its workspace).
+    pub zone: Option<String>,
 }
 
 /// Where a new connection's secrets come from.
@@ -70,7 +72,7 @@ pub struct ConnectionPage {
 
 const COLUMNS: &str = "id, workspace_id, project_id, name, type, description, environment, \
                        tags, settings, version, created_at, updated_at, credential_id, \
-                       credential_version, provisioned, (SELECT COUNT(*) FROM connection_dependents d \
+                       credential_version, zone, provisioned, (SELECT COUNT(*) FROM connection_dependents d \
                        WHERE d.connection_id = connections.id) AS dependents_count";
 
 fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
@@ -85,6 +87,7 @@ fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
         connector_type: row.try_get("type")?,
         description: row.try_get("description")?,
         environment: row.try_get("environment")?,
+        zone: row.try_get("zone")?,
         tags: serde_json::from_str(&tags).map_err(corrupt)?,
         settings: serde_json::from_str(&settings).map_err(corrupt)?,
         secrets_set: Vec::new(),
@@ -176,8 +179,8 @@ impl Store {
         let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO connections (id, workspace_id, project_id, name, type, description, \
-             environment, tags, settings, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10)",
+             environment, tags, settings, version, created_at, updated_at, zone) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11)",
         )
         .bind(id)
         .bind(workspace_id)
@@ -189,6 +192,7 @@ impl Store {
         .bind(serde_json::to_string(&w.tags).expect("strings serialize"))
         .bind(Value::Object(w.settings.clone()).to_string())
         .bind(now)
+        .bind(w.zone.clone())
         .execute(&mut *tx.tx)
         .await
         .map_err(map_unique)?;
@@ -404,7 +408,7 @@ impl Store {
         let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE connections SET name = $1, description = $2, environment = $3, tags = $4, \
-             settings = $5, version = version + 1, updated_at = $6 \
+             settings = $5, version = version + 1, updated_at = $6, zone = $9 \
              WHERE id = $7 AND version = $8",
         )
         .bind(&w.name)
@@ -415,6 +419,7 @@ impl Store {
         .bind(now_millis())
         .bind(id)
         .bind(expected_version)
+        .bind(w.zone.clone())
         .execute(&mut *tx.tx)
         .await
         .map_err(map_unique)?;

@@ -19,6 +19,7 @@ mod provisioned;
 mod tokens;
 mod users;
 mod workspaces;
+mod zones;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,7 @@ pub use provisioned::{Provisionable, ProvisionedConnection};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
 pub use workspaces::StoredDataKey;
+pub use zones::{AgentJob, AgentRecord, ZoneRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

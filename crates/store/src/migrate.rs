@@ -21,6 +21,10 @@ const SQLITE: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0010_dependents_events.sql"),
     ),
     (
+        11,
+        include_str!("../migrations/sqlite/0011_zones_agents.sql"),
+    ),
+    (
         12,
         include_str!("../migrations/sqlite/0012_provisioned.sql"),
     ),
@@ -43,6 +47,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         10,
         include_str!("../migrations/postgres/0010_dependents_events.sql"),
+    ),
+    (
+        11,
+        include_str!("../migrations/postgres/0011_zones_agents.sql"),
     ),
     (
         12,

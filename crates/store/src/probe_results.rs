@@ -28,24 +28,7 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO connection_tests (connection_id, at, ok, result) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(connection_id)
-        .bind(now_millis())
-        .bind(i64::from(ok))
-        .bind(result.to_string())
-        .execute(&mut *tx.tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM connection_tests WHERE connection_id = $1 AND id NOT IN \
-             (SELECT id FROM connection_tests WHERE connection_id = $2 ORDER BY id DESC LIMIT $3)",
-        )
-        .bind(connection_id)
-        .bind(connection_id)
-        .bind(TEST_HISTORY)
-        .execute(&mut *tx.tx)
-        .await?;
+        insert_test(&mut tx, connection_id, ok, result).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await
     }
@@ -72,4 +55,32 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Inserts a result and trims the connection's history, inside a write transaction.
+pub(crate) async fn insert_test(
+    tx: &mut crate::WriteTx<'_>,
+    connection_id: &str,
+    ok: bool,
+    result: &serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO connection_tests (connection_id, at, ok, result) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(connection_id)
+    .bind(now_millis())
+    .bind(i64::from(ok))
+    .bind(result.to_string())
+    .execute(&mut *tx.tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM connection_tests WHERE connection_id = $1 AND id NOT IN \
+         (SELECT id FROM connection_tests WHERE connection_id = $2 ORDER BY id DESC LIMIT $3)",
+    )
+    .bind(connection_id)
+    .bind(connection_id)
+    .bind(TEST_HISTORY)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
 }

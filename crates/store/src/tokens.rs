@@ -13,7 +13,7 @@ pub struct NewToken {
     pub workspace_id: Option<String>,
     pub permissions: PermissionSet,
     pub expires_at: Option<i64>,
-    /// `personal` or `runner`.
+    /// `personal`, `runner` or `agent`.
     pub kind: String,
     /// The principal that minted it (`token:<id>`), `None` for the bootstrap token.
     pub created_by: Option<String>,
@@ -61,22 +61,7 @@ fn row_to_token(row: &sqlx::any::AnyRow) -> Result<TokenRecord> {
 impl Store {
     pub async fn create_token(&self, t: &NewToken, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO api_tokens (id, name, token_hash, workspace_id, permissions, created_at, \
-             expires_at, kind, created_by, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&t.id)
-        .bind(&t.name)
-        .bind(t.token_hash.clone())
-        .bind(t.workspace_id.clone())
-        .bind(t.permissions.to_storage())
-        .bind(now_millis())
-        .bind(t.expires_at)
-        .bind(&t.kind)
-        .bind(t.created_by.clone())
-        .bind(t.user_id.clone())
-        .execute(&mut *tx.tx)
-        .await?;
+        insert_token(&mut tx, t).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await
     }
@@ -151,4 +136,25 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Inserts a token row inside a write transaction (tokens, agent tokens).
+pub(crate) async fn insert_token(tx: &mut crate::WriteTx<'_>, t: &NewToken) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO api_tokens (id, name, token_hash, workspace_id, permissions, created_at, \
+         expires_at, kind, created_by, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&t.id)
+    .bind(&t.name)
+    .bind(t.token_hash.clone())
+    .bind(t.workspace_id.clone())
+    .bind(t.permissions.to_storage())
+    .bind(now_millis())
+    .bind(t.expires_at)
+    .bind(&t.kind)
+    .bind(t.created_by.clone())
+    .bind(t.user_id.clone())
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
 }

@@ -102,6 +102,7 @@ async fn connection(s: &Store, ws: &str, project: &str, name: &str) -> String {
         environment: None,
         tags: vec![],
         settings: json!({"host": "h"}).as_object().unwrap().clone(),
+        zone: None,
     };
     s.create_connection(
         &id,
@@ -232,6 +233,7 @@ async fn events_commit_with_their_audit_record_and_only_for_webhooks_that_want_t
         environment: None,
         tags: vec![],
         settings: Default::default(),
+        zone: None,
     };
     let id2 = patchbay_store::new_id();
     assert!(matches!(

@@ -63,6 +63,7 @@ async fn markers_are_set_listed_and_cleared(s: &Store) {
         environment: None,
         tags: vec![],
         settings: json!({"host": "h"}).as_object().unwrap().clone(),
+        zone: None,
     };
     s.create_connection(&id, &ws, &p.id, &w, &CredentialLink::None, &audit("c", &id))
         .await

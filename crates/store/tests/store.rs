@@ -149,6 +149,7 @@ fn write(name: &str, ty: &str) -> ConnectionWrite {
         environment: None,
         tags: vec![],
         settings: json!({"host": "h"}).as_object().unwrap().clone(),
+        zone: None,
     }
 }
 

@@ -97,6 +97,9 @@ pub struct FieldArgs {
     /// Take the secrets from a shared credential: NAME, ID, or NAME@VERSION to pin a version.
     #[arg(long, conflicts_with = "secrets")]
     credential: Option<String>,
+    /// The network zone whose agents test it (`patchbay zones list`); `--zone ''` removes it.
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 pub(super) fn usage_error(msg: String) -> ApiFailure {
@@ -190,6 +193,15 @@ impl FieldArgs {
         }
         if !self.tags.is_empty() {
             body.insert("tags".into(), json!(self.tags));
+        }
+        match self.zone.as_deref() {
+            None => {}
+            Some("") => {
+                body.insert("zone".into(), Value::Null);
+            }
+            Some(z) => {
+                body.insert("zone".into(), json!(z));
+            }
         }
         let settings = body
             .entry("settings")

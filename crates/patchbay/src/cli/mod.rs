@@ -1,6 +1,7 @@
 //! Client subcommands. Each resolves names to ids through the API, calls it, and prints
 //! the answer; API failures print `error: <code>: <message>` and exit 1.
 
+pub mod agent;
 mod audit;
 mod client;
 mod connections;
@@ -11,6 +12,7 @@ mod output;
 mod tokens;
 mod transfer;
 mod users;
+mod zones;
 
 use std::process::ExitCode;
 
@@ -89,6 +91,9 @@ pub enum ClientCommand {
     /// The audit log: list, export (JSON lines), verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Network zones of --workspace: agents' health, agent tokens.
+    #[command(subcommand)]
+    Zones(zones::ZonesCommand),
     /// What uses a connection (pipelines, datasets, …): list, add, remove.
     #[command(subcommand, visible_alias = "deps")]
     Dependents(dependents::DependentsCommand),
@@ -170,7 +175,11 @@ pub fn looks_like_id(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
 
-fn find_by_name_or_id(list: &Value, wanted: &str, what: &str) -> Result<String, ApiFailure> {
+pub(crate) fn find_by_name_or_id(
+    list: &Value,
+    wanted: &str,
+    what: &str,
+) -> Result<String, ApiFailure> {
     list["items"]
         .as_array()
         .into_iter()
@@ -214,6 +223,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Users(c) => users::users(c, Ctx::new(g)).await,
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,
         ClientCommand::Roles(c) => users::roles(c, Ctx::new(g)).await,
+        ClientCommand::Zones(c) => zones::run(c, Ctx::new(g)).await,
         ClientCommand::Export(a) => transfer::export(a, Ctx::new(g)).await,
         ClientCommand::Import(a) => transfer::import(a, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {

@@ -25,6 +25,9 @@ pub enum Access {
     /// A token holding this permission in at least one workspace; the service checks the
     /// resource's own workspace.
     Needs(Permission),
+    /// An agent token (service::zones), and only that: the agent endpoints of its zone.
+    /// Agent tokens are refused on every other route.
+    Agent,
 }
 
 use Access::*;
@@ -189,6 +192,25 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/workspaces/{ws}/keys/rotate-data",
         Needs(WorkspaceAdmin),
     ),
+    (
+        "GET",
+        "/api/v1/workspaces/{ws}/zones",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/zones",
+        Needs(WorkspaceAdmin),
+    ),
+    ("GET", "/api/v1/zones/{id}", Needs(ConnectionsRead)),
+    ("DELETE", "/api/v1/zones/{id}", Needs(WorkspaceAdmin)),
+    (
+        "POST",
+        "/api/v1/workspaces/{ws}/zones/{zone}/agent-tokens",
+        Needs(WorkspaceAdmin),
+    ),
+    ("POST", "/api/v1/agent/claim", Agent),
+    ("POST", "/api/v1/agent/jobs/{id}/result", Agent),
     // Dependents (issue 7): consumers register what uses a connection.
     (
         "GET",
@@ -272,10 +294,30 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         Ok(Auth(p)) => p,
         Err(e) => return e.into_response(),
     };
-    if let Needs(perm) = access {
-        if !principal.can(perm) {
-            return ApiError::forbidden(perm).into_response();
+    // An agent token reaches the agent endpoints and nothing else; nothing else reaches
+    // them.
+    match (access, principal.agent_zone.is_some()) {
+        (Agent, true) => {}
+        (Agent, false) => {
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                "only an agent token (POST /api/v1/workspaces/{ws}/zones/{zone}/agent-tokens) calls the agent endpoints",
+            )
+            .into_response()
         }
+        (_, true) => {
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                "an agent token calls the agent endpoints of its zone and nothing else",
+            )
+            .into_response()
+        }
+        (Needs(perm), false) => {
+            if !principal.can(perm) {
+                return ApiError::forbidden(perm).into_response();
+            }
+        }
+        (Public | Authenticated, false) => {}
     }
     parts.extensions.insert(principal);
     next.run(Request::from_parts(parts, body)).await

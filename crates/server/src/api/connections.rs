@@ -35,6 +35,8 @@ pub struct ConnectionOut {
     pub category: String,
     pub description: String,
     pub environment: Option<String>,
+    /// The network zone whose agents test the connection; `null`: the server tests it.
+    pub zone: Option<String>,
     pub tags: Vec<String>,
     #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
@@ -101,6 +103,7 @@ impl ConnectionOut {
             connector_type: c.connector_type,
             description: c.description,
             environment: c.environment,
+            zone: c.zone,
             tags: c.tags,
             settings: c.settings,
             secrets,
@@ -155,6 +158,9 @@ pub struct ConnectionInput {
     /// `"version": n` to pin one version. `null` detaches it.
     #[schema(value_type = Option<Object>)]
     credential: Option<Value>,
+    /// A network zone of the workspace (by name): its agents test the connection on the
+    /// workers' network path. `null` or absent: the server tests it. Drafts cannot name one.
+    zone: Option<String>,
 }
 
 fn with_etag(status: StatusCode, out: ConnectionOut, revealed: bool) -> Response {

@@ -37,7 +37,7 @@ fn flag(q: &BTreeMap<String, String>, name: &str) -> ApiResult<bool> {
     params(("project" = String, Path, description = "Project id"),
         ("dry_run" = Option<bool>, Query, description = "Report the diff, change nothing"),
         ("prune" = Option<bool>, Query, description = "Delete connections of the project the document does not name")),
-    request_body(content = Object, description = "The document: {apiVersion: 1, workspace?, project?, credentials: [{name, kind, description?, fields?, secrets?, external?}], connections: [{name, type, description?, environment?, tags?, settings?, credential?: {name, version?} | secrets?}]}"),
+    request_body(content = Object, description = "The document: {apiVersion: 1, workspace?, project?, credentials: [{name, kind, description?, fields?, secrets?, external?}], connections: [{name, type, description?, environment?, tags?, zone?, settings?, credential?: {name, version?} | secrets?}]}"),
     responses((status = 200, body = ImportReport), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "provisioned: the document touches an object a provisioning file manages")),

@@ -14,6 +14,7 @@ pub mod tokens;
 pub mod users;
 pub mod webhooks;
 pub mod workspaces;
+pub mod zones;
 
 use std::time::Instant;
 
@@ -51,6 +52,8 @@ use crate::state::AppState;
         sessions::create, sessions::delete,
         keys::status, keys::rotate_master, keys::rotate_data, keys::rotation,
         audit::list, audit::verify,
+        zones::list, zones::create, zones::get, zones::delete, zones::create_agent_token,
+        zones::claim, zones::result,
         dependents::list, dependents::put, dependents::delete,
         webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::delete,
         webhooks::deliveries, webhooks::ping, webhooks::redeliver,
@@ -273,6 +276,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/workspaces/{ws}/audit", g(audit::list))
         .route("/api/v1/audit/verify", g(audit::verify))
+        .route(
+            "/api/v1/workspaces/{ws}/zones",
+            g(zones::list).post(zones::create),
+        )
+        .route("/api/v1/zones/{id}", g(zones::get).delete(zones::delete))
+        .route(
+            "/api/v1/workspaces/{ws}/zones/{zone}/agent-tokens",
+            axum::routing::post(zones::create_agent_token),
+        )
+        .route("/api/v1/agent/claim", axum::routing::post(zones::claim))
+        .route(
+            "/api/v1/agent/jobs/{id}/result",
+            axum::routing::post(zones::result),
+        )
         .route("/api/v1/connections/{id}/dependents", g(dependents::list))
         .route(
             "/api/v1/connections/{id}/dependents/{kind}/{ref}",

@@ -20,7 +20,7 @@ use crate::state::AppState;
 pub struct TokenOut {
     pub id: String,
     pub name: String,
-    /// personal or runner.
+    /// personal, runner or agent (an agent token: see GET /api/v1/zones/{id}).
     pub kind: String,
     /// The one workspace it reaches, or null for every workspace its permissions allow.
     pub workspace_id: Option<String>,

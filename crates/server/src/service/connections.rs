@@ -40,6 +40,7 @@ pub(crate) const WRITABLE: &[&str] = &[
     "settings",
     "secrets",
     "credential",
+    "zone",
 ];
 /// Read-only fields of the representation, accepted and ignored so a GET body can be edited
 /// and sent back.
@@ -170,7 +171,9 @@ pub async fn create(
         environment: f.optional_string("environment")?,
         tags: f.optional_string_list("tags")?.unwrap_or_default(),
         settings: strip_nulls(f.optional_object("settings")?.unwrap_or_default()),
+        zone: f.optional_string("zone")?,
     };
+    super::zones::check_zone(state, &project.workspace_id, w.zone.as_deref()).await?;
     let credential = credential_input(&mut f)?;
     let secrets = secrets_input(&mut f)?;
     let id = new_id();
@@ -190,7 +193,7 @@ pub async fn create(
         LinkChange::Replace(link) => link,
         LinkChange::Keep | LinkChange::RotateOwned { .. } => CredentialLink::None,
     };
-    let mut details = json!({"name": w.name, "type": w.connector_type, "project_id": project.id, "secrets_set": plan.secret_fields});
+    let mut details = json!({"name": w.name, "type": w.connector_type, "project_id": project.id, "secrets_set": plan.secret_fields, "zone": w.zone});
     if let (Some(d), Some(extra)) = (details.as_object_mut(), plan.audit.as_object()) {
         d.extend(extra.clone());
     }
@@ -320,6 +323,9 @@ async fn save(
 ) -> ApiResult<Connection> {
     let expected = check_version(current, expected)?;
     let ty = connector(state, &current.connector_type)?;
+    if w.zone != current.zone {
+        super::zones::check_zone(state, &current.workspace_id, w.zone.as_deref()).await?;
+    }
     let credential = credential_input(f)?;
     let secrets = secrets_input(f)?;
     let plan = plan(
@@ -377,6 +383,7 @@ fn changes(ty: &ConnectorType, current: &Connection, w: &ConnectionWrite, plan: 
         json!(w.environment),
     );
     diff(&mut out, "tags".into(), json!(current.tags), json!(w.tags));
+    diff(&mut out, "zone".into(), json!(current.zone), json!(w.zone));
     let keys: BTreeSet<&String> = current.settings.keys().chain(w.settings.keys()).collect();
     for k in keys {
         let (old, new) = (current.settings.get(k), w.settings.get(k));
@@ -462,6 +469,7 @@ pub(crate) async fn replace_managed(
         environment: f.optional_string("environment")?,
         tags: f.optional_string_list("tags")?.unwrap_or_default(),
         settings: strip_nulls(f.optional_object("settings")?.unwrap_or_default()),
+        zone: f.optional_string("zone")?,
     };
     save(state, p, &current, expected, w, &mut f).await
 }
@@ -487,7 +495,7 @@ fn merge_patch(target: &mut Value, patch: Value) {
 }
 
 /// PATCH with a JSON merge patch over {name, description, environment, tags, settings,
-/// secrets}; in `secrets`, null clears a field, the mask keeps it, a string sets it.
+/// secrets, zone}; in `secrets`, null clears a field, the mask keeps it, a string sets it.
 pub async fn patch(
     state: &AppState,
     p: &Principal,
@@ -518,6 +526,11 @@ pub async fn patch(
     } else {
         current.environment.clone()
     };
+    let zone = if f.has("zone") {
+        f.optional_string("zone")?
+    } else {
+        current.zone.clone()
+    };
     let tags = if f.has("tags") {
         f.optional_string_list("tags")?.unwrap_or_default()
     } else {
@@ -547,6 +560,7 @@ pub async fn patch(
         environment,
         tags,
         settings,
+        zone,
     };
     save(state, p, &current, expected, w, &mut f).await
 }

@@ -1,6 +1,7 @@
 //! Domain operations that need IO: validate against the catalog, encrypt with the key ring,
 //! persist through the store, record audit events. Handlers call these and only these.
 
+pub mod agents;
 pub mod audit;
 pub mod connection_secrets;
 pub mod connections;
@@ -19,6 +20,7 @@ pub mod tokens;
 pub mod users;
 pub mod webhooks;
 pub mod workspaces;
+pub mod zones;
 
 use patchbay_core::model::Principal;
 use patchbay_core::permission::Permission;

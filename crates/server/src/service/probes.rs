@@ -36,6 +36,9 @@ pub struct ProbeSettings {
     pub per_minute: usize,
     /// Tests running at once, server-wide.
     pub concurrency: usize,
+    /// How long an agent's claim waits for a job (PATCHBAY_AGENT_POLL); an agent is
+    /// healthy while it called in within twice this.
+    pub agent_poll: Duration,
 }
 
 impl Default for ProbeSettings {
@@ -45,6 +48,7 @@ impl Default for ProbeSettings {
             deadline: patchbay_probe::DEFAULT_DEADLINE,
             per_minute: 30,
             concurrency: 16,
+            agent_poll: Duration::from_secs(25),
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct Probes {
     settings: ProbeSettings,
     per_principal: WindowLimiter,
     running: Arc<Semaphore>,
+    /// Wakes agents' claims and zoned tests on this replica (service::agents).
+    pub agents: super::agents::AgentHub,
 }
 
 impl Probes {
@@ -66,6 +72,7 @@ impl Probes {
                 u32::try_from(settings.per_minute).unwrap_or(u32::MAX),
                 Duration::from_secs(60),
             ),
+            agents: Default::default(),
             settings,
         }
     }
@@ -112,6 +119,25 @@ pub async fn test_saved(state: &AppState, p: &Principal, id: &str) -> ApiResult<
         id: &c.id,
         details: json!({"version": c.version}),
     };
+    if let Some(zone) = &c.zone {
+        // The zone's agent tests it on the workers' network path; the material it gets is
+        // resolved again when it claims the job (nothing secret is queued).
+        drop(m.secrets);
+        let outcome = super::agents::run_on_agent(state, p, c, zone).await;
+        drop(permit);
+        return match outcome? {
+            super::agents::Outcome::Recorded(result) => Ok(redact_for(p, &c.workspace_id, result)),
+            super::agents::Outcome::Failed { result, details } => {
+                let mut subject = subject;
+                if let (Some(d), Some(extra)) =
+                    (subject.details.as_object_mut(), details.as_object())
+                {
+                    d.extend(extra.clone());
+                }
+                record(state, p, subject, result).await
+            }
+        };
+    }
     let secrets = m.secrets;
     let settings = m.settings;
     run(state, p, ty, &settings, secrets, subject, permit).await
@@ -133,6 +159,13 @@ pub async fn test_draft(
     let _ = f.optional_string("description")?;
     let _ = f.optional_string("environment")?;
     let _ = f.optional_string_list("tags")?;
+    if f.optional_string("zone")?.is_some() {
+        return Err(ApiError::field(
+            ErrorCode::ZoneDraftUnsupported,
+            "/zone",
+            "a draft is tested by the server itself; save the connection to test it through its zone's agent",
+        ));
+    }
     let ty = conn::connector(state, &f.required_string("type")?)?;
     let mut settings = conn::strip_nulls(f.optional_object("settings")?.unwrap_or_default());
     validate_settings(ty, &settings)?;
@@ -260,6 +293,17 @@ async fn run(
     .await;
     drop(secrets);
     drop(permit);
+    record(state, p, subject, result).await
+}
+
+/// Records a test's result like every test: audit event, and for a saved connection its
+/// last result (20 kept), in one transaction; then redacts it for the caller.
+async fn record(
+    state: &AppState,
+    p: &Principal,
+    subject: Subject<'_>,
+    result: ProbeResult,
+) -> ApiResult<ProbeResult> {
     let mut details = json!({
         "ok": result.ok,
         "duration_ms": result.duration_ms,

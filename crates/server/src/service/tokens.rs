@@ -28,6 +28,8 @@ const RUNNER_PERMISSIONS: &[Permission] =
 
 pub const PERSONAL: &str = "personal";
 pub const RUNNER: &str = "runner";
+/// Agent tokens (service::zones): one zone's agent endpoints, nothing else.
+pub const AGENT: &str = "agent";
 
 /// A token just minted: its record and the secret, which is shown this once.
 pub struct Minted {

@@ -79,6 +79,7 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{type}", "postgresql")
         .replace("{user}", user)
         .replace("{version}", "1")
+        .replace("{zone}", "no-such-zone")
         .replace("{kind}", "pipeline")
         .replace("{ref}", "etl-1")
         .replace("{event}", "0190c0de-0000-7000-8000-000000000001")
@@ -116,6 +117,8 @@ async fn authorization_matrix_every_builtin_role_against_every_route() {
             let expect_allowed = match access {
                 Access::Public | Access::Authenticated => true,
                 Access::Needs(p) => perms.contains(p),
+                // Only agent tokens call the agent endpoints (tests/api/zones.rs).
+                Access::Agent => false,
             };
             let denied = r.status == StatusCode::FORBIDDEN && r.body["code"] == "forbidden";
             assert_ne!(
@@ -565,6 +568,17 @@ async fn ids_from_another_workspace_answer_404_like_nonexistent_ids() {
         (
             Method::DELETE,
             "/api/v1/connections/{id}/dependents/pipeline/etl-1",
+            None,
+        ),
+        (Method::GET, "/api/v1/workspaces/{ws}/zones", None),
+        (
+            Method::POST,
+            "/api/v1/workspaces/{ws}/zones",
+            Some(json!({"name": "x"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/workspaces/{ws}/zones/x/agent-tokens",
             None,
         ),
         (Method::GET, "/api/v1/workspaces/{ws}/webhooks", None),

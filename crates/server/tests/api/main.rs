@@ -17,3 +17,4 @@ mod probe;
 mod sessions;
 mod tls;
 mod tokens;
+mod zones;

@@ -35,6 +35,8 @@ pub struct ConnectionEntry {
     pub description: String,
     pub environment: Option<String>,
     pub tags: Vec<String>,
+    /// The network zone whose agents test the connection (docs/agents.md).
+    pub zone: Option<String>,
     pub settings: Map<String, Value>,
     /// `credential: {name, version?}`: a shared credential.
     pub credential: Option<(String, Option<i64>)>,
@@ -203,6 +205,7 @@ fn connection(m: Map<String, Value>, here: &str) -> ApiResult<ConnectionEntry> {
             "description",
             "environment",
             "tags",
+            "zone",
             "settings",
             "credential",
             "secrets",
@@ -214,6 +217,7 @@ fn connection(m: Map<String, Value>, here: &str) -> ApiResult<ConnectionEntry> {
     let description = f.optional_string("description")?.unwrap_or_default();
     let environment = f.optional_string("environment")?;
     let tags = f.optional_string_list("tags")?.unwrap_or_default();
+    let zone = f.optional_string("zone")?;
     let settings =
         super::super::connections::strip_nulls(f.optional_object("settings")?.unwrap_or_default());
     let credential = match f.take("credential") {
@@ -259,6 +263,7 @@ fn connection(m: Map<String, Value>, here: &str) -> ApiResult<ConnectionEntry> {
         description,
         environment,
         tags,
+        zone,
         settings,
         credential,
         secrets,

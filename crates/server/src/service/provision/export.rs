@@ -64,6 +64,9 @@ pub async fn export(
         if !c.tags.is_empty() {
             e.insert("tags".into(), json!(c.tags));
         }
+        if let Some(z) = &c.zone {
+            e.insert("zone".into(), json!(z));
+        }
         e.insert("settings".into(), Value::Object(c.settings.clone()));
         match &c.credential {
             Some(cred) if !cred.owned => {

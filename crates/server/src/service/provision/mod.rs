@@ -425,6 +425,7 @@ async fn plan_connection(
         environment: e.environment.clone(),
         tags: e.tags.clone(),
         settings: e.settings.clone(),
+        zone: e.zone.clone(),
     };
     check_metadata(&w)?;
     validate_settings(ty, &e.settings)?;
@@ -502,6 +503,9 @@ async fn plan_connection(
     if current.environment != e.environment {
         changed.push("environment".into());
     }
+    if current.zone != e.zone {
+        changed.push("zone".into());
+    }
     let (mut a, mut b) = (current.tags.clone(), e.tags.clone());
     a.sort();
     b.sort();
@@ -567,6 +571,7 @@ async fn apply_connection(
     body.insert("description".into(), json!(e.description));
     body.insert("environment".into(), json!(e.environment));
     body.insert("tags".into(), json!(e.tags));
+    body.insert("zone".into(), json!(e.zone));
     body.insert("settings".into(), Value::Object(e.settings.clone()));
     if let Some((name, version)) = &e.credential {
         body.insert(

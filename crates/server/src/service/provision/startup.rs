@@ -29,6 +29,7 @@ fn system() -> Principal {
         workspace_id: None,
         permissions: PermissionSet::all(),
         memberships: None,
+        agent_zone: None,
         request: RequestMeta::default(),
     }
 }
