@@ -352,6 +352,50 @@ async fn exports_hold_no_secret_unless_sealed_and_sealed_ones_open_only_with_the
     assert!(actions.contains(&"connection.reveal"), "{actions:?}");
 }
 
+#[tokio::test]
+async fn a_connection_keeps_its_network_zone_through_export_and_import() {
+    let s = Service::start().await;
+    let project = s.default_project().await;
+    let ws = s.default_workspace().await;
+    let unknown = json!({"apiVersion": 1, "connections": [
+        {"name": "zoned", "type": "redis", "zone": "dc-1", "settings": {"host": "h"}}]});
+    let r = import(&s, &project, "", unknown.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.body["code"], "unknown_zone");
+    assert_eq!(r.body["field"], "/connections/0/zone");
+    let zone = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/workspaces/{ws}/zones"),
+            Some(json!({"name": "dc-1"})),
+            &[],
+        )
+        .await;
+    assert!(zone.status.is_success(), "{}", zone.text);
+    let r = import(&s, &project, "", unknown).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let exported = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/projects/{project}/export"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(exported.body["connections"][0]["zone"], "dc-1");
+    let mut moved = exported.body.clone();
+    moved["connections"][0]["zone"] = Value::Null;
+    let r = import(&s, &project, "", exported.body.clone()).await;
+    assert_eq!(r.body["summary"], json!({"unchanged": 1}), "{}", r.text);
+    let r = import(&s, &project, "", moved).await;
+    assert_eq!(
+        r.body["changes"][0]["changes"],
+        json!(["zone"]),
+        "{}",
+        r.text
+    );
+}
+
 const PROVISIONED: &str = r#"
 apiVersion: 1
 project: default

@@ -428,6 +428,7 @@ async fn plan_connection(
         zone: e.zone.clone(),
     };
     check_metadata(&w)?;
+    super::zones::check_zone(state, ws, e.zone.as_deref()).await?;
     validate_settings(ty, &e.settings)?;
     if let Some(s) = &e.secrets {
         validate_secret_names(ty, s.keys().map(String::as_str))?;
