@@ -46,3 +46,6 @@ bash "$here/peers-infra.sh"
 bash "$here/peers-more-a.sh"
 # More probe peers: Snowflake's HTTP protocol (fakesnow) on 18900.
 bash "$here/peers-more-c.sh"
+
+# Browser tests of the web UI: Debian's chromium and tests/ui's npm packages.
+bash "$here/peers-browser.sh"

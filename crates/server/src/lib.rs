@@ -13,6 +13,7 @@ pub mod service;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod ui;
 
 use std::io::Write;
 use std::net::SocketAddr;

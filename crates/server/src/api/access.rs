@@ -37,14 +37,77 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/health", Public),
     ("GET", "/api/v1/ready", Public),
     ("GET", "/api/openapi.json", Public),
-    // Signing in is authentication itself; /logout and / read the session cookie and
-    // check the CSRF token themselves.
+    // Signing in is authentication itself.
     ("POST", "/api/v1/sessions", Public),
     ("DELETE", "/api/v1/sessions/current", Authenticated),
+    // The web UI (crate::ui). Pages and form posts are checked like API routes; a form's
+    // `csrf_token` field stands in for the X-CSRF-Token header. `/` and `/login` look at
+    // the session themselves (a browser without one is sent to the sign-in form).
+    ("GET", "/", Public),
     ("GET", "/login", Public),
     ("POST", "/login", Public),
-    ("POST", "/logout", Public),
-    ("GET", "/", Public),
+    ("POST", "/logout", Authenticated),
+    ("GET", "/assets/{file}", Public),
+    ("GET", "/switch", Authenticated),
+    ("GET", "/workspaces/{ws}", Needs(ConnectionsRead)),
+    (
+        "GET",
+        "/projects/{project}/connections",
+        Needs(ConnectionsRead),
+    ),
+    (
+        "POST",
+        "/projects/{project}/connections",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "GET",
+        "/projects/{project}/connections/new",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "GET",
+        "/projects/{project}/connections/new/{type}",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "POST",
+        "/projects/{project}/connections/test",
+        Needs(ConnectionsTest),
+    ),
+    ("GET", "/connections/{id}", Needs(ConnectionsRead)),
+    ("POST", "/connections/{id}/test", Needs(ConnectionsTest)),
+    ("POST", "/connections/{id}/reveal", Needs(ConnectionsReveal)),
+    ("GET", "/connections/{id}/edit", Needs(ConnectionsWrite)),
+    ("POST", "/connections/{id}/edit", Needs(ConnectionsWrite)),
+    (
+        "GET",
+        "/connections/{id}/duplicate",
+        Needs(ConnectionsWrite),
+    ),
+    ("GET", "/connections/{id}/delete", Needs(ConnectionsWrite)),
+    ("POST", "/connections/{id}/delete", Needs(ConnectionsWrite)),
+    (
+        "GET",
+        "/workspaces/{ws}/credentials",
+        Needs(CredentialsRead),
+    ),
+    (
+        "POST",
+        "/workspaces/{ws}/credentials",
+        Needs(CredentialsWrite),
+    ),
+    (
+        "GET",
+        "/workspaces/{ws}/credentials/new",
+        Needs(CredentialsWrite),
+    ),
+    ("GET", "/credentials/{id}", Needs(CredentialsRead)),
+    ("POST", "/credentials/{id}/rotate", Needs(CredentialsWrite)),
+    ("GET", "/workspaces/{ws}/audit", Needs(AuditRead)),
+    ("GET", "/tokens", Authenticated),
+    ("POST", "/tokens", Authenticated),
+    ("POST", "/tokens/{id}/revoke", Authenticated),
     ("GET", "/api/v1/connection-types", Authenticated),
     ("GET", "/api/v1/connection-types/{type}", Authenticated),
     ("GET", "/api/v1/credential-kinds", Authenticated),

@@ -251,9 +251,6 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/sessions/current",
             axum::routing::delete(sessions::delete),
         )
-        .route("/login", g(sessions::login_form).post(sessions::login))
-        .route("/logout", axum::routing::post(sessions::logout))
-        .route("/", g(sessions::home))
         .route("/api/v1/users", g(users::list).post(users::create))
         .route("/api/v1/workspaces/{ws}/members", g(users::list_members))
         .route(
@@ -320,22 +317,23 @@ pub fn router(state: AppState) -> Router {
             access::enforce,
         ))
         .with_state(state.clone());
-    api.merge(
-        utoipa_swagger_ui::SwaggerUi::new("/api/docs")
-            .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
-    )
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-        panic_response,
-    ))
-    .layer(middleware::from_fn(request_log))
-    .layer(middleware::from_fn(security_headers))
-    .layer(middleware::from_fn_with_state(
-        state,
-        crate::request::context,
-    ))
+    api.merge(crate::ui::router(state.clone()))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+                .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(middleware::from_fn(request_log))
+        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(
+            state,
+            crate::request::context,
+        ))
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

@@ -12,6 +12,7 @@ pub mod external;
 pub mod keys;
 pub mod master_keys;
 pub mod oauth;
+pub mod overview;
 pub mod probes;
 pub mod provision;
 pub mod resolve;

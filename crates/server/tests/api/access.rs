@@ -85,9 +85,10 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{event}", "0190c0de-0000-7000-8000-000000000001")
         .replace(
             "{id}",
-            if path.starts_with("/api/v1/connections/") {
+            if path.starts_with("/api/v1/connections/") || path.starts_with("/connections/") {
                 &f.connection
-            } else if path.starts_with("/api/v1/credentials/") {
+            } else if path.starts_with("/api/v1/credentials/") || path.starts_with("/credentials/")
+            {
                 &f.credential
             } else {
                 "0190c0de-0000-7000-8000-000000000000"
@@ -108,7 +109,8 @@ async fn authorization_matrix_every_builtin_role_against_every_route() {
         let token = s.user_token(&user).await;
         // Destructive routes last, so the earlier ones find the fixture intact.
         let mut routes: Vec<_> = ROUTES.iter().collect();
-        routes.sort_by_key(|(m, _, _)| *m == "DELETE");
+        // (The UI's delete form is a POST.)
+        routes.sort_by_key(|(m, p, _)| *m == "DELETE" || p.ends_with("/delete"));
         for (method, path, access) in routes {
             let url = concrete(path, &f, "nobody");
             let m: Method = method.parse().unwrap();

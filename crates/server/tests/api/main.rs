@@ -17,4 +17,6 @@ mod probe;
 mod sessions;
 mod tls;
 mod tokens;
+mod ui;
+mod ui_flows;
 mod zones;

@@ -163,6 +163,7 @@ async fn the_login_page_posts_username_and_password_and_sign_out_is_a_csrf_form(
         .text()
         .await
         .unwrap()
+        .to_lowercase()
         .contains("wrong username or password"));
     let cross_site = post("erin's long password", Some("https://evil.example"))
         .await
