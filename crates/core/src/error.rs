@@ -54,6 +54,7 @@ error_codes! {
     SecretIntegrity => ("secret_integrity_error", "conflict", 409, "A stored secret failed its integrity check: its ciphertext does not belong to the row that holds it (copied or tampered). The server log names the row."),
     RotationInProgress => ("rotation_in_progress", "conflict", 409, "A key rotation of the same scope is already running; wait for it (GET /api/v1/keys/rotations/{id})."),
     RotationUnsupported => ("rotation_unsupported", "conflict", 409, "The master key source cannot rotate online; for an inline key, restart once with PATCHBAY_MASTER_KEY (new) and PATCHBAY_MASTER_KEY_PREVIOUS (old)."),
+    Provisioned => ("provisioned", "conflict", 409, "The object is managed by a provisioning file (`serve --provision`; `details.source` names the file): change the file and restart instead. The API does not change or delete it."),
     CsrfTokenInvalid => ("csrf_token_invalid", "auth", 403, "A change made with a session cookie lacks the session's CSRF token (header X-CSRF-Token, or the csrf_token form field)."),
     UnknownZone => ("unknown_zone", "invalid_request", 400, "The connection names a network zone its workspace does not have; `field` is /zone. GET /api/v1/workspaces/{ws}/zones lists them."),
     ZoneInUse => ("zone_in_use", "conflict", 409, "Connections name the zone (listed in `details.connections`); move them to another zone or none first."),

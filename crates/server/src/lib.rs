@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod document_file;
 pub mod error;
 pub mod keyring;
 pub mod ratelimit;
@@ -77,6 +78,8 @@ pub enum StartError {
     Bootstrap(String),
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    Provision(String),
 }
 
 /// A started service: state plus its router, before binding (tests and benchmarks serve it
@@ -152,6 +155,11 @@ impl App {
                     e.0.message
                 ))
             })?;
+        if let Some(dir) = &state.settings.provision_dir {
+            service::provision::startup::provision(&state, dir)
+                .await
+                .map_err(StartError::Provision)?;
+        }
         tokio::spawn(service::credentials::sweep_forever(
             state.clone(),
             state.settings.sweep_interval,

@@ -53,6 +53,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<patchbay_probe::guard::Cidr>,
     /// Webhook delivery: poll interval, timeout, retries and backoff, lease, retention.
     pub events: crate::service::events::EventSettings,
+    /// `serve --provision DIR`: document files applied at start (service::provision).
+    pub provision_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             probes: Default::default(),
             trusted_proxies: Vec::new(),
             events: Default::default(),
+            provision_dir: None,
         }
     }
 }

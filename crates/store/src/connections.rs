@@ -72,7 +72,7 @@ pub struct ConnectionPage {
 
 const COLUMNS: &str = "id, workspace_id, project_id, name, type, description, environment, \
                        tags, settings, version, created_at, updated_at, credential_id, \
-                       credential_version, zone, (SELECT COUNT(*) FROM connection_dependents d \
+                       credential_version, zone, provisioned, (SELECT COUNT(*) FROM connection_dependents d \
                        WHERE d.connection_id = connections.id) AS dependents_count";
 
 fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
@@ -92,6 +92,7 @@ fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
         settings: serde_json::from_str(&settings).map_err(corrupt)?,
         secrets_set: Vec::new(),
         credential: None,
+        provisioned: row.try_get("provisioned")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

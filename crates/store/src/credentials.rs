@@ -59,7 +59,7 @@ pub struct CredentialUse {
 
 const COLUMNS: &str = "c.id, c.workspace_id, c.name, c.kind, c.description, \
     c.owner_connection_id, c.external, c.current_version, c.revision, c.created_at, \
-    c.updated_at, v.secret_fields, v.public_fields";
+    c.updated_at, c.provisioned, v.secret_fields, v.public_fields";
 
 const FROM: &str = "FROM credentials c JOIN credential_versions v \
     ON v.credential_id = c.id AND v.version = c.current_version";
@@ -95,6 +95,7 @@ fn row_to_credential(row: &sqlx::any::AnyRow) -> Result<Credential> {
         revision: row.try_get("revision")?,
         secret_fields: json_list(row, "secret_fields")?,
         public_fields: json_map(row, "public_fields")?,
+        provisioned: row.try_get("provisioned")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })

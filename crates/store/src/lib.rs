@@ -15,6 +15,7 @@ mod keys;
 mod migrate;
 mod oauth;
 mod probe_results;
+mod provisioned;
 mod tokens;
 mod users;
 mod workspaces;
@@ -42,6 +43,7 @@ pub use keys::{
     StartRotation,
 };
 pub use probe_results::{StoredTestResult, TEST_HISTORY};
+pub use provisioned::{Provisionable, ProvisionedConnection};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
 pub use workspaces::StoredDataKey;

@@ -10,6 +10,7 @@ mod dependents;
 mod keys;
 mod output;
 mod tokens;
+mod transfer;
 mod users;
 mod zones;
 
@@ -99,6 +100,10 @@ pub enum ClientCommand {
     /// Webhooks of --workspace: where events are delivered, and their deliveries.
     #[command(subcommand)]
     Webhooks(dependents::WebhooksCommand),
+    /// Export --project as a document (YAML, apiVersion 1) or as Airflow connections.
+    Export(transfer::ExportArgs),
+    /// Apply a document or Airflow connections to --project (idempotent; prints the diff).
+    Import(transfer::ImportArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -219,6 +224,8 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,
         ClientCommand::Roles(c) => users::roles(c, Ctx::new(g)).await,
         ClientCommand::Zones(c) => zones::run(c, Ctx::new(g)).await,
+        ClientCommand::Export(a) => transfer::export(a, Ctx::new(g)).await,
+        ClientCommand::Import(a) => transfer::import(a, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];

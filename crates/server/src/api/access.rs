@@ -157,6 +157,22 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(ConnectionsWrite),
     ),
     (
+        "POST",
+        "/api/v1/projects/{project}/import",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/projects/{project}/export",
+        Needs(ConnectionsRead),
+    ),
+    // Exports secrets (sealed); the service also needs connections:reveal there.
+    (
+        "POST",
+        "/api/v1/projects/{project}/export",
+        Needs(CredentialsWrite),
+    ),
+    (
         "GET",
         "/api/v1/workspaces/{ws}/credentials",
         Needs(CredentialsRead),

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod connections;
 pub mod credentials;
 pub mod dependents;
+pub mod import_export;
 pub mod keys;
 pub mod sessions;
 pub mod tokens;
@@ -41,6 +42,7 @@ use crate::state::AppState;
         connections::list, connections::create, connections::get, connections::replace,
         connections::patch, connections::delete, connections::test, connections::test_draft,
         connections::test_history,
+        import_export::import, import_export::export_plain, import_export::export_sealed,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
@@ -206,6 +208,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/connections/{id}/tests",
             g(connections::test_history),
+        )
+        .route(
+            "/api/v1/projects/{project}/import",
+            axum::routing::post(import_export::import),
+        )
+        .route(
+            "/api/v1/projects/{project}/export",
+            g(import_export::export_plain).post(import_export::export_sealed),
         )
         .route(
             "/api/v1/workspaces/{ws}/credentials",

@@ -14,6 +14,7 @@ pub mod master_keys;
 pub mod oauth;
 pub mod overview;
 pub mod probes;
+pub mod provision;
 pub mod resolve;
 pub mod sessions;
 pub mod tokens;

@@ -10,6 +10,7 @@ mod credentials;
 mod dependents;
 mod events;
 mod external;
+mod import_export;
 mod keys;
 mod kit;
 mod probe;
