@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod connections;
 pub mod credentials;
 pub mod keys;
+pub mod resolve;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -38,6 +39,7 @@ use crate::state::AppState;
         connections::list, connections::create, connections::get, connections::replace,
         connections::patch, connections::delete, connections::test, connections::test_draft,
         connections::test_history,
+        resolve::by_id, resolve::by_name,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
@@ -198,6 +200,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/connections/{id}/tests",
             g(connections::test_history),
+        )
+        .route(
+            "/api/v1/connections/{id}/resolve",
+            axum::routing::post(resolve::by_id),
+        )
+        .route(
+            "/api/v1/projects/{project}/connections/by-name/{name}/resolve",
+            axum::routing::post(resolve::by_name),
         )
         .route(
             "/api/v1/workspaces/{ws}/credentials",

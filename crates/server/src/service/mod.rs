@@ -6,6 +6,7 @@ pub mod connection_secrets;
 pub mod connections;
 pub mod credentials;
 pub mod external;
+pub mod formats;
 pub mod keys;
 pub mod master_keys;
 pub mod oauth;
