@@ -244,7 +244,10 @@ pub async fn answer(
             .unwrap_or(Value::Null),
     );
     out.insert("format".into(), Value::String(format.as_str().into()));
-    out.insert("run_id".into(), run_id.map(Value::String).unwrap_or(Value::Null));
+    out.insert(
+        "run_id".into(),
+        run_id.map(Value::String).unwrap_or(Value::Null),
+    );
     let ty = connector(state, &c.connector_type)?;
     if format == Format::Json {
         out.insert("settings".into(), Value::Object(m.settings.clone()));

@@ -40,7 +40,14 @@ fn conn_type(type_id: &str) -> &str {
 }
 
 /// Settings that become Airflow's host/login/schema/port (the rest goes to extra).
-fn mapped(type_id: &str) -> (&'static [&'static str], &'static str, &'static str, &'static str) {
+fn mapped(
+    type_id: &str,
+) -> (
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    &'static str,
+) {
     // (host keys, login key, schema key, password key)
     match type_id {
         "s3" | "minio" | "r2" | "athena" | "kinesis" => {
@@ -196,10 +203,7 @@ fn py_json(v: &Value) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(py_json).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Array(a) => format!("[{}]", a.iter().map(py_json).collect::<Vec<_>>().join(", ")),
         Value::String(s) => py_str(s),
         Value::Bool(true) => "true".into(),
         Value::Bool(false) => "false".into(),

@@ -123,7 +123,10 @@ pub fn render(format: Format, input: &Input<'_>) -> Map<String, Value> {
         Format::Json => {}
         Format::Env => {
             let vars = env::variables(input);
-            out.insert("prefix".into(), Value::String(env::generic_prefix(input.name)));
+            out.insert(
+                "prefix".into(),
+                Value::String(env::generic_prefix(input.name)),
+            );
             out.insert(
                 "secret_variables".into(),
                 Value::Array(

@@ -56,7 +56,10 @@ fn postgres_in_every_format_encodes_the_password() {
     assert!(secret_vars.contains(&"PATCHBAY_PROD_DB_FINANCE_PASSWORD"));
     assert!(!secret_vars.contains(&"PGHOST"));
 
-    let uri = s(&run("postgresql", settings.clone(), &secrets, Format::Uri), "uri");
+    let uri = s(
+        &run("postgresql", settings.clone(), &secrets, Format::Uri),
+        "uri",
+    );
     assert_eq!(
         uri,
         "postgresql://etl:p%40ss%3Aw%2Frd%3F%23%25%26%3D%20%C3%A9@db.internal:5433/fin%20ance?sslmode=require"
