@@ -11,6 +11,7 @@ mod external;
 mod keys;
 mod kit;
 mod probe;
+mod resolve;
 mod sessions;
 mod tls;
 mod tokens;
