@@ -7,6 +7,7 @@ mod connections;
 mod credentials;
 mod keys;
 mod output;
+mod runtime;
 mod tokens;
 mod users;
 
@@ -87,6 +88,12 @@ pub enum ClientCommand {
     /// The audit log: list, export (JSON lines), verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Run CMD with connections resolved into its environment (PGHOST, PGPASSWORD, …, and
+    /// PATCHBAY_<NAME>_<FIELD>); exits with CMD's code. Use a runner token.
+    Exec(runtime::ExecArgs),
+    /// Print connections' environment variables (dotenv or JSON); secrets masked unless
+    /// --reveal.
+    Env(runtime::EnvArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -177,6 +184,11 @@ pub fn run(cmd: ClientCommand, g: Global, command: fn() -> clap::Command) -> Exi
         clap_complete::generate(shell, &mut command(), "patchbay", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    let cmd = match cmd {
+        // exec exits with the command's own code, not ours.
+        ClientCommand::Exec(args) => return runtime::exec(args, g),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -297,6 +309,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
             }
             Ok(())
         }
-        ClientCommand::Completions { .. } => Ok(()),
+        ClientCommand::Env(args) => runtime::env(args, Ctx::new(g)).await,
+        ClientCommand::Exec(_) | ClientCommand::Completions { .. } => Ok(()),
     }
 }

@@ -217,7 +217,10 @@ async fn every_format_for_mysql_redis_s3_snowflake_and_http_or_format_unsupporte
     assert_eq!(e["env"]["SNOWSQL_ACCOUNT"], "xy12345");
     assert_eq!(e["env"]["SNOWSQL_PWD"], "sf");
     let u = ok(&s, &token, &sf, "uri").await;
-    assert_eq!(u["uri"], "snowflake://etl:sf@xy12345/DW/PUBLIC?warehouse=WH");
+    assert_eq!(
+        u["uri"],
+        "snowflake://etl:sf@xy12345/DW/PUBLIC?warehouse=WH"
+    );
     let jd = ok(&s, &token, &sf, "jdbc").await;
     assert_eq!(
         jd["jdbc_url"],
