@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod keyring;
+pub mod principals;
 pub mod ratelimit;
 pub mod request;
 pub mod service;
@@ -121,6 +122,8 @@ impl App {
             },
         );
         let state = AppState {
+            principals: Default::default(),
+            resolve_log: Arc::new(service::resolve_log::ResolveLog::start(store.clone())),
             store,
             keys: ring,
             catalog: patchbay_catalog::Catalog::builtin(),

@@ -601,7 +601,7 @@ impl Store {
     }
 }
 
-async fn upsert_use(
+pub(crate) async fn upsert_use(
     tx: &mut WriteTx<'_>,
     credential_id: &str,
     connection_id: &str,

@@ -15,6 +15,7 @@ mod oauth;
 mod probe_results;
 mod tokens;
 mod users;
+mod uses;
 mod workspaces;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,6 +37,7 @@ pub use keys::{
 pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
+pub use uses::UseRecord;
 pub use workspaces::StoredDataKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,9 @@ pub struct Store {
     /// The audit chain head as this process last wrote it: a hint that saves reading it
     /// in each append, checked by a compare-and-set (audit::insert_audit).
     audit_head: audit::HeadHint,
+    /// Bumped by every change that can narrow what a token may do (revoking it, changing
+    /// memberships or roles): caches of authenticated tokens compare it.
+    auth_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn now_millis() -> i64 {
@@ -125,6 +130,7 @@ impl Store {
             backend,
             write_lock: Default::default(),
             audit_head: Default::default(),
+            auth_generation: Default::default(),
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -137,6 +143,18 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The auth generation: changes whenever a token, membership or role changed through
+    /// this process.
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn auth_changed(&self) {
+        self.auth_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Readiness: the database answers.

@@ -12,6 +12,7 @@ pub mod master_keys;
 pub mod oauth;
 pub mod probes;
 pub mod resolve;
+pub mod resolve_log;
 pub mod sessions;
 pub mod tokens;
 pub mod users;

@@ -11,7 +11,7 @@ use patchbay_core::model::{Connection, Principal, Project};
 use patchbay_core::permission::Permission;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
-use patchbay_store::StoreError;
+use patchbay_store::{StoreError, UseRecord};
 use serde_json::{json, Map, Value};
 
 use super::connection_secrets::{provided_settings, resolve_secrets};
@@ -110,15 +110,19 @@ async fn resolve_connection(
             "credential": m.credential.as_ref().map(|(id, v)| json!({"id": id, "version": v})),
         }),
     );
-    match &m.credential {
-        Some((cred_id, _)) => {
-            state
-                .store
-                .record_reveal(cred_id, &c.id, &p.actor(), &entry)
-                .await?
-        }
-        None => state.store.record_audit(&entry).await?,
-    }
+    // Committed (with the credential's last use) before the secrets leave: no record, no
+    // secret. Concurrent resolves share a transaction (service::resolve_log).
+    state
+        .resolve_log
+        .record(UseRecord {
+            credential: m
+                .credential
+                .as_ref()
+                .map(|(cred_id, _)| (cred_id.clone(), c.id.clone())),
+            principal: p.actor(),
+            audit: entry,
+        })
+        .await?;
     Ok(m)
 }
 
