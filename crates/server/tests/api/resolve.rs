@@ -683,3 +683,61 @@ async fn test_connection_and_resolve_use_the_same_material() {
     assert_eq!(t.body["error"]["stage"], "auth", "{}", t.text);
     assert!(!t.text.contains(CANARY));
 }
+
+/// Concurrent resolves share audit transactions (group commit): each still has its own
+/// event, the credential records its last use, and the chain verifies.
+#[tokio::test]
+async fn concurrent_resolves_each_leave_an_event_and_the_chain_verifies() {
+    let s = Service::start().await;
+    let mut ids = vec![];
+    for i in 0..4 {
+        ids.push(
+            create(
+                &s,
+                &format!("db-{i}"),
+                "postgresql",
+                json!({"host": "db", "database": "d"}),
+                json!({"password": CANARY}),
+            )
+            .await,
+        );
+    }
+    let (token, _) = runner(&s, None).await;
+    let calls = (0..40).map(|i| {
+        let (s, token, id) = (&s, token.clone(), ids[i % ids.len()].clone());
+        async move {
+            let r = resolve(s, &token, &id, Some(json!({"run_id": format!("c-{i}")}))).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    let ws = s.default_workspace().await;
+    let events = s
+        .call(
+            Method::GET,
+            &format!("/api/v1/workspaces/{ws}/audit?action=connection.resolve&limit=500"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(events.body["items"].as_array().unwrap().len(), 40);
+    let verify = s.call(Method::GET, "/api/v1/audit/verify", None, &[]).await;
+    assert_eq!(verify.body["ok"], true, "{}", verify.text);
+    for id in &ids {
+        let j = ok(&s, &token, id, "json").await;
+        let cred = j["credential"]["id"].as_str().unwrap();
+        let usage = s
+            .call(
+                Method::GET,
+                &format!("/api/v1/credentials/{cred}/usage"),
+                None,
+                &[],
+            )
+            .await;
+        assert!(
+            usage.body["items"][0]["last_used_at"].is_string(),
+            "{}",
+            usage.text
+        );
+    }
+}
