@@ -196,14 +196,44 @@ impl Store {
         self.get_connection(id).await
     }
 
+    /// One connection with its credential reference, in one query (every request on a
+    /// connection, and each resolve, starts here).
     pub async fn get_connection(&self, id: &str) -> Result<Connection> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("k.{c}")).collect();
+        let row = sqlx::query(&format!(
+            "SELECT {}, c.id AS cred_id, c.name AS cred_name, c.kind AS cred_kind, \
+             c.owner_connection_id, c.external, c.current_version, \
+             v.credential_id AS version_of, v.secret_fields, v.public_fields \
+             FROM connections k LEFT JOIN credentials c ON c.id = k.credential_id \
+             LEFT JOIN credential_versions v ON v.credential_id = c.id \
+             AND v.version = COALESCE(k.credential_version, c.current_version) \
+             WHERE k.id = $1",
+            columns.join(", ")
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         let mut c = row_to_connection(&row)?;
-        self.fill_credentials(std::slice::from_mut(&mut c)).await?;
+        // As fill_credentials: a credential only with the version row in effect.
+        let version_of: Option<String> = row.try_get("version_of")?;
+        if version_of.is_some() {
+            let owner: Option<String> = row.try_get("owner_connection_id")?;
+            let external: Option<String> = row.try_get("external")?;
+            let cred = ConnectionCredential {
+                id: row.try_get("cred_id")?,
+                name: row.try_get("cred_name")?,
+                kind: row.try_get("cred_kind")?,
+                owned: owner.as_deref() == Some(c.id.as_str()),
+                pinned_version: row.try_get("credential_version")?,
+                current_version: row.try_get("current_version")?,
+                external: external.is_some(),
+                secret_fields: json_list(&row, "secret_fields")?,
+                public_fields: json_map(&row, "public_fields")?,
+            };
+            c.secrets_set = cred.secret_fields.clone();
+            c.credential = Some(cred);
+        }
         Ok(c)
     }
 

@@ -110,7 +110,7 @@ impl Store {
         let options: AnyConnectOptions = url.parse()?;
         let mut pool = AnyPoolOptions::new().max_connections(match backend {
             Backend::Sqlite => 8,
-            Backend::Postgres => 16,
+            Backend::Postgres => 32,
         });
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _| {
