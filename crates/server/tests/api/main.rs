@@ -12,6 +12,7 @@ mod keys;
 mod kit;
 mod probe;
 mod resolve;
+mod resolve_formats;
 mod sessions;
 mod tls;
 mod tokens;
