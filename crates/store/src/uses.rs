@@ -70,25 +70,87 @@ async fn upsert_uses(tx: &mut WriteTx<'_>, rows: &[((&str, &str), &str)]) -> Res
     Ok(())
 }
 
-/// Appends `entries` to the chain: the head read under the chain lock, every hash computed
-/// here, the rows inserted in multi-row statements, the head moved once (SQLite's triggers
-/// check and move it per row).
+/// Appends `entries` to the chain: every hash computed here, the rows inserted in
+/// multi-row statements. The head this process last wrote is tried first, moved by one
+/// compare-and-set (PostgreSQL) or checked by the triggers as the rows go in (SQLite); when
+/// it is stale, the head is read under the chain lock instead.
 async fn append_all(tx: &mut WriteTx<'_>, entries: &[&AuditEntry]) -> Result<()> {
     match entries {
         [] => return Ok(()),
         [one] => return insert_audit(tx, one).await,
         _ => {}
     }
-    let (mut seq, mut prev) = locked_head(tx, tx.backend).await?;
     let at = now_millis();
+    let hint = tx.audit_head.lock().ok().and_then(|g| g.clone());
+    if let Some((seq, hash)) = hint {
+        let rows = chain(seq, hash.clone(), entries, at);
+        let (last_seq, last_hash) = last(&rows);
+        let extended = match tx.backend {
+            Backend::Postgres => {
+                let moved = sqlx::query(
+                    "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
+                     WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
+                )
+                .bind(last_seq)
+                .bind(&last_hash)
+                .bind(seq)
+                .bind(&hash)
+                .execute(&mut *tx.tx)
+                .await?
+                .rows_affected();
+                if moved == 1 {
+                    insert_rows(tx, &rows, at).await?;
+                }
+                moved == 1
+            }
+            // RAISE(ABORT) undoes only the statement: the transaction goes on.
+            Backend::Sqlite => match insert_rows(tx, &rows, at).await {
+                Ok(()) => true,
+                Err(crate::StoreError::Database(sqlx::Error::Database(db)))
+                    if db.message().contains("audit chain head moved") =>
+                {
+                    false
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if extended {
+            remember(tx, last_seq, &last_hash);
+            return Ok(());
+        }
+    }
+    let (seq, hash) = locked_head(tx, tx.backend).await?;
+    let rows = chain(seq, hash, entries, at);
+    let (last_seq, last_hash) = last(&rows);
+    insert_rows(tx, &rows, at).await?;
+    if tx.backend == Backend::Postgres {
+        set_head(tx, last_seq, &last_hash).await?;
+    }
+    remember(tx, last_seq, &last_hash);
+    Ok(())
+}
+
+/// `(seq, entry, details, prev_hash, hash)` of each entry after head `(seq, prev)`.
+type Row<'a> = (i64, &'a AuditEntry, String, String, String);
+
+fn chain<'a>(mut seq: i64, mut prev: String, entries: &[&'a AuditEntry], at: i64) -> Vec<Row<'a>> {
     let mut rows = Vec::with_capacity(entries.len());
     for e in entries {
         seq += 1;
         let details = e.details.to_string();
         let hash = event_hash(&prev, seq, at, e, &details);
-        rows.push((seq, *e, details, prev.clone(), hash.clone()));
+        rows.push((seq, *e, details, prev, hash.clone()));
         prev = hash;
     }
+    rows
+}
+
+fn last(rows: &[Row<'_>]) -> (i64, String) {
+    let (seq, _, _, _, hash) = rows.last().expect("at least two entries");
+    (*seq, hash.clone())
+}
+
+async fn insert_rows(tx: &mut WriteTx<'_>, rows: &[Row<'_>], at: i64) -> Result<()> {
     for chunk in rows.chunks(CHUNK) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
@@ -136,9 +198,5 @@ async fn append_all(tx: &mut WriteTx<'_>, entries: &[&AuditEntry]) -> Result<()>
         }
         q.execute(&mut *tx.tx).await?;
     }
-    if tx.backend == Backend::Postgres {
-        set_head(tx, seq, &prev).await?;
-    }
-    remember(tx, seq, &prev);
     Ok(())
 }

@@ -949,3 +949,36 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
         );
     }
 }
+
+/// Two processes on one SQLite file: the second appends, so the first one's remembered
+/// head is stale; its next batch falls back to the locked head and the chain still verifies.
+#[tokio::test]
+async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
+    use patchbay_store::{UseRecord, Verification};
+    let (a, dir) = sqlite().await;
+    let b = Store::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
+        .await
+        .unwrap();
+    let batch = |tag: &str| -> Vec<UseRecord> {
+        (0..3)
+            .map(|i| UseRecord {
+                credential: None,
+                principal: "token:runner".into(),
+                audit: audit("connection.resolve", &format!("{tag}-{i}")),
+            })
+            .collect()
+    };
+    a.record_uses(&batch("a1")).await.unwrap();
+    b.record_uses(&batch("b1")).await.unwrap();
+    a.record_uses(&batch("a2")).await.unwrap();
+    b.create_project(&workspace_and_project(&b).await.0, "x", &audit("p", ""))
+        .await
+        .unwrap();
+    a.record_uses(&batch("a3")).await.unwrap();
+    match a.verify_audit().await.unwrap() {
+        Verification::Ok {
+            count, head_seq, ..
+        } => assert_eq!(count, head_seq),
+        other => panic!("chain broken: {other:?}"),
+    }
+}
