@@ -30,6 +30,7 @@ error_codes! {
     InvalidQuery => ("invalid_query", "invalid_request", 400, "A query parameter is malformed (limit, cursor, filter)."),
     UnsupportedMediaType => ("unsupported_media_type", "invalid_request", 415, "The Content-Type is not application/json (or application/merge-patch+json for PATCH)."),
     PayloadTooLarge => ("payload_too_large", "invalid_request", 413, "The body exceeds 1 MiB."),
+    FormatUnsupported => ("format_unsupported", "invalid_request", 400, "The connector type has no such resolve format (e.g. `uri` for S3, `jdbc` for Redis); `field` is /format."),
     RateLimited => ("rate_limited", "invalid_request", 429, "Too many requests of one kind: failed authentications from this address, token prefix or username, or connection tests by this principal (default 30 a minute, and a cap on concurrent ones). Retry after the seconds in Retry-After."),
     Unauthenticated => ("unauthenticated", "auth", 401, "No valid bearer token was presented."),
     Forbidden => ("forbidden", "auth", 403, "The token lacks the permission this call needs, or its user's role does not grant it in this workspace."),

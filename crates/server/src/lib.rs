@@ -7,6 +7,7 @@ pub mod body;
 pub mod document_file;
 pub mod error;
 pub mod keyring;
+pub mod principals;
 pub mod ratelimit;
 pub mod request;
 pub mod service;
@@ -125,6 +126,8 @@ impl App {
             },
         );
         let state = AppState {
+            principals: Default::default(),
+            resolve_log: Arc::new(service::resolve_log::ResolveLog::start(store.clone())),
             store,
             keys: ring,
             catalog: patchbay_catalog::Catalog::builtin(),

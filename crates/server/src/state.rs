@@ -23,6 +23,11 @@ pub struct AppState {
     pub auth_failures: Arc<crate::ratelimit::WindowLimiter>,
     /// Connection tests: network guard and rate limits (service::probes).
     pub probes: Arc<crate::service::probes::Probes>,
+    /// Authenticated tokens, for a short while (auth.rs; invalidated by the store's auth
+    /// generation).
+    pub principals: Arc<crate::principals::PrincipalCache>,
+    /// Group commit of resolves' audit events (service::resolve_log).
+    pub resolve_log: Arc<crate::service::resolve_log::ResolveLog>,
 }
 
 /// Tunables read once at start.

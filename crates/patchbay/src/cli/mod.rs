@@ -9,6 +9,7 @@ mod credentials;
 mod dependents;
 mod keys;
 mod output;
+mod runtime;
 mod tokens;
 mod transfer;
 mod users;
@@ -104,6 +105,12 @@ pub enum ClientCommand {
     Export(transfer::ExportArgs),
     /// Apply a document or Airflow connections to --project (idempotent; prints the diff).
     Import(transfer::ImportArgs),
+    /// Run CMD with connections resolved into its environment (PGHOST, PGPASSWORD, …, and
+    /// PATCHBAY_<NAME>_<FIELD>); exits with CMD's code. Use a runner token.
+    Exec(runtime::ExecArgs),
+    /// Print connections' environment variables (dotenv or JSON); secrets masked unless
+    /// --reveal.
+    Env(runtime::EnvArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -198,6 +205,11 @@ pub fn run(cmd: ClientCommand, g: Global, command: fn() -> clap::Command) -> Exi
         clap_complete::generate(shell, &mut command(), "patchbay", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    let cmd = match cmd {
+        // exec exits with the command's own code, not ours.
+        ClientCommand::Exec(args) => return runtime::exec(args, g),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -323,6 +335,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
             }
             Ok(())
         }
-        ClientCommand::Completions { .. } => Ok(()),
+        ClientCommand::Env(args) => runtime::env(args, Ctx::new(g)).await,
+        ClientCommand::Exec(_) | ClientCommand::Completions { .. } => Ok(()),
     }
 }

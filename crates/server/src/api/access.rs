@@ -149,6 +149,16 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/projects/{project}/connections/test",
         Needs(ConnectionsTest),
     ),
+    (
+        "POST",
+        "/api/v1/connections/{id}/resolve",
+        Needs(ConnectionsResolve),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/connections/by-name/{name}/resolve",
+        Needs(ConnectionsResolve),
+    ),
     ("PUT", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     ("PATCH", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     (

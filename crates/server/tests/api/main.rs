@@ -14,6 +14,8 @@ mod import_export;
 mod keys;
 mod kit;
 mod probe;
+mod resolve;
+mod resolve_formats;
 mod sessions;
 mod tls;
 mod tokens;
