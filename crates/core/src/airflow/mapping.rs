@@ -451,13 +451,32 @@ pub fn export(
         for (k, _) in m.fixed {
             used.push(k);
         }
-        if m.airflow == "http" {
+        // Import infers `basic` from a login or password; any other scheme must travel.
+        if m.airflow == "http"
+            && settings.get("auth_type").and_then(Value::as_str) == Some("basic")
+            && (c.login.is_some() || c.password.is_some())
+        {
             used.push("auth_type");
         }
     }
     for (k, v) in settings {
         if !used.contains(&k.as_str()) && !extra.contains_key(k) {
             extra.insert(k.clone(), v.clone());
+        }
+    }
+    // Secrets the row does not name (a bearer token, an API key) travel as extras under
+    // their own names too, as the import reads them back; none is dropped.
+    let named: Vec<&str> = by_patchbay(type_id)
+        .map(|m| {
+            m.password
+                .into_iter()
+                .chain(m.secret_extras.iter().map(|(_, to)| *to))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in secrets {
+        if !named.contains(&k.as_str()) && !extra.contains_key(k) {
+            extra.insert(k.clone(), Value::String(string_of(v)));
         }
     }
     if !extra.is_empty() {

@@ -589,3 +589,33 @@ fn conn_ids_become_valid_names() {
     assert_eq!(name_for_conn_id("__x").as_deref(), Some("x"));
     assert_eq!(name_for_conn_id("!!!"), None);
 }
+
+#[test]
+fn secrets_and_auth_schemes_the_row_does_not_name_travel_as_extras() {
+    // An HTTP connection with a bearer token: neither Airflow's login nor its password, so
+    // the token and the scheme go to the extra and come back as unmapped fields.
+    let settings = json!({"base_url": "https://api.example.com/v1", "auth_type": "bearer"});
+    let secrets = json!({"bearer_token": "tok/+?"});
+    let c = export(
+        "rest",
+        settings.as_object().unwrap(),
+        secrets.as_object().unwrap(),
+        "",
+    );
+    let back = import(&parse_uri(&to_uri(&c)).unwrap()).unwrap();
+    assert_eq!(back.unmapped["bearer_token"], "tok/+?");
+    assert_eq!(back.unmapped["auth_type"], "bearer");
+    // Basic auth stays implied by the login and password, as Airflow writes it.
+    let basic = export(
+        "rest",
+        json!({"base_url": "https://api.example.com", "auth_type": "basic", "username": "me"})
+            .as_object()
+            .unwrap(),
+        json!({"password": "pw"}).as_object().unwrap(),
+        "",
+    );
+    assert!(basic.extra.is_none(), "{:?}", basic.extra);
+    let back = import(&parse_uri(&to_uri(&basic)).unwrap()).unwrap();
+    assert_eq!(back.settings["auth_type"], "basic");
+    assert_eq!(back.secrets["password"], "pw");
+}

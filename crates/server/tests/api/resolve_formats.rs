@@ -133,7 +133,7 @@ async fn every_format_for_mysql_redis_s3_snowflake_and_http_or_format_unsupporte
     let a = ok(&s, &token, &s3, "airflow_uri").await;
     assert_eq!(
         a["uri"],
-        format!("aws://AKIAEXAMPLE:{CANARY}@/?bucket=lake&region_name=eu-west-1")
+        format!("aws://AKIAEXAMPLE:{CANARY}@/?region_name=eu-west-1&bucket=lake")
     );
     let j = ok(&s, &token, &s3, "json").await;
     assert_eq!(j["secrets"]["secret_access_key"], CANARY);

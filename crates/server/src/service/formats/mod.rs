@@ -7,7 +7,6 @@
 //! has the table. Secrets appear only in the values this module returns, which the handler
 //! writes into a `Cache-Control: no-store` response.
 
-mod airflow;
 mod env;
 mod uri;
 
@@ -170,9 +169,18 @@ pub fn render(format: Format, input: &Input<'_>) -> Map<String, Value> {
             out.insert("properties".into(), Value::Object(props));
         }
         Format::AirflowUri => {
-            let conn = airflow::connection(input);
+            // The same mapping and formatter as `patchbay export --format airflow-uri`.
+            let secrets: Map<String, Value> = input
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.expose_secret().to_owned())))
+                .collect();
+            let conn = patchbay_core::airflow::export(&input.ty.id, input.settings, &secrets, "");
             out.insert("conn_type".into(), Value::String(conn.conn_type.clone()));
-            out.insert("uri".into(), Value::String(conn.uri()));
+            out.insert(
+                "uri".into(),
+                Value::String(patchbay_core::airflow::to_uri(&conn)),
+            );
         }
     }
     out
