@@ -102,6 +102,9 @@ pub async fn audit(
                     "credential" if !r.entry.action.ends_with(".delete") => {
                         format!("/credentials/{}", r.entry.target_id)
                     }
+                    "webhook" if !r.entry.action.ends_with(".delete") => {
+                        format!("/webhooks/{}", r.entry.target_id)
+                    }
                     _ => String::new(),
                 },
                 target: format!("{} {}", r.entry.target_kind, r.entry.target_id),

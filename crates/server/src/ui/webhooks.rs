@@ -103,23 +103,18 @@ async fn webhooks_page(
     form: Form,
     status: StatusCode,
 ) -> ApiResult<Response> {
-    let mut rows = vec![];
-    // One query per webhook for its latest delivery: a workspace has a handful of webhooks.
-    for w in webhooks::list(state, &ui.p, &ws.id).await? {
-        let last = webhooks::deliveries(state, &ui.p, &w.id, 1)
-            .await?
-            .into_iter()
-            .next()
-            .map(DeliveryRow::of);
-        rows.push(WebhookRow {
+    let rows = webhooks::list_with_latest(state, &ui.p, &ws.id)
+        .await?
+        .into_iter()
+        .map(|(w, last)| WebhookRow {
             events: events_label(&w.events),
             id: w.id,
             url: w.url,
             description: w.description,
             enabled: w.enabled,
-            last,
-        });
-    }
+            last: last.map(DeliveryRow::of),
+        })
+        .collect();
     let kinds = EVENT_KINDS
         .iter()
         .map(|k| EventChoice {

@@ -321,6 +321,12 @@ async fn webhooks_show_their_secret_only_on_creation_toggle_redeliver_and_delete
         s.create_pg(&project, "hooked").await.status,
         StatusCode::CREATED
     );
+    let list = b.get(&path).await;
+    assert!(
+        list.text.contains("<code>connection.created</code>") && !list.text.contains("none yet"),
+        "the latest delivery shows: {}",
+        list.text
+    );
     let detail = b.get(&format!("/webhooks/{id}")).await;
     assert_eq!(detail.status, StatusCode::OK, "{}", detail.text);
     assert_ui_headers("webhook", &detail);
