@@ -125,6 +125,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Needs(WorkspaceAdmin),
     ),
     ("GET", "/workspaces/{ws}/members", Needs(MembersManage)),
+    ("POST", "/workspaces/{ws}/members", Needs(MembersManage)),
     (
         "POST",
         "/workspaces/{ws}/members/{user}",

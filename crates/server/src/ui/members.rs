@@ -1,5 +1,5 @@
-//! Members of a workspace: each user with their role, change the role, remove the member
-//! (`service::users`; nobody grants more than they hold).
+//! Members of a workspace: each user with their role, add a user, change the role, remove
+//! the member (`service::users`; nobody grants more than they hold).
 
 use askama::Template;
 use axum::body::Bytes;
@@ -29,6 +29,8 @@ struct MembersPage {
     chrome: Chrome,
     ws: String,
     rows: Vec<MemberRow>,
+    /// Every role of the workspace, for the "Add a member" form.
+    roles: Vec<Choice>,
     error: String,
 }
 
@@ -58,6 +60,14 @@ async fn members_page(
             username: m.username,
         })
         .collect();
+    let roles = roles
+        .iter()
+        .map(|r| Choice {
+            value: r.name.clone(),
+            label: r.name.clone(),
+            selected: r.name == "viewer",
+        })
+        .collect();
     let chrome = Chrome::load(state, ui, None, Some(&ws.id), "members").await?;
     Ok(render_status(
         status,
@@ -65,6 +75,7 @@ async fn members_page(
             chrome,
             ws: ws.id.clone(),
             rows,
+            roles,
             error,
         },
     ))
@@ -95,6 +106,33 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let ws = workspaces::get(&state, &ui.p, &ws).await?;
     members_page(&state, &ui, &ws, String::new(), StatusCode::OK).await
+}
+
+/// `POST /workspaces/{ws}/members`: fields `username` (an existing user, `patchbay users
+/// create`) and `role`.
+pub async fn add(
+    State(state): State<AppState>,
+    ui: Ui,
+    Path(ws): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let ws = workspaces::get(&state, &ui.p, &ws).await?;
+    let posted = Posted(pairs(&body));
+    let username = posted.text("username");
+    if username.is_empty() {
+        let done = Err(ApiError::field(
+            patchbay_core::ErrorCode::InvalidField,
+            "/username",
+            "name the user to add",
+        ));
+        return or_page(&state, &ui, &ws, done).await;
+    }
+    let mut b = Map::new();
+    b.insert("role".into(), Value::String(posted.text("role")));
+    let done = users::put_member(&state, &ui.p, &ws.id, &username, b)
+        .await
+        .map(|_| ());
+    or_page(&state, &ui, &ws, done).await
 }
 
 /// `POST /workspaces/{ws}/members/{user}`: field `role`.

@@ -112,7 +112,10 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/{id}/deliveries/{event}/redeliver",
             post(webhooks::redeliver),
         )
-        .route("/workspaces/{ws}/members", get(members::list))
+        .route(
+            "/workspaces/{ws}/members",
+            get(members::list).post(members::add),
+        )
         .route("/workspaces/{ws}/members/{user}", post(members::set_role))
         .route(
             "/workspaces/{ws}/members/{user}/remove",

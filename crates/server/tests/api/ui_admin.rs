@@ -398,13 +398,21 @@ async fn webhooks_show_their_secret_only_on_creation_toggle_redeliver_and_delete
 }
 
 #[tokio::test]
-async fn members_change_role_and_are_removed() {
+async fn members_are_added_change_role_and_are_removed() {
     let s = Service::start().await;
     let ws = s.default_workspace().await;
     let bob = s.create_user("member-bob").await;
-    s.set_role(&ws, &bob, "viewer").await;
     let b = Browser::sign_in(&s, "admin", &admin_password(&s)).await;
     let path = format!("/workspaces/{ws}/members");
+    let nobody = b
+        .post(&path, &[("username", "no-such-user"), ("role", "viewer")])
+        .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{}", nobody.text);
+    assert!(nobody.text.contains("alert-error"));
+    let added = b
+        .post(&path, &[("username", "member-bob"), ("role", "viewer")])
+        .await;
+    assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.text);
     let page = b.get(&path).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text);
     assert_ui_headers(&path, &page);
@@ -491,6 +499,10 @@ async fn a_viewer_sees_no_admin_entries_and_its_admin_form_posts_answer_403() {
             vec![("role", "viewer")],
         ),
         (format!("/workspaces/{ws}/members/admin/remove"), vec![]),
+        (
+            format!("/workspaces/{ws}/members"),
+            vec![("username", "viewer-vic"), ("role", "admin")],
+        ),
     ];
     for (path, fields) in &posts {
         let r = viewer.post(path, fields).await;
