@@ -1,6 +1,7 @@
 //! patchbay's domain: connector schemas, connection validation, permissions, records and
 //! the error table. Nothing in this crate does IO.
 
+pub mod airflow;
 pub mod error;
 pub mod model;
 pub mod names;

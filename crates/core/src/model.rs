@@ -44,6 +44,9 @@ pub struct Connection {
     pub secrets_set: Vec<String>,
     /// Where the secrets come from: the connection's own credential, a shared one, or none.
     pub credential: Option<ConnectionCredential>,
+    /// The provisioning file that manages this connection (`serve --provision`); the API
+    /// refuses to change it. `None`: managed through the API.
+    pub provisioned: Option<String>,
     pub version: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -96,6 +99,8 @@ pub struct Credential {
     pub secret_fields: Vec<String>,
     /// Non-secret field values of the current version.
     pub public_fields: Map<String, Value>,
+    /// The provisioning file that manages this credential; the API refuses to change it.
+    pub provisioned: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

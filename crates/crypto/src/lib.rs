@@ -10,6 +10,7 @@
 //!   they carry 256 bits of entropy, so a slow hash adds nothing).
 
 mod envelope;
+mod passphrase;
 mod password;
 mod secret;
 mod token;
@@ -17,6 +18,10 @@ mod token;
 pub use envelope::{
     sync_parent, CryptoError, DataKey, EncryptedValue, MasterKey, SecretAad, WrappedKey,
     OAUTH_TOKEN_FIELD, OAUTH_TOKEN_VERSION, WEBHOOK_SECRET_FIELD, WEBHOOK_SECRET_VERSION,
+};
+pub use passphrase::{
+    is_sealed, KdfParams, PassphraseError, PassphraseKey, ALGORITHM as PASSPHRASE_ALGORITHM,
+    SEALED_PREFIX,
 };
 pub use password::{hash_password, verify_password, PasswordError, MIN_PASSWORD_LEN};
 pub use secret::{KeyBytes, SecretString};

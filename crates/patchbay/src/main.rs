@@ -109,6 +109,12 @@ struct ServeArgs {
     /// separated like PATH. Default: none, every local path is refused.
     #[arg(long, env = "PATCHBAY_PROBE_FILE_ROOTS", default_value = "")]
     probe_file_roots: std::ffi::OsString,
+    /// Apply the document files (*.yaml, *.yml, *.json) of this directory at start; what they
+    /// define is read-only through the API, and a connection removed from them is deleted.
+    /// `${VAR}` in secrets reads this process's environment; sealed secrets open with
+    /// PATCHBAY_EXPORT_PASSPHRASE.
+    #[arg(long, env = "PATCHBAY_PROVISION_DIR")]
+    provision: Option<PathBuf>,
     /// Connection tests one principal may start per minute.
     #[arg(long, env = "PATCHBAY_TESTS_PER_MINUTE", default_value_t = 30)]
     tests_per_minute: usize,
@@ -274,6 +280,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             trusted_proxies: parse_cidrs(&args.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("trusted proxies: {e}"))?,
             events: webhook_settings(&args.webhooks),
+            provision_dir: args.provision,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

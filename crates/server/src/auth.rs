@@ -1,8 +1,10 @@
 //! Authentication: a bearer token, or else a browser session cookie (with its CSRF token on
 //! changes). Every API handler takes an [`Auth`]; a missing, unknown, revoked or expired
 //! token or session answers 401 with one undifferentiated message, and failures are
-//! throttled per source address and token prefix. A user's memberships are read on every
-//! request, so role changes apply at once.
+//! throttled per source address and token prefix. A token's record and its user's
+//! memberships are kept for at most 2 s (`principals::PrincipalCache`); a revocation or
+//! membership change made through this process empties that cache at once, one made through
+//! another replica applies within those 2 s.
 
 use std::collections::BTreeMap;
 
@@ -59,15 +61,35 @@ impl FromRequestParts<AppState> for Auth {
         // is refused before the lookup, whatever it sends.
         let keys = failure_keys(parts, Some(token));
         throttled(state, &keys)?;
-        let record = match verify(state, token).await? {
-            Some(r) => r,
+        let hash = hash_token(token);
+        // Read before the lookups: a change committed meanwhile makes the entry stale.
+        let generation = state.store.auth_generation();
+        let (record, memberships) = match state.principals.get(&hash, generation) {
+            Some(cached) => cached,
             None => {
-                failed(state, &keys);
-                return Err(unauthenticated());
+                let record = match verify(state, &hash).await? {
+                    Some(r) => r,
+                    None => {
+                        failed(state, &keys);
+                        return Err(unauthenticated());
+                    }
+                };
+                let memberships = match &record.user_id {
+                    None => None,
+                    Some(user_id) => memberships(state, user_id).await?,
+                };
+                state.principals.put(
+                    hash.clone(),
+                    record.clone(),
+                    memberships.clone(),
+                    generation,
+                );
+                (record, memberships)
             }
         };
         let now = now_millis();
         if record.last_used_at.is_none_or(|t| t < now - 60_000) {
+            state.principals.touched(&hash, now);
             let store = state.store.clone();
             let id = record.id.clone();
             tokio::spawn(async move {
@@ -76,10 +98,6 @@ impl FromRequestParts<AppState> for Auth {
                 }
             });
         }
-        let memberships = match &record.user_id {
-            None => None,
-            Some(user_id) => memberships(state, user_id).await?,
-        };
         // An agent token is bound to its zone through its agent row.
         let agent_zone = if record.kind == crate::service::tokens::AGENT {
             match state.store.agent_by_token(&record.id).await {
@@ -191,15 +209,14 @@ pub(crate) fn failure_keys(parts: &Parts, token: Option<&str>) -> Vec<String> {
     keys
 }
 
-/// The live token record `token` names: known, hash equal in constant time, not revoked,
+/// The live token record whose hash is `hash`: known, hash equal in constant time, not revoked,
 /// not expired. `None` for every kind of failure alike.
-async fn verify(state: &AppState, token: &str) -> ApiResult<Option<TokenRecord>> {
-    let hash = hash_token(token);
-    let Some(record) = state.store.find_token(&hash).await? else {
+async fn verify(state: &AppState, hash: &[u8]) -> ApiResult<Option<TokenRecord>> {
+    let Some(record) = state.store.find_token(hash).await? else {
         return Ok(None);
     };
     let now = now_millis();
-    let live = token_hashes_equal(&record.token_hash, &hash)
+    let live = token_hashes_equal(&record.token_hash, hash)
         && record.revoked_at.is_none()
         && record.expires_at.is_none_or(|e| e > now);
     Ok(live.then_some(record))

@@ -4,8 +4,10 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod document_file;
 pub mod error;
 pub mod keyring;
+pub mod principals;
 pub mod ratelimit;
 pub mod request;
 pub mod service;
@@ -77,6 +79,8 @@ pub enum StartError {
     Bootstrap(String),
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    Provision(String),
 }
 
 /// A started service: state plus its router, before binding (tests and benchmarks serve it
@@ -122,6 +126,8 @@ impl App {
             },
         );
         let state = AppState {
+            principals: Default::default(),
+            resolve_log: Arc::new(service::resolve_log::ResolveLog::start(store.clone())),
             store,
             keys: ring,
             catalog: patchbay_catalog::Catalog::builtin(),
@@ -152,6 +158,11 @@ impl App {
                     e.0.message
                 ))
             })?;
+        if let Some(dir) = &state.settings.provision_dir {
+            service::provision::startup::provision(&state, dir)
+                .await
+                .map_err(StartError::Provision)?;
+        }
         tokio::spawn(service::credentials::sweep_forever(
             state.clone(),
             state.settings.sweep_interval,

@@ -23,6 +23,11 @@ pub struct AppState {
     pub auth_failures: Arc<crate::ratelimit::WindowLimiter>,
     /// Connection tests: network guard and rate limits (service::probes).
     pub probes: Arc<crate::service::probes::Probes>,
+    /// Authenticated tokens, for a short while (auth.rs; invalidated by the store's auth
+    /// generation).
+    pub principals: Arc<crate::principals::PrincipalCache>,
+    /// Group commit of resolves' audit events (service::resolve_log).
+    pub resolve_log: Arc<crate::service::resolve_log::ResolveLog>,
 }
 
 /// Tunables read once at start.
@@ -53,6 +58,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<patchbay_probe::guard::Cidr>,
     /// Webhook delivery: poll interval, timeout, retries and backoff, lease, retention.
     pub events: crate::service::events::EventSettings,
+    /// `serve --provision DIR`: document files applied at start (service::provision).
+    pub provision_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -69,6 +76,7 @@ impl Default for Settings {
             probes: Default::default(),
             trusted_proxies: Vec::new(),
             events: Default::default(),
+            provision_dir: None,
         }
     }
 }

@@ -206,7 +206,7 @@ pub fn event_hash(prev_hash: &str, seq: i64, at: i64, e: &AuditEntry, details: &
 
 /// The chain head `(seq, hash)`, locked for this transaction on PostgreSQL (SQLite's write
 /// transaction already excludes other writers).
-async fn locked_head(tx: &mut WriteTx<'_>, backend: Backend) -> Result<(i64, String)> {
+pub(crate) async fn locked_head(tx: &mut WriteTx<'_>, backend: Backend) -> Result<(i64, String)> {
     let sql = match backend {
         Backend::Postgres => "SELECT head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE",
         Backend::Sqlite => "SELECT head_seq, head_hash FROM audit_chain WHERE id = 1",
@@ -215,7 +215,7 @@ async fn locked_head(tx: &mut WriteTx<'_>, backend: Backend) -> Result<(i64, Str
     row.ok_or_else(|| StoreError::Corrupt("audit_chain has no state row".into()))
 }
 
-async fn set_head(tx: &mut WriteTx<'_>, seq: i64, hash: &str) -> Result<()> {
+pub(crate) async fn set_head(tx: &mut WriteTx<'_>, seq: i64, hash: &str) -> Result<()> {
     sqlx::query("UPDATE audit_chain SET head_seq = $1, head_hash = $2 WHERE id = 1")
         .bind(seq)
         .bind(hash)
@@ -275,7 +275,7 @@ async fn insert_row(
 /// [`insert_audit`] detects.
 pub(crate) type HeadHint = std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>;
 
-fn remember(tx: &WriteTx<'_>, seq: i64, hash: &str) {
+pub(crate) fn remember(tx: &WriteTx<'_>, seq: i64, hash: &str) {
     if let Ok(mut g) = tx.audit_head.lock() {
         *g = Some((seq, hash.to_owned()));
     }

@@ -70,10 +70,12 @@ pub struct ConnectionPage {
     pub more_after: Option<String>,
 }
 
-const COLUMNS: &str = "id, workspace_id, project_id, name, type, description, environment, \
-                       tags, settings, version, created_at, updated_at, credential_id, \
-                       credential_version, zone, (SELECT COUNT(*) FROM connection_dependents d \
-                       WHERE d.connection_id = connections.id) AS dependents_count";
+/// A connection's columns, the table aliased `k`, with the number of its dependents.
+const COLUMNS: &str = "k.id, k.workspace_id, k.project_id, k.name, k.type, k.description, \
+                       k.environment, k.tags, k.settings, k.version, k.created_at, k.updated_at, \
+                       k.credential_id, k.credential_version, k.zone, k.provisioned, \
+                       (SELECT COUNT(*) FROM connection_dependents d \
+                       WHERE d.connection_id = k.id) AS dependents_count";
 
 fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
     let tags: String = row.try_get("tags")?;
@@ -92,6 +94,7 @@ fn row_to_connection(row: &sqlx::any::AnyRow) -> Result<Connection> {
         settings: serde_json::from_str(&settings).map_err(corrupt)?,
         secrets_set: Vec::new(),
         credential: None,
+        provisioned: row.try_get("provisioned")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -202,14 +205,42 @@ impl Store {
         self.get_connection(id).await
     }
 
+    /// One connection with its credential reference, in one query (every request on a
+    /// connection, and each resolve, starts here).
     pub async fn get_connection(&self, id: &str) -> Result<Connection> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM connections WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, c.id AS cred_id, c.name AS cred_name, c.kind AS cred_kind, \
+             c.owner_connection_id, c.external, c.current_version, \
+             v.credential_id AS version_of, v.secret_fields, v.public_fields \
+             FROM connections k LEFT JOIN credentials c ON c.id = k.credential_id \
+             LEFT JOIN credential_versions v ON v.credential_id = c.id \
+             AND v.version = COALESCE(k.credential_version, c.current_version) \
+             WHERE k.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         let mut c = row_to_connection(&row)?;
-        self.fill_credentials(std::slice::from_mut(&mut c)).await?;
+        // As fill_credentials: a credential only with the version row in effect.
+        let version_of: Option<String> = row.try_get("version_of")?;
+        if version_of.is_some() {
+            let owner: Option<String> = row.try_get("owner_connection_id")?;
+            let external: Option<String> = row.try_get("external")?;
+            let cred = ConnectionCredential {
+                id: row.try_get("cred_id")?,
+                name: row.try_get("cred_name")?,
+                kind: row.try_get("cred_kind")?,
+                owned: owner.as_deref() == Some(c.id.as_str()),
+                pinned_version: row.try_get("credential_version")?,
+                current_version: row.try_get("current_version")?,
+                external: external.is_some(),
+                secret_fields: json_list(&row, "secret_fields")?,
+                public_fields: json_map(&row, "public_fields")?,
+            };
+            c.secrets_set = cred.secret_fields.clone();
+            c.credential = Some(cred);
+        }
         Ok(c)
     }
 
@@ -337,7 +368,7 @@ impl Store {
         limit: u32,
         after: Option<&str>,
     ) -> Result<ConnectionPage> {
-        let mut sql = format!("SELECT {COLUMNS} FROM connections WHERE project_id = $1");
+        let mut sql = format!("SELECT {COLUMNS} FROM connections k WHERE k.project_id = $1");
         let mut binds: Vec<String> = vec![project_id.to_owned()];
         let next = |binds: &mut Vec<String>, v: String| {
             binds.push(v);
@@ -358,7 +389,7 @@ impl Store {
         }
         if let Some(tag) = &filter.tag {
             sql += &format!(
-                " AND EXISTS (SELECT 1 FROM connection_tags t WHERE t.connection_id = connections.id AND t.tag = {})",
+                " AND EXISTS (SELECT 1 FROM connection_tags t WHERE t.connection_id = k.id AND t.tag = {})",
                 next(&mut binds, tag.clone())
             );
         }

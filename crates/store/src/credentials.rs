@@ -59,7 +59,7 @@ pub struct CredentialUse {
 
 const COLUMNS: &str = "c.id, c.workspace_id, c.name, c.kind, c.description, \
     c.owner_connection_id, c.external, c.current_version, c.revision, c.created_at, \
-    c.updated_at, v.secret_fields, v.public_fields";
+    c.updated_at, c.provisioned, v.secret_fields, v.public_fields";
 
 const FROM: &str = "FROM credentials c JOIN credential_versions v \
     ON v.credential_id = c.id AND v.version = c.current_version";
@@ -95,6 +95,7 @@ fn row_to_credential(row: &sqlx::any::AnyRow) -> Result<Credential> {
         revision: row.try_get("revision")?,
         secret_fields: json_list(row, "secret_fields")?,
         public_fields: json_map(row, "public_fields")?,
+        provisioned: row.try_get("provisioned")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -427,37 +428,46 @@ impl Store {
         id: &str,
         version: i64,
     ) -> Result<BTreeMap<String, EncryptedValue>> {
-        let state: Option<(String, Option<i64>)> = sqlx::query_as(
-            "SELECT state, grace_until FROM credential_versions \
-             WHERE credential_id = $1 AND version = $2",
-        )
-        .bind(id)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
-        match state {
-            None => {
-                return Err(StoreError::VersionUnavailable {
-                    version,
-                    state: "missing".into(),
-                })
-            }
-            Some((s, _)) if s == "current" => {}
-            Some((s, Some(until))) if s == "previous" && until > now_millis() => {}
-            Some((s, _)) => {
-                let state = if s == "previous" { "expired".into() } else { s };
-                return Err(StoreError::VersionUnavailable { version, state });
-            }
-        }
+        // One query (a resolve's hot path): the version's state with its ciphertext rows.
         let rows = sqlx::query(
-            "SELECT field, key_id, nonce, ciphertext FROM credential_secrets \
-             WHERE credential_id = $1 AND version = $2",
+            "SELECT v.state, v.grace_until, s.field, s.key_id, s.nonce, s.ciphertext \
+             FROM credential_versions v LEFT JOIN credential_secrets s \
+             ON s.credential_id = v.credential_id AND s.version = v.version \
+             WHERE v.credential_id = $1 AND v.version = $2",
         )
         .bind(id)
         .bind(version)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(crate::field_and_value).collect()
+        let Some(first) = rows.first() else {
+            return Err(StoreError::VersionUnavailable {
+                version,
+                state: "missing".into(),
+            });
+        };
+        let state: String = first.try_get("state")?;
+        let grace_until: Option<i64> = first.try_get("grace_until")?;
+        match (state.as_str(), grace_until) {
+            ("current", _) => {}
+            ("previous", Some(until)) if until > now_millis() => {}
+            (s, _) => {
+                let state = if s == "previous" {
+                    "expired".into()
+                } else {
+                    s.to_owned()
+                };
+                return Err(StoreError::VersionUnavailable { version, state });
+            }
+        }
+        let mut out = BTreeMap::new();
+        for row in &rows {
+            let field: Option<String> = row.try_get("field")?;
+            if field.is_some() {
+                let (field, value) = crate::field_and_value(row)?;
+                out.insert(field, value);
+            }
+        }
+        Ok(out)
     }
 
     /// The non-secret fields of one version.

@@ -15,8 +15,10 @@ mod keys;
 mod migrate;
 mod oauth;
 mod probe_results;
+mod provisioned;
 mod tokens;
 mod users;
+mod uses;
 mod workspaces;
 mod zones;
 
@@ -42,8 +44,10 @@ pub use keys::{
     StartRotation,
 };
 pub use probe_results::{StoredTestResult, TEST_HISTORY};
+pub use provisioned::{Provisionable, ProvisionedConnection};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
+pub use uses::UseRecord;
 pub use workspaces::StoredDataKey;
 pub use zones::{AgentJob, AgentRecord, ZoneRecord};
 
@@ -88,6 +92,9 @@ pub struct Store {
     /// The audit chain head as this process last wrote it: a hint that saves reading it
     /// in each append, checked by a compare-and-set (audit::insert_audit).
     audit_head: audit::HeadHint,
+    /// Bumped by every change that can narrow what a token may do (revoking it, changing
+    /// memberships or roles): caches of authenticated tokens compare it.
+    auth_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn now_millis() -> i64 {
@@ -117,7 +124,7 @@ impl Store {
         let options: AnyConnectOptions = url.parse()?;
         let mut pool = AnyPoolOptions::new().max_connections(match backend {
             Backend::Sqlite => 8,
-            Backend::Postgres => 16,
+            Backend::Postgres => 32,
         });
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _| {
@@ -137,6 +144,7 @@ impl Store {
             backend,
             write_lock: Default::default(),
             audit_head: Default::default(),
+            auth_generation: Default::default(),
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -149,6 +157,18 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The auth generation: changes whenever a token, membership or role changed through
+    /// this process.
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn auth_changed(&self) {
+        self.auth_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Readiness: the database answers.

@@ -24,6 +24,10 @@ const SQLITE: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/sqlite/0011_zones_agents.sql"),
     ),
+    (
+        12,
+        include_str!("../migrations/sqlite/0012_provisioned.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -47,6 +51,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         11,
         include_str!("../migrations/postgres/0011_zones_agents.sql"),
+    ),
+    (
+        12,
+        include_str!("../migrations/postgres/0012_provisioned.sql"),
     ),
 ];
 

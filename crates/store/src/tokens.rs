@@ -109,7 +109,9 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         insert_audit(&mut tx, audit).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.auth_changed();
+        Ok(())
     }
 
     pub async fn find_token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>> {

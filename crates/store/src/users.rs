@@ -213,6 +213,7 @@ impl Store {
         }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.auth_changed();
         Ok(previous.map(|(r,)| r))
     }
 
@@ -233,7 +234,9 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         insert_audit(&mut tx, audit).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.auth_changed();
+        Ok(())
     }
 
     pub async fn list_members(&self, workspace_id: &str) -> Result<Vec<Membership>> {
@@ -274,7 +277,9 @@ impl Store {
         .await
         .map_err(map_unique)?;
         insert_audit(&mut tx, audit).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.auth_changed();
+        Ok(())
     }
 
     pub async fn list_roles(&self, workspace_id: &str) -> Result<Vec<RoleRecord>> {

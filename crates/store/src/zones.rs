@@ -216,7 +216,10 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         insert_audit(&mut tx, audit).await?;
-        tx.commit().await
+        tx.commit().await?;
+        // The zone's agent tokens were revoked: no cached principal may outlive that.
+        self.auth_changed();
+        Ok(())
     }
 
     /// Mints an agent token and the agent identity it authenticates, atomically.

@@ -64,7 +64,66 @@ on_both_backends!(
     tokens_are_found_by_hash_only,
     migrations_are_idempotent,
     connection_test_results_keep_the_newest_20_and_go_with_the_connection,
+    a_batch_of_uses_extends_the_audit_chain_in_order,
 );
+
+/// Group commit (resolves): batches of 1, 5 and 70 events (more than one multi-row
+/// statement) extend the chain in order, and ordinary appends continue it.
+async fn a_batch_of_uses_extends_the_audit_chain_in_order(s: &Store) {
+    use patchbay_store::{UseRecord, Verification};
+    let (ws, _) = workspace_and_project(s).await;
+    let before = match s.verify_audit().await.unwrap() {
+        Verification::Ok { count, .. } => count,
+        other => panic!("{other:?}"),
+    };
+    let mut n = 0;
+    for size in [1, 5, 70] {
+        let batch: Vec<UseRecord> = (0..size)
+            .map(|i| UseRecord {
+                credential: None,
+                principal: "token:runner".into(),
+                audit: AuditEntry::system(
+                    "token:runner",
+                    "connection.resolve",
+                    Some(&ws),
+                    "connection",
+                    &format!("c-{size}-{i}"),
+                    json!({"run_id": format!("run-{i}")}),
+                ),
+            })
+            .collect();
+        s.record_uses(&batch).await.unwrap();
+        n += size;
+    }
+    s.create_project(&ws, "after", &audit("p", ""))
+        .await
+        .unwrap();
+    match s.verify_audit().await.unwrap() {
+        Verification::Ok {
+            count, head_seq, ..
+        } => {
+            assert_eq!(count, before + n as i64 + 1);
+            assert_eq!(head_seq, count);
+        }
+        other => panic!("chain broken: {other:?}"),
+    }
+    let events = s
+        .list_audit(
+            &patchbay_store::AuditFilter {
+                workspace_id: Some(ws.clone()),
+                action: Some("connection.resolve".into()),
+                actor: None,
+                target_id: None,
+                since: None,
+                until: None,
+                after_seq: None,
+            },
+            500,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), n);
+}
 
 async fn connection_test_results_keep_the_newest_20_and_go_with_the_connection(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
@@ -889,5 +948,38 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
             },
             "{backend}"
         );
+    }
+}
+
+/// Two processes on one SQLite file: the second appends, so the first one's remembered
+/// head is stale; its next batch falls back to the locked head and the chain still verifies.
+#[tokio::test]
+async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
+    use patchbay_store::{UseRecord, Verification};
+    let (a, dir) = sqlite().await;
+    let b = Store::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
+        .await
+        .unwrap();
+    let batch = |tag: &str| -> Vec<UseRecord> {
+        (0..3)
+            .map(|i| UseRecord {
+                credential: None,
+                principal: "token:runner".into(),
+                audit: audit("connection.resolve", &format!("{tag}-{i}")),
+            })
+            .collect()
+    };
+    a.record_uses(&batch("a1")).await.unwrap();
+    b.record_uses(&batch("b1")).await.unwrap();
+    a.record_uses(&batch("a2")).await.unwrap();
+    b.create_project(&workspace_and_project(&b).await.0, "x", &audit("p", ""))
+        .await
+        .unwrap();
+    a.record_uses(&batch("a3")).await.unwrap();
+    match a.verify_audit().await.unwrap() {
+        Verification::Ok {
+            count, head_seq, ..
+        } => assert_eq!(count, head_seq),
+        other => panic!("chain broken: {other:?}"),
     }
 }

@@ -9,7 +9,9 @@ mod credentials;
 mod dependents;
 mod keys;
 mod output;
+mod runtime;
 mod tokens;
+mod transfer;
 mod users;
 mod zones;
 
@@ -99,6 +101,16 @@ pub enum ClientCommand {
     /// Webhooks of --workspace: where events are delivered, and their deliveries.
     #[command(subcommand)]
     Webhooks(dependents::WebhooksCommand),
+    /// Export --project as a document (YAML, apiVersion 1) or as Airflow connections.
+    Export(transfer::ExportArgs),
+    /// Apply a document or Airflow connections to --project (idempotent; prints the diff).
+    Import(transfer::ImportArgs),
+    /// Run CMD with connections resolved into its environment (PGHOST, PGPASSWORD, …, and
+    /// PATCHBAY_<NAME>_<FIELD>); exits with CMD's code. Use a runner token.
+    Exec(runtime::ExecArgs),
+    /// Print connections' environment variables (dotenv or JSON); secrets masked unless
+    /// --reveal.
+    Env(runtime::EnvArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -193,6 +205,11 @@ pub fn run(cmd: ClientCommand, g: Global, command: fn() -> clap::Command) -> Exi
         clap_complete::generate(shell, &mut command(), "patchbay", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    let cmd = match cmd {
+        // exec exits with the command's own code, not ours.
+        ClientCommand::Exec(args) => return runtime::exec(args, g),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -219,6 +236,8 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
         ClientCommand::Members(c) => users::members(c, Ctx::new(g)).await,
         ClientCommand::Roles(c) => users::roles(c, Ctx::new(g)).await,
         ClientCommand::Zones(c) => zones::run(c, Ctx::new(g)).await,
+        ClientCommand::Export(a) => transfer::export(a, Ctx::new(g)).await,
+        ClientCommand::Import(a) => transfer::import(a, Ctx::new(g)).await,
         ClientCommand::Types(TypesCommand::List { category, query }) => {
             let ctx = Ctx::new(g);
             let mut qs = vec![];
@@ -316,6 +335,7 @@ async fn dispatch(cmd: ClientCommand, g: Global) -> Result<(), ApiFailure> {
             }
             Ok(())
         }
-        ClientCommand::Completions { .. } => Ok(()),
+        ClientCommand::Env(args) => runtime::env(args, Ctx::new(g)).await,
+        ClientCommand::Exec(_) | ClientCommand::Completions { .. } => Ok(()),
     }
 }

@@ -30,8 +30,11 @@ pub enum TokensCommand {
         #[arg(long)]
         ttl: Option<i64>,
     },
-    /// Revoke a token by id; the next request with it is refused.
-    Revoke { id: String },
+    /// Revoke a token by id or name; the next request with it is refused.
+    Revoke {
+        /// Token id, or the name of one live token of yours.
+        id: String,
+    },
 }
 
 const COLUMNS: &[(&str, &str)] = &[
@@ -101,6 +104,34 @@ pub async fn run(cmd: TokensCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             print_minted(&v);
         }
         TokensCommand::Revoke { id } => {
+            let id = if super::looks_like_id(&id) {
+                id
+            } else {
+                let list = ctx.client.get("/api/v1/tokens").await?;
+                let live: Vec<&Value> = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["name"] == id.as_str() && t["revoked_at"].is_null())
+                    .collect();
+                match live.as_slice() {
+                    [one] => one["id"].as_str().unwrap_or_default().to_owned(),
+                    [] => {
+                        return Err(ApiFailure {
+                            code: "not_found".into(),
+                            message: format!("no live token named {id}"),
+                            field: None,
+                        })
+                    }
+                    _ => {
+                        return Err(ApiFailure {
+                            code: "invalid_argument".into(),
+                            message: format!("several live tokens are named {id}; give the id"),
+                            field: None,
+                        })
+                    }
+                }
+            };
             ctx.client
                 .call(
                     Method::DELETE,

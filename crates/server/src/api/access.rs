@@ -180,12 +180,38 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/projects/{project}/connections/test",
         Needs(ConnectionsTest),
     ),
+    (
+        "POST",
+        "/api/v1/connections/{id}/resolve",
+        Needs(ConnectionsResolve),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/connections/by-name/{name}/resolve",
+        Needs(ConnectionsResolve),
+    ),
     ("PUT", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     ("PATCH", "/api/v1/connections/{id}", Needs(ConnectionsWrite)),
     (
         "DELETE",
         "/api/v1/connections/{id}",
         Needs(ConnectionsWrite),
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project}/import",
+        Needs(ConnectionsWrite),
+    ),
+    (
+        "GET",
+        "/api/v1/projects/{project}/export",
+        Needs(ConnectionsRead),
+    ),
+    // Exports secrets (sealed); the service also needs connections:reveal there.
+    (
+        "POST",
+        "/api/v1/projects/{project}/export",
+        Needs(CredentialsWrite),
     ),
     (
         "GET",

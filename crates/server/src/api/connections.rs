@@ -47,6 +47,8 @@ pub struct ConnectionOut {
     pub credential: Option<CredentialRefOut>,
     /// How many dependents (pipelines, datasets, …) are registered on the connection.
     pub dependents_count: i64,
+    /// The provisioning file that manages it (read-only through the API); `null` otherwise.
+    pub provisioned: Option<String>,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -116,6 +118,7 @@ impl ConnectionOut {
                 external: k.external,
             }),
             dependents_count: c.dependents_count,
+            provisioned: c.provisioned,
             version: c.version,
             created_at: format_rfc3339(c.created_at),
             updated_at: format_rfc3339(c.updated_at),

@@ -41,6 +41,8 @@ pub struct CredentialOut {
     pub current_version: i64,
     /// Bumped by every change; the ETag.
     pub revision: i64,
+    /// The provisioning file that manages it (read-only through the API); `null` otherwise.
+    pub provisioned: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -52,6 +54,7 @@ impl From<Credential> for CredentialOut {
             fields.insert(f, Value::String(MASK.into()));
         }
         Self {
+            provisioned: c.provisioned,
             id: c.id,
             workspace_id: c.workspace_id,
             name: c.name,

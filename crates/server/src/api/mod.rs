@@ -7,7 +7,9 @@ pub mod catalog;
 pub mod connections;
 pub mod credentials;
 pub mod dependents;
+pub mod import_export;
 pub mod keys;
+pub mod resolve;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -41,6 +43,8 @@ use crate::state::AppState;
         connections::list, connections::create, connections::get, connections::replace,
         connections::patch, connections::delete, connections::test, connections::test_draft,
         connections::test_history,
+        import_export::import, import_export::export_plain, import_export::export_sealed,
+        resolve::by_id, resolve::by_name,
         credentials::list, credentials::create, credentials::get, credentials::patch,
         credentials::delete, credentials::versions, credentials::rotate, credentials::revoke,
         credentials::usage, credentials::token,
@@ -206,6 +210,22 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/connections/{id}/tests",
             g(connections::test_history),
+        )
+        .route(
+            "/api/v1/projects/{project}/import",
+            axum::routing::post(import_export::import),
+        )
+        .route(
+            "/api/v1/projects/{project}/export",
+            g(import_export::export_plain).post(import_export::export_sealed),
+        )
+        .route(
+            "/api/v1/connections/{id}/resolve",
+            axum::routing::post(resolve::by_id),
+        )
+        .route(
+            "/api/v1/projects/{project}/connections/by-name/{name}/resolve",
+            axum::routing::post(resolve::by_name),
         )
         .route(
             "/api/v1/workspaces/{ws}/credentials",

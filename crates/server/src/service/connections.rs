@@ -51,6 +51,7 @@ const READ_ONLY: &[&str] = &[
     "category",
     "secrets_set",
     "dependents_count",
+    "provisioned",
     "version",
     "created_at",
     "updated_at",
@@ -228,11 +229,35 @@ pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connec
     Ok(c)
 }
 
-/// A connection the principal can see and change.
-async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<Connection> {
+/// A connection the principal can see and change. A provisioned connection changes only
+/// through its provisioning file (`managed`: the caller is the provisioning run).
+async fn load_for_write(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    managed: bool,
+) -> ApiResult<Connection> {
     let current = load(state, p, id).await?;
     require_in(p, &current.workspace_id, Permission::ConnectionsWrite)?;
+    if !managed {
+        not_provisioned("connection", current.provisioned.as_deref())?;
+    }
     Ok(current)
+}
+
+/// 409 `provisioned` for an object a provisioning file manages.
+pub(crate) fn not_provisioned(what: &str, source: Option<&str>) -> ApiResult<()> {
+    match source {
+        None => Ok(()),
+        Some(file) => {
+            let mut e = patchbay_core::Error::new(
+                ErrorCode::Provisioned,
+                format!("this {what} is provisioned from {file}: change that file and restart the server"),
+            );
+            e.details = Some(Box::new(json!({"source": file})));
+            Err(ApiError(e))
+        }
+    }
 }
 
 /// 412 unless `expected` (from If-Match; `None` is `*`) is the current version.
@@ -422,7 +447,19 @@ pub async fn replace(
     expected: Expected,
     body: Map<String, Value>,
 ) -> ApiResult<Connection> {
-    let current = load_for_write(state, p, id).await?;
+    replace_managed(state, p, id, expected, body, false).await
+}
+
+/// [`replace`], for the provisioning run too (`managed`).
+pub(crate) async fn replace_managed(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Expected,
+    body: Map<String, Value>,
+    managed: bool,
+) -> ApiResult<Connection> {
+    let current = load_for_write(state, p, id, managed).await?;
     let mut f = Fields::new(body, WRITABLE, READ_ONLY)?;
     check_type_unchanged(&current, &mut f)?;
     let w = ConnectionWrite {
@@ -466,7 +503,7 @@ pub async fn patch(
     expected: Expected,
     body: Map<String, Value>,
 ) -> ApiResult<Connection> {
-    let current = load_for_write(state, p, id).await?;
+    let current = load_for_write(state, p, id, false).await?;
     let mut f = Fields::new(body, WRITABLE, READ_ONLY)?;
     check_type_unchanged(&current, &mut f)?;
     if f.is_null("name") {
@@ -537,6 +574,22 @@ pub async fn delete(
     expected: Expected,
     cascade: super::dependents::Cascade,
 ) -> ApiResult<()> {
+    delete_managed(state, p, id, expected, cascade, false).await
+}
+
+/// [`delete`], for the provisioning run too (`managed`): a provisioned connection is
+/// deleted only by its provisioning run.
+pub(crate) async fn delete_managed(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Expected,
+    cascade: super::dependents::Cascade,
+    managed: bool,
+) -> ApiResult<()> {
+    if !managed {
+        load_for_write(state, p, id, false).await?;
+    }
     super::dependents::delete_connection(state, p, id, expected, cascade).await
 }
 

@@ -41,6 +41,7 @@ const READ_ONLY: &[&str] = &[
     "revision",
     "fields",
     "external",
+    "provisioned",
     "created_at",
     "updated_at",
 ];
@@ -327,10 +328,19 @@ pub async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<Creden
 }
 
 /// A shared credential the principal can change. A connection's own credential changes
-/// through its connection.
-async fn load_for_write(state: &AppState, p: &Principal, id: &str) -> ApiResult<Credential> {
+/// through its connection; a provisioned one only through its file (`managed`: the caller
+/// is the provisioning run).
+async fn load_for_write(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    managed: bool,
+) -> ApiResult<Credential> {
     let c = load(state, p, id).await?;
     require_in(p, &c.workspace_id, Permission::CredentialsWrite)?;
+    if !managed {
+        super::connections::not_provisioned("credential", c.provisioned.as_deref())?;
+    }
     Ok(c)
 }
 
@@ -362,7 +372,19 @@ pub async fn patch(
     expected: Option<i64>,
     body: Map<String, Value>,
 ) -> ApiResult<Credential> {
-    let current = load_for_write(state, p, id).await?;
+    patch_managed(state, p, id, expected, body, false).await
+}
+
+/// [`patch`], for the provisioning run too (`managed`).
+pub(crate) async fn patch_managed(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Option<i64>,
+    body: Map<String, Value>,
+    managed: bool,
+) -> ApiResult<Credential> {
+    let current = load_for_write(state, p, id, managed).await?;
     not_owned(&current)?;
     let expected = check_revision(&current, expected)?;
     let mut f = Fields::new(body, &["name", "description"], READ_ONLY)?;
@@ -460,7 +482,19 @@ pub async fn rotate(
     expected: Option<i64>,
     body: Map<String, Value>,
 ) -> ApiResult<Credential> {
-    let current = load_for_write(state, p, id).await?;
+    rotate_managed(state, p, id, expected, body, false).await
+}
+
+/// [`rotate`], for the provisioning run too (`managed`).
+pub(crate) async fn rotate_managed(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Option<i64>,
+    body: Map<String, Value>,
+    managed: bool,
+) -> ApiResult<Credential> {
+    let current = load_for_write(state, p, id, managed).await?;
     not_owned(&current)?;
     if current.external.is_some() {
         return Err(ApiError::new(
@@ -531,7 +565,7 @@ pub async fn versions(
 }
 
 pub async fn revoke(state: &AppState, p: &Principal, id: &str, version: i64) -> ApiResult<()> {
-    let c = load_for_write(state, p, id).await?;
+    let c = load_for_write(state, p, id, false).await?;
     let entry = audit(
         p,
         "credential.version.revoke",
@@ -557,7 +591,7 @@ pub async fn delete(
     id: &str,
     expected: Option<i64>,
 ) -> ApiResult<()> {
-    let c = load_for_write(state, p, id).await?;
+    let c = load_for_write(state, p, id, false).await?;
     not_owned(&c)?;
     check_revision(&c, expected)?;
     let entry = audit(

@@ -7,15 +7,19 @@
 
 use std::collections::BTreeMap;
 
-use patchbay_core::model::{Connection, Principal};
+use patchbay_core::model::{Connection, Principal, Project};
 use patchbay_core::permission::Permission;
+use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
+use patchbay_store::{StoreError, UseRecord};
 use serde_json::{json, Map, Value};
 
 use super::connection_secrets::{provided_settings, resolve_secrets};
 use super::connections::{self as conn, connector};
-use super::{audit, require_in};
-use crate::error::ApiResult;
+use super::formats::{self, Format};
+use super::{audit, require_in, workspaces};
+use crate::body::Fields;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// A connection's run-time material. Secrets stay `SecretString`s until a response is
@@ -66,7 +70,31 @@ pub async fn resolve(
     run_id: Option<&str>,
 ) -> ApiResult<Material> {
     let c = conn::find(state, p, id).await?;
+    resolve_connection(state, p, c, run_id, Format::Json).await
+}
+
+/// [`resolve`] of a loaded connection in a given format: the permission, then the format
+/// (400 before anything is decrypted or recorded), then the material and its audit event.
+async fn resolve_connection(
+    state: &AppState,
+    p: &Principal,
+    c: Connection,
+    run_id: Option<&str>,
+    format: Format,
+) -> ApiResult<Material> {
     require_in(p, &c.workspace_id, Permission::ConnectionsResolve)?;
+    let ty = connector(state, &c.connector_type)?;
+    if !formats::supports(ty, format) {
+        return Err(ApiError::field(
+            ErrorCode::FormatUnsupported,
+            "/format",
+            format!(
+                "connector type {} has no {} format; json, env and airflow_uri exist for every type",
+                ty.id,
+                format.as_str()
+            ),
+        ));
+    }
     let m = material(state, c).await?;
     let c = &m.connection;
     let entry = audit(
@@ -77,18 +105,176 @@ pub async fn resolve(
         &c.id,
         json!({
             "run_id": run_id,
+            "format": format.as_str(),
             "version": c.version,
             "credential": m.credential.as_ref().map(|(id, v)| json!({"id": id, "version": v})),
         }),
     );
-    match &m.credential {
-        Some((cred_id, _)) => {
-            state
-                .store
-                .record_reveal(cred_id, &c.id, &p.actor(), &entry)
-                .await?
-        }
-        None => state.store.record_audit(&entry).await?,
-    }
+    // Committed (with the credential's last use) before the secrets leave: no record, no
+    // secret. Concurrent resolves share a transaction (service::resolve_log).
+    state
+        .resolve_log
+        .record(UseRecord {
+            credential: m
+                .credential
+                .as_ref()
+                .map(|(cred_id, _)| (cred_id.clone(), c.id.clone())),
+            principal: p.actor(),
+            audit: entry,
+        })
+        .await?;
     Ok(m)
+}
+
+/// Which connection a resolve call names.
+pub enum Target<'a> {
+    Id(&'a str),
+    /// A connection name in a project given by id or by name; a project name is looked up
+    /// in `workspace` (id or name) when given, else in every workspace the caller sees.
+    Name {
+        project: &'a str,
+        name: &'a str,
+        workspace: Option<&'a str>,
+    },
+}
+
+/// Longest accepted run id.
+pub const MAX_RUN_ID: usize = 200;
+
+/// The body of a resolve call: `{format?: json|env|uri|jdbc|airflow_uri, run_id?}`.
+fn read_body(body: Option<Map<String, Value>>) -> ApiResult<(Format, Option<String>)> {
+    let Some(body) = body else {
+        return Ok((Format::Json, None));
+    };
+    let mut f = Fields::new(body, &["format", "run_id"], &[])?;
+    let format = match f.optional_string("format")? {
+        None => Format::Json,
+        Some(s) => Format::parse(&s).ok_or_else(|| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                "/format",
+                "must be one of json, env, uri, jdbc, airflow_uri",
+            )
+        })?,
+    };
+    let run_id = f.optional_string("run_id")?;
+    if let Some(r) = &run_id {
+        if r.is_empty() || r.chars().count() > MAX_RUN_ID || r.chars().any(char::is_control) {
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "/run_id",
+                format!("must be 1-{MAX_RUN_ID} printable characters"),
+            ));
+        }
+    }
+    Ok((format, run_id))
+}
+
+async fn find_target(state: &AppState, p: &Principal, target: Target<'_>) -> ApiResult<Connection> {
+    let (project, name, workspace) = match target {
+        Target::Id(id) => return conn::find(state, p, id).await,
+        Target::Name {
+            project,
+            name,
+            workspace,
+        } => (project, name, workspace),
+    };
+    let project = project_by_id_or_name(state, p, project, workspace).await?;
+    match state.store.get_connection_by_name(&project.id, name).await {
+        Ok(c) => Ok(c),
+        Err(StoreError::NotFound) => Err(ApiError::not_found("connection")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn project_by_id_or_name(
+    state: &AppState,
+    p: &Principal,
+    project: &str,
+    workspace: Option<&str>,
+) -> ApiResult<Project> {
+    match workspaces::project(state, p, project).await {
+        Ok(found) if workspace.is_none() => return Ok(found),
+        Ok(_) => {}
+        Err(e) if e.0.code != ErrorCode::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let candidates = match workspace {
+        Some(ws) => vec![workspaces::get(state, p, ws).await?],
+        None => workspaces::list(state, p).await?,
+    };
+    let mut found = vec![];
+    for ws in candidates {
+        for pr in state.store.list_projects(&ws.id).await? {
+            if pr.name == project || pr.id == project {
+                found.push(pr);
+            }
+        }
+    }
+    match found.len() {
+        0 => Err(ApiError::not_found("project")),
+        1 => Ok(found.remove(0)),
+        _ => Err(ApiError::field(
+            ErrorCode::InvalidQuery,
+            "workspace",
+            "several workspaces you see have a project of this name; pass ?workspace=<id or name>",
+        )),
+    }
+}
+
+/// A resolve call: reads the body, finds the connection, resolves it (permission, format,
+/// audit) and shapes the answer. The caller sends it with `Cache-Control: no-store`.
+pub async fn answer(
+    state: &AppState,
+    p: &Principal,
+    target: Target<'_>,
+    body: Option<Map<String, Value>>,
+) -> ApiResult<Value> {
+    let (format, run_id) = read_body(body)?;
+    let c = find_target(state, p, target).await?;
+    let m = resolve_connection(state, p, c, run_id.as_deref(), format).await?;
+    let c = &m.connection;
+    let mut out = Map::new();
+    out.insert(
+        "connection".into(),
+        json!({"id": c.id, "name": c.name, "type": c.connector_type, "version": c.version,
+               "workspace_id": c.workspace_id, "project_id": c.project_id}),
+    );
+    out.insert(
+        "credential".into(),
+        m.credential
+            .as_ref()
+            .map(|(id, v)| json!({"id": id, "version": v}))
+            .unwrap_or(Value::Null),
+    );
+    out.insert("format".into(), Value::String(format.as_str().into()));
+    out.insert(
+        "run_id".into(),
+        run_id.map(Value::String).unwrap_or(Value::Null),
+    );
+    let ty = connector(state, &c.connector_type)?;
+    if format == Format::Json {
+        out.insert("settings".into(), Value::Object(m.settings.clone()));
+        // The one place a resolved secret is written into a response.
+        out.insert(
+            "secrets".into(),
+            Value::Object(
+                m.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.expose_secret().to_owned())))
+                    .collect(),
+            ),
+        );
+    } else {
+        out.extend(formats::render(
+            format,
+            &formats::Input {
+                ty,
+                name: &c.name,
+                settings: &m.settings,
+                secrets: &m.secrets,
+            },
+        ));
+    }
+    Ok(Value::Object(out))
 }

@@ -333,6 +333,8 @@ struct DetailPage {
     can_reveal: bool,
     can_write: bool,
     can_test: bool,
+    /// The provisioning file that manages this connection (read-only here), if any.
+    provisioned: String,
     result: Option<TestView>,
 }
 
@@ -455,6 +457,7 @@ async fn detail_page(
         can_reveal: ui.p.can_in(&c.workspace_id, Permission::ConnectionsReveal),
         can_write: ui.p.can_in(&c.workspace_id, Permission::ConnectionsWrite),
         can_test: ui.p.can_in(&c.workspace_id, Permission::ConnectionsTest),
+        provisioned: c.provisioned.clone().unwrap_or_default(),
         result,
         updated: when(c.updated_at),
         id: c.id,

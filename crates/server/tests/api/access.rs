@@ -83,6 +83,7 @@ fn concrete(path: &str, f: &Fixture, user: &str) -> String {
         .replace("{kind}", "pipeline")
         .replace("{ref}", "etl-1")
         .replace("{event}", "0190c0de-0000-7000-8000-000000000001")
+        .replace("{name}", "warehouse")
         .replace(
             "{id}",
             if path.starts_with("/api/v1/connections/") || path.starts_with("/connections/") {
@@ -143,8 +144,13 @@ async fn authorization_matrix_every_builtin_role_against_every_route() {
                 "{role} {method} {path} answered {}: {}",
                 r.status, r.text
             );
+            // Resolving hands out secrets by design (to runners); everything else only to
+            // principals that may reveal.
+            let may_see = perms.contains(&Permission::ConnectionsReveal)
+                || (*access == Access::Needs(Permission::ConnectionsResolve)
+                    && perms.contains(&Permission::ConnectionsResolve));
             assert!(
-                !r.text.contains(CANARY) || perms.contains(&Permission::ConnectionsReveal),
+                !r.text.contains(CANARY) || may_see,
                 "{role} {method} {path} showed a secret"
             );
             checked += 1;
@@ -491,6 +497,16 @@ async fn ids_from_another_workspace_answer_404_like_nonexistent_ids() {
         (Method::DELETE, "/api/v1/connections/{id}", None),
         (Method::POST, "/api/v1/connections/{id}/test", None),
         (Method::GET, "/api/v1/connections/{id}/tests", None),
+        (
+            Method::POST,
+            "/api/v1/connections/{id}/resolve",
+            Some(json!({"format": "env", "run_id": "r1"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/{project}/connections/by-name/warehouse/resolve",
+            Some(json!({"format": "json"})),
+        ),
         (
             Method::POST,
             "/api/v1/projects/{project}/connections/test",

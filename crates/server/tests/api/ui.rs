@@ -467,3 +467,38 @@ async fn the_add_form_shows_field_errors_next_to_the_field_and_saves_valid_value
     assert_eq!(api.body["settings"]["port"], 6544);
     assert_eq!(api.body["secrets"]["password"], CANARY);
 }
+
+#[tokio::test]
+async fn a_provisioned_connection_offers_no_edit_or_delete_and_refuses_the_form_posts() {
+    let s = Service::start().await;
+    let project = s.default_project().await;
+    let id = s.create_pg(&project, "managed").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sqlx::query("UPDATE connections SET provisioned = 'warehouse.yaml' WHERE id = $1")
+        .bind(&id)
+        .execute(&s.raw_db().await)
+        .await
+        .unwrap();
+    let admin = Browser::sign_in(&s, "admin", &admin_password(&s)).await;
+    let detail = admin.get(&format!("/connections/{id}")).await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.text);
+    assert!(detail
+        .text
+        .contains("Provisioned from <code>warehouse.yaml</code>"));
+    assert!(!detail.text.contains(&format!("/connections/{id}/edit\"")));
+    assert!(!detail.text.contains(&format!("/connections/{id}/delete\"")));
+    assert!(detail
+        .text
+        .contains(&format!("/connections/{id}/duplicate\"")));
+    // A hand-made post gets the API's answer, as a page, and changes nothing.
+    let r = admin
+        .post(&format!("/connections/{id}/delete"), &[("version", "1")])
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let still = s
+        .call(Method::GET, &format!("/api/v1/connections/{id}"), None, &[])
+        .await;
+    assert_eq!(still.status, StatusCode::OK);
+}

@@ -1,0 +1,306 @@
+//! Resolve throughput: `cargo bench -p patchbay-server --bench resolve`.
+//!
+//! Starts the real service in-process on SQLite (temp dir) and on PostgreSQL (a fresh
+//! database on 127.0.0.1:5432, or PATCHBAY_TEST_POSTGRES_URL; skipped when unreachable), 100
+//! connections with a secret each, and a runner token. On a second listener in the same
+//! process, a bare axum route answers a small JSON document. The same HTTP load (32
+//! keep-alive clients on loopback by default) hits the bare route, then
+//! `POST /api/v1/connections/{id}/resolve` with `{"format": "json", "run_id": …}` (audit on:
+//! every call commits an audit event before it answers). Figures: requests/s, p50, p99 and
+//! the ratio to the bare route measured in the same run. Results go to stdout and to
+//! bench-results/resolve.json.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::{Json, Router};
+use patchbay_crypto::SecretString;
+use patchbay_server::{App, Config, MasterKeySource};
+use serde_json::{json, Value};
+
+const CONNECTIONS: usize = 100;
+
+struct Figure {
+    requests: u64,
+    seconds: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// `concurrency` clients POST to `urls` (client i uses `urls[i % len]`) for `secs`.
+async fn load(urls: Vec<String>, token: Option<String>, concurrency: usize, secs: f64) -> Figure {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for i in 0..concurrency {
+        let (client, url, token, count) = (
+            client.clone(),
+            urls[i % urls.len()].clone(),
+            token.clone(),
+            count.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(8192);
+            let body = json!({"format": "json", "run_id": format!("bench-{i}")}).to_string();
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let mut req = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req.send().await.expect("request");
+                assert!(resp.status().is_success(), "{url}: {}", resp.status());
+                let _ = resp.bytes().await.expect("body");
+                lat.push(t.elapsed().as_micros() as u64);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            lat
+        }));
+    }
+    let start = Instant::now();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Figure {
+        requests: count.load(Ordering::Relaxed),
+        seconds,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+async fn run(backend: &str, database_url: Option<String>, concurrency: usize, secs: f64) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = Config {
+        tls: Default::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.clone(),
+        database_url: database_url.map(SecretString::new),
+        master_key: MasterKeySource::File(data.join("master.key")),
+        settings: Default::default(),
+    };
+    let app = App::start(&config).await.unwrap();
+    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let router = app.router();
+    tokio::spawn(async move {
+        axum::serve(
+            api,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_addr = bare.local_addr().unwrap();
+    let bare_router =
+        Router::new().route("/bare", post(|| async { Json(json!({"status": "ok"})) }));
+    tokio::spawn(async move { axum::serve(bare, bare_router).await.unwrap() });
+
+    let base = format!("http://{api_addr}");
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let admin = admin.clone();
+        async move {
+            client
+                .get(path)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let ws = get(format!("{base}/api/v1/workspaces")).await;
+    let ws_id = ws["items"][0]["id"].as_str().unwrap().to_owned();
+    let ps = get(format!("{base}/api/v1/workspaces/{ws_id}/projects")).await;
+    let project = ps["items"][0]["id"].as_str().unwrap().to_owned();
+    let mut ids = vec![];
+    for i in 0..CONNECTIONS {
+        let body = json!({"name": format!("prod-postgres-{i:03}"), "type": "postgresql", "environment": "prod",
+            "settings": {"host": "db.internal", "port": 5432, "database": "finance", "username": "etl"},
+            "secrets": {"password": format!("bench-secret-{i}")}});
+        let r: Value = client
+            .post(format!("{base}/api/v1/projects/{project}/connections"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(r["id"].as_str().unwrap().to_owned());
+    }
+    let runner: Value = client
+        .post(format!("{base}/api/v1/workspaces/{ws_id}/runner-tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({"ttl_seconds": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let runner = runner["token"].as_str().unwrap().to_owned();
+
+    let bare_urls = vec![format!("http://{bare_addr}/bare")];
+    let resolve_urls: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{base}/api/v1/connections/{id}/resolve"))
+        .collect();
+    let mut rows = vec![];
+    let mut figures = vec![];
+    for (name, urls, token) in [
+        ("bare axum route (baseline)", bare_urls, None),
+        (
+            "resolve, json, audited (runner token)",
+            resolve_urls,
+            Some(runner.clone()),
+        ),
+    ] {
+        let _ = load(urls.clone(), token.clone(), concurrency, 0.5).await; // warm-up
+        let f = load(urls, token, concurrency, secs).await;
+        figures.push((name, f));
+    }
+    let base_rps = figures[0].1.requests as f64 / figures[0].1.seconds;
+    println!("\n{backend}: {concurrency} keep-alive clients, {secs} s per endpoint\n");
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} {:>9}",
+        "endpoint", "req/s", "p50 µs", "p99 µs", "ratio"
+    );
+    for (name, f) in &figures {
+        let rps = f.requests as f64 / f.seconds;
+        println!(
+            "{:<40} {:>10.0} {:>9} {:>9} {:>9.3}",
+            name,
+            rps,
+            f.p50_us,
+            f.p99_us,
+            rps / base_rps
+        );
+        rows.push(
+            json!({"endpoint": name, "requests_per_second": rps.round(), "p50_us": f.p50_us,
+            "p99_us": f.p99_us, "ratio_to_bare": (rps / base_rps * 1000.0).round() / 1000.0}),
+        );
+    }
+    // Every resolve left an audit event.
+    let audited: Value = get(format!(
+        "{base}/api/v1/workspaces/{ws_id}/audit?action=connection.resolve&limit=1"
+    ))
+    .await;
+    assert!(
+        audited["items"].as_array().is_some_and(|a| !a.is_empty()),
+        "no connection.resolve audit event: {audited}"
+    );
+    let resolve = &figures[1].1;
+    json!({"backend": backend, "results": rows,
+        "aims": {"ratio_at_least": 0.25, "p99_us_at_most": 5000,
+                 "ratio_met": resolve.requests as f64 / resolve.seconds / base_rps >= 0.25,
+                 "p99_met": resolve.p99_us <= 5000}})
+}
+
+/// A fresh PostgreSQL database URL, or None when PostgreSQL is not reachable.
+fn postgres() -> Option<(String, String)> {
+    let admin = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let db = format!("pb_bench_resolve_{}", std::process::id());
+    let ok = std::process::Command::new("psql")
+        .args([
+            admin.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {db}"),
+            "-c",
+            &format!("CREATE DATABASE {db}"),
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        return None;
+    }
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some((admin.clone(), format!("{base}/{db}")))
+}
+
+fn main() {
+    let secs: f64 = std::env::var("PATCHBAY_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let concurrency: usize = std::env::var("PATCHBAY_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
+    let only = std::env::var("PATCHBAY_BENCH_BACKEND").ok();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut results = vec![];
+        if only.as_deref().is_none_or(|b| b == "sqlite") {
+            results.push(run("sqlite", None, concurrency, secs).await);
+        }
+        if only.as_deref().is_none_or(|b| b == "postgres") {
+            match postgres() {
+                Some((admin, url)) => {
+                    results.push(run("postgres", Some(url.clone()), concurrency, secs).await);
+                    let db = url.rsplit_once('/').unwrap().1;
+                    let _ = std::process::Command::new("psql")
+                        .args([
+                            admin.as_str(),
+                            "-q",
+                            "-c",
+                            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                        ])
+                        .output();
+                }
+                None => println!("postgres: SKIPPED (not reachable)"),
+            }
+        }
+        let out = json!({
+            "benchmark": "resolve",
+            "endpoint": "POST /api/v1/connections/{id}/resolve {format: json}",
+            "concurrency": concurrency,
+            "seconds_per_endpoint": secs,
+            "connections": CONNECTIONS,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "results": results,
+        });
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("resolve.json"),
+            serde_json::to_string_pretty(&out).unwrap() + "\n",
+        )
+        .unwrap();
+        println!("\nwritten to bench-results/resolve.json");
+    });
+}

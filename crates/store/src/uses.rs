@@ -1,0 +1,202 @@
+//! Group commit of run-time uses: many resolves' audit events (and their credentials' last
+//! use) appended in one transaction with a few multi-row statements, so the chain's single
+//! writer commits once per batch instead of once (and two statements) per resolve.
+
+use std::collections::BTreeMap;
+
+use crate::audit::{event_hash, insert_audit, locked_head, remember, set_head, AuditEntry};
+use crate::{now_millis, Backend, Result, Store, WriteTx};
+
+/// One resolve to record: its audit event, and the credential it used (if any).
+#[derive(Debug, Clone)]
+pub struct UseRecord {
+    /// `(credential id, connection id)` whose last use this is.
+    pub credential: Option<(String, String)>,
+    /// Who used it (`Principal::actor`).
+    pub principal: String,
+    pub audit: AuditEntry,
+}
+
+/// Rows per multi-row statement (13 parameters each: well under both engines' limits).
+const CHUNK: usize = 64;
+
+impl Store {
+    /// Records every use of `batch` in one transaction: all of them or none. Events are
+    /// appended to the chain in the order given.
+    pub async fn record_uses(&self, batch: &[UseRecord]) -> Result<()> {
+        let mut tx = self.write().await?;
+        // One last-use row per (credential, connection): the latest principal wins (a
+        // multi-row upsert may not touch a row twice).
+        let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+        for u in batch {
+            if let Some((cred, conn)) = &u.credential {
+                last.insert((cred, conn), &u.principal);
+            }
+        }
+        let last: Vec<_> = last.into_iter().collect();
+        for chunk in last.chunks(CHUNK) {
+            upsert_uses(&mut tx, chunk).await?;
+        }
+        let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
+        append_all(&mut tx, &entries).await?;
+        tx.commit().await
+    }
+}
+
+async fn upsert_uses(tx: &mut WriteTx<'_>, rows: &[((&str, &str), &str)]) -> Result<()> {
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| {
+            format!(
+                "(${}, ${}, ${}, ${})",
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3,
+                4 * i + 4
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
+         VALUES {} ON CONFLICT (credential_id, connection_id) DO UPDATE SET \
+         last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by",
+        values.join(", ")
+    );
+    let now = now_millis();
+    let mut q = sqlx::query(&sql);
+    for ((cred, conn), principal) in rows {
+        q = q.bind(*cred).bind(*conn).bind(now).bind(*principal);
+    }
+    q.execute(&mut *tx.tx).await?;
+    Ok(())
+}
+
+/// Appends `entries` to the chain: every hash computed here, the rows inserted in
+/// multi-row statements. The head this process last wrote is tried first, moved by one
+/// compare-and-set (PostgreSQL) or checked by the triggers as the rows go in (SQLite); when
+/// it is stale, the head is read under the chain lock instead.
+async fn append_all(tx: &mut WriteTx<'_>, entries: &[&AuditEntry]) -> Result<()> {
+    match entries {
+        [] => return Ok(()),
+        [one] => return insert_audit(tx, one).await,
+        _ => {}
+    }
+    let at = now_millis();
+    let hint = tx.audit_head.lock().ok().and_then(|g| g.clone());
+    if let Some((seq, hash)) = hint {
+        let rows = chain(seq, hash.clone(), entries, at);
+        let (last_seq, last_hash) = last(&rows);
+        let extended = match tx.backend {
+            Backend::Postgres => {
+                let moved = sqlx::query(
+                    "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
+                     WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
+                )
+                .bind(last_seq)
+                .bind(&last_hash)
+                .bind(seq)
+                .bind(&hash)
+                .execute(&mut *tx.tx)
+                .await?
+                .rows_affected();
+                if moved == 1 {
+                    insert_rows(tx, &rows, at).await?;
+                }
+                moved == 1
+            }
+            // RAISE(ABORT) undoes only the statement: the transaction goes on.
+            Backend::Sqlite => match insert_rows(tx, &rows, at).await {
+                Ok(()) => true,
+                Err(crate::StoreError::Database(sqlx::Error::Database(db)))
+                    if db.message().contains("audit chain head moved") =>
+                {
+                    false
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if extended {
+            remember(tx, last_seq, &last_hash);
+            return Ok(());
+        }
+    }
+    let (seq, hash) = locked_head(tx, tx.backend).await?;
+    let rows = chain(seq, hash, entries, at);
+    let (last_seq, last_hash) = last(&rows);
+    insert_rows(tx, &rows, at).await?;
+    if tx.backend == Backend::Postgres {
+        set_head(tx, last_seq, &last_hash).await?;
+    }
+    remember(tx, last_seq, &last_hash);
+    Ok(())
+}
+
+/// `(seq, entry, details, prev_hash, hash)` of each entry after head `(seq, prev)`.
+type Row<'a> = (i64, &'a AuditEntry, String, String, String);
+
+fn chain<'a>(mut seq: i64, mut prev: String, entries: &[&'a AuditEntry], at: i64) -> Vec<Row<'a>> {
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        seq += 1;
+        let details = e.details.to_string();
+        let hash = event_hash(&prev, seq, at, e, &details);
+        rows.push((seq, *e, details, prev, hash.clone()));
+        prev = hash;
+    }
+    rows
+}
+
+fn last(rows: &[Row<'_>]) -> (i64, String) {
+    let (seq, _, _, _, hash) = rows.last().expect("at least two entries");
+    (*seq, hash.clone())
+}
+
+async fn insert_rows(tx: &mut WriteTx<'_>, rows: &[Row<'_>], at: i64) -> Result<()> {
+    for chunk in rows.chunks(CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = 13 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10,
+                    b + 11,
+                    b + 12,
+                    b + 13
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_events (seq, at, actor, action, outcome, workspace_id, \
+             target_kind, target_id, request_id, source_address, details, prev_hash, hash) \
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (seq, e, details, prev_hash, hash) in chunk {
+            q = q
+                .bind(*seq)
+                .bind(at)
+                .bind(e.actor.as_str())
+                .bind(e.action.as_str())
+                .bind(e.outcome.as_str())
+                .bind(e.workspace_id.clone())
+                .bind(e.target_kind.as_str())
+                .bind(e.target_id.as_str())
+                .bind(e.request_id.clone())
+                .bind(e.source_address.clone())
+                .bind(details.as_str())
+                .bind(prev_hash.as_str())
+                .bind(hash.as_str());
+        }
+        q.execute(&mut *tx.tx).await?;
+    }
+    Ok(())
+}
