@@ -8,6 +8,8 @@
 // registers two dependents on it and deletes it through the delete dialog (leaving one out
 // is refused; picking both cascades). On every page: an axe-core scan (no serious or
 // critical violation), no CSP violation, and no HTML response containing either password.
+// Then the workspace administration pages: a zone with an agent token (shown once), a
+// webhook (secret shown once) with its deliveries, disable; members (change a role).
 // Screenshots (1280x800): docs/screenshots/{overview,add-failed-test,delete-dialog}.png;
 // the layout is checked for horizontal overflow at 1024 px.
 //
@@ -339,6 +341,60 @@ try {
   await extraShot(page, "audit");
   await page.click("nav.sidebar >> text=API tokens");
   await axe(page, "API tokens");
+
+  // Workspace administration: zones and agents, webhooks, members.
+  await page.click("nav.sidebar >> text=Zones and agents");
+  await axe(page, "zones (empty)");
+  await page.fill("#z-name", "vpc-eu");
+  await page.fill("#z-description", "EU VPC, reached through an agent");
+  await Promise.all([page.waitForURL(/\/zones$/), page.click("button:has-text('Create zone')")]);
+  await page.fill("input[placeholder='agent name (optional)']", "eu-agent-1");
+  await page.click("button:has-text('Issue token')");
+  const agentToken = await page.inputValue("#minted");
+  check(agentToken.startsWith("pbt_"), "the agent token is shown");
+  check((await page.locator(".pill", { hasText: "unhealthy" }).count()) === 1, "an agent that never called in is unhealthy");
+  await axe(page, "zones with a new agent token");
+  await noOverflow(page, "zones");
+  await extraShot(page, "zones");
+  await page.goto(`${base}/workspaces/${ws}/zones`);
+  check(!(await page.content()).includes(agentToken), "the agent token is shown once");
+
+  await page.click("nav.sidebar >> text=Webhooks");
+  await axe(page, "webhooks (empty)");
+  await page.fill("#w-url", "http://127.0.0.1:9/patchbay");
+  await page.fill("#w-description", "pipeline bus");
+  await page.check("#ev-connection\\.created");
+  await page.click("button:has-text('Create webhook')");
+  const hookSecret = await page.inputValue("#secret");
+  check(hookSecret.startsWith("whsec_"), "the webhook secret is shown");
+  await axe(page, "webhooks with a new secret");
+  const created = await api(token, "POST", `/api/v1/projects/${project}/connections`,
+    { name: "hooked", type: "redis", settings: { host: "127.0.0.1", port: 1 } });
+  check(created.status === 201, `an event for the webhook: ${JSON.stringify(created.body)}`);
+  await page.goto(`${base}/workspaces/${ws}/webhooks`);
+  check(!(await page.content()).includes(hookSecret), "the webhook secret is shown once");
+  await page.click("a.row-link:has-text('127.0.0.1:9')");
+  await page.locator("code", { hasText: "connection.created" }).first().waitFor();
+  await axe(page, "webhook deliveries");
+  await noOverflow(page, "webhook deliveries");
+  await extraShot(page, "webhook");
+  await Promise.all([page.waitForURL(/\/webhooks\/[0-9a-f-]+$/), page.click("button:has-text('Disable')")]);
+  await page.locator("button", { hasText: "Enable" }).waitFor();
+
+  const viewerUser = await api(token, "POST", "/api/v1/users", { username: "viewer-vi", password: "a long enough password" });
+  check(viewerUser.status === 201, "a second member");
+  await api(token, "PUT", `/api/v1/workspaces/${ws}/members/${viewerUser.body.id}`, { role: "viewer" });
+  await page.click("nav.sidebar >> text=Members");
+  await axe(page, "members");
+  await noOverflow(page, "members");
+  await extraShot(page, "members");
+  await page.selectOption(`#role-${viewerUser.body.id}`, "editor");
+  await Promise.all([page.waitForURL(/\/members$/), page.click(`form:has(#role-${viewerUser.body.id}) button`)]);
+  check((await page.inputValue(`#role-${viewerUser.body.id}`)) === "editor", "the role changed");
+  for (const secret of [agentToken, hookSecret]) {
+    const shown = htmlSeen.filter(([, body]) => body.includes(secret)).length;
+    check(shown === 1, `a minted secret appears in exactly one HTML response (the creating one), not ${shown}`);
+  }
 
   // Without JavaScript the pages still work: the test button posts the form and the page
   // comes back with the result (and an empty password input).

@@ -349,6 +349,27 @@ fn journey(s: &Server) -> String {
     );
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert!(v["items"].as_array().unwrap().len() >= 3, "{listed}");
+    let newest = cli(
+        s,
+        &[
+            "audit",
+            "list",
+            "--newest-first",
+            "--limit",
+            "2",
+            "-o",
+            "json",
+        ],
+        &mut seen,
+    );
+    let n: serde_json::Value = serde_json::from_str(&newest).unwrap();
+    let seqs: Vec<i64> = n["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.len() == 2 && seqs[0] > seqs[1], "{newest}");
     let export = cli(s, &["audit", "export"], &mut seen);
     assert!(export.lines().count() >= 5, "{export}");
     for line in export.lines() {

@@ -113,8 +113,12 @@ pub struct AuditFilter {
     pub target_id: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
-    /// Only events after this sequence number (the cursor).
+    /// Only events after this sequence number (the cursor going forward).
     pub after_seq: Option<i64>,
+    /// Only events before this sequence number (the cursor going back, newest first).
+    pub before_seq: Option<i64>,
+    /// Newest first (descending `seq`) instead of chain order.
+    pub newest_first: bool,
 }
 
 /// Where verification found the chain broken.
@@ -431,7 +435,8 @@ impl Store {
         rows.iter().map(row_to_record).collect()
     }
 
-    /// Events matching `f` in chain order, at most `limit`.
+    /// Events matching `f`, at most `limit`: in chain order, or newest first with
+    /// `f.newest_first` (then `before_seq` is the cursor of the next, older page).
     pub async fn list_audit(&self, f: &AuditFilter, limit: u32) -> Result<Vec<AuditRecord>> {
         let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE seq IS NOT NULL");
         let mut n = 0;
@@ -469,7 +474,11 @@ impl Store {
         if f.after_seq.is_some() {
             sql += &next("seq > ?");
         }
-        sql += &format!(" ORDER BY seq LIMIT {limit}");
+        if f.before_seq.is_some() {
+            sql += &next("seq < ?");
+        }
+        let order = if f.newest_first { "DESC" } else { "ASC" };
+        sql += &format!(" ORDER BY seq {order} LIMIT {limit}");
         let mut q = sqlx::query(&sql);
         if let Some(v) = &f.workspace_id {
             q = q.bind(v);
@@ -492,6 +501,9 @@ impl Store {
             q = q.bind(v);
         }
         if let Some(v) = f.after_seq {
+            q = q.bind(v);
+        }
+        if let Some(v) = f.before_seq {
             q = q.bind(v);
         }
         q.fetch_all(&self.pool)

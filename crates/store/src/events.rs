@@ -229,6 +229,23 @@ pub(crate) async fn emit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
 const DELIVERY_COLUMNS: &str = "d.event_id, o.kind, d.state, d.attempts, d.next_attempt_at, \
     d.last_attempt_at, d.last_status, d.last_error, d.delivered_at, d.created_at";
 
+fn row_to_delivery(r: &sqlx::any::AnyRow) -> Result<DeliveryRecord> {
+    let state: String = r.try_get("state")?;
+    let next: i64 = r.try_get("next_attempt_at")?;
+    Ok(DeliveryRecord {
+        event_id: r.try_get("event_id")?,
+        kind: r.try_get("kind")?,
+        next_attempt_at: (state == "pending").then_some(next),
+        state,
+        attempts: r.try_get("attempts")?,
+        last_attempt_at: r.try_get("last_attempt_at")?,
+        last_status: r.try_get("last_status")?,
+        last_error: r.try_get("last_error")?,
+        delivered_at: r.try_get("delivered_at")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 impl Store {
     pub async fn create_webhook(&self, w: &NewWebhook, audit: &AuditEntry) -> Result<()> {
         let mut tx = self.write().await?;
@@ -394,24 +411,38 @@ impl Store {
         .bind(webhook_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get("state")?;
-                let next: i64 = r.try_get("next_attempt_at")?;
-                Ok(DeliveryRecord {
-                    event_id: r.try_get("event_id")?,
-                    kind: r.try_get("kind")?,
-                    next_attempt_at: (state == "pending").then_some(next),
-                    state,
-                    attempts: r.try_get("attempts")?,
-                    last_attempt_at: r.try_get("last_attempt_at")?,
-                    last_status: r.try_get("last_status")?,
-                    last_error: r.try_get("last_error")?,
-                    delivered_at: r.try_get("delivered_at")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_delivery).collect()
+    }
+
+    /// The newest delivery of each of these webhooks, in one query (a webhook without
+    /// deliveries is absent from the map). For the webhooks page.
+    pub async fn latest_deliveries(
+        &self,
+        webhook_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, DeliveryRecord>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in webhook_ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            // Newest as in list_deliveries: by created_at, then event id (UUIDv7).
+            let sql = format!(
+                "SELECT d.webhook_id, {DELIVERY_COLUMNS} FROM ( \
+                   SELECT webhook_id, event_id, ROW_NUMBER() OVER ( \
+                     PARTITION BY webhook_id ORDER BY created_at DESC, event_id DESC) AS n \
+                   FROM event_deliveries WHERE webhook_id IN ({})) newest \
+                 JOIN event_deliveries d \
+                   ON d.webhook_id = newest.webhook_id AND d.event_id = newest.event_id \
+                 JOIN event_outbox o ON o.id = d.event_id WHERE newest.n = 1",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("webhook_id")?, row_to_delivery(&r)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Takes the lease of up to `limit` due deliveries for `owner` until `now + lease_ms`.

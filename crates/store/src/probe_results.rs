@@ -33,6 +33,33 @@ impl Store {
         tx.commit().await
     }
 
+    /// The newest stored result of each of these connections, in one query (a connection
+    /// never tested is absent from the map). For a page of the overview.
+    pub async fn last_connection_tests(
+        &self,
+        connection_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, StoredTestResult>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in connection_ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            // The newest row of a connection is its highest id (ids only grow).
+            let sql = format!(
+                "SELECT connection_id, at, ok, result FROM connection_tests WHERE id IN \
+                 (SELECT MAX(id) FROM connection_tests WHERE connection_id IN ({}) \
+                 GROUP BY connection_id)",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("connection_id")?, row_to_result(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The connection's stored results, newest first.
     pub async fn connection_tests(&self, connection_id: &str) -> Result<Vec<StoredTestResult>> {
         let rows = sqlx::query(
@@ -41,20 +68,19 @@ impl Store {
         .bind(connection_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let text: String = r.try_get("result")?;
-                let ok: i64 = r.try_get("ok")?;
-                Ok(StoredTestResult {
-                    at: r.try_get("at")?,
-                    ok: ok != 0,
-                    result: serde_json::from_str(&text).map_err(|e| {
-                        crate::StoreError::Corrupt(format!("connection test result: {e}"))
-                    })?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_result).collect()
     }
+}
+
+fn row_to_result(r: &sqlx::any::AnyRow) -> Result<StoredTestResult> {
+    let text: String = r.try_get("result")?;
+    let ok: i64 = r.try_get("ok")?;
+    Ok(StoredTestResult {
+        at: r.try_get("at")?,
+        ok: ok != 0,
+        result: serde_json::from_str(&text)
+            .map_err(|e| crate::StoreError::Corrupt(format!("connection test result: {e}")))?,
+    })
 }
 
 /// Inserts a result and trims the connection's history, inside a write transaction.

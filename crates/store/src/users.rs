@@ -135,6 +135,30 @@ impl Store {
         user(&row)
     }
 
+    /// The usernames of these user ids, in one query (ids that name no user are left out).
+    pub async fn usernames(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut out = std::collections::HashMap::new();
+        // Bounded batches keep the statement under every backend's bind-parameter limit.
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, username FROM users WHERE id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("id")?, r.try_get("username")?);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn list_users(&self) -> Result<Vec<UserRecord>> {
         sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users ORDER BY username"

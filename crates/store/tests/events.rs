@@ -61,6 +61,7 @@ on_both_backends!(
     a_cascade_deletes_only_when_the_dependents_are_the_ones_chosen,
     events_commit_with_their_audit_record_and_only_for_webhooks_that_want_them,
     a_claimed_delivery_is_leased_to_one_replica_until_it_is_recorded_or_expires,
+    the_latest_delivery_of_each_webhook_comes_in_one_query,
 );
 
 fn entry(action: &str, ws: Option<&str>, kind: &str, target: &str) -> AuditEntry {
@@ -290,6 +291,35 @@ async fn events_commit_with_their_audit_record_and_only_for_webhooks_that_want_t
     .unwrap();
     assert!(s.list_deliveries(&all.id, 10).await.unwrap().is_empty());
     assert_eq!(s.list_deliveries(&rotations.id, 10).await.unwrap().len(), 1);
+}
+
+async fn the_latest_delivery_of_each_webhook_comes_in_one_query(s: &Store) {
+    let (ws, p) = workspace_and_project(s).await;
+    let all = webhook(&ws, &[], true);
+    let rotations = webhook(&ws, &["credential.rotated"], true);
+    let quiet = webhook(&ws, &["dependent.cascade_deleted"], true);
+    for w in [&all, &rotations, &quiet] {
+        s.create_webhook(w, &entry("webhook.create", Some(&ws), "webhook", &w.id))
+            .await
+            .unwrap();
+    }
+    connection(s, &ws, &p, "one").await;
+    connection(s, &ws, &p, "two").await;
+    s.record_audit(&entry("credential.rotate", Some(&ws), "credential", "c1"))
+        .await
+        .unwrap();
+    let ids = vec![all.id.clone(), rotations.id.clone(), quiet.id.clone()];
+    let latest = s.latest_deliveries(&ids).await.unwrap();
+    assert_eq!(latest.len(), 2, "a webhook without deliveries is absent");
+    assert!(!latest.contains_key(&quiet.id));
+    for w in [&all, &rotations] {
+        let newest = &s.list_deliveries(&w.id, 1).await.unwrap()[0];
+        assert_eq!(latest[&w.id].event_id, newest.event_id, "{}", w.id);
+        assert_eq!(latest[&w.id].kind, "credential.rotated");
+        assert_eq!(latest[&w.id].state, "pending");
+    }
+    assert_eq!(s.list_deliveries(&all.id, 10).await.unwrap().len(), 3);
+    assert!(s.latest_deliveries(&[]).await.unwrap().is_empty());
 }
 
 async fn a_claimed_delivery_is_leased_to_one_replica_until_it_is_recorded_or_expires(s: &Store) {

@@ -112,11 +112,7 @@ async fn a_batch_of_uses_extends_the_audit_chain_in_order(s: &Store) {
             &patchbay_store::AuditFilter {
                 workspace_id: Some(ws.clone()),
                 action: Some("connection.resolve".into()),
-                actor: None,
-                target_id: None,
-                since: None,
-                until: None,
-                after_seq: None,
+                ..Default::default()
             },
             500,
         )

@@ -7,7 +7,8 @@ use super::{output, Ctx};
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Events of --workspace, oldest first (needs audit:read).
+    /// Events of --workspace, oldest first, or newest first with --newest-first (needs
+    /// audit:read).
     List {
         /// Exact action, or a prefix ending in `.*` (connection.*).
         #[arg(long)]
@@ -27,6 +28,9 @@ pub enum AuditCommand {
         /// At most this many events (1-500).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Newest first (`order=desc`): `--newest-first --limit 20` shows the last 20.
+        #[arg(long)]
+        newest_first: bool,
     },
     /// Every event of --workspace as JSON lines on stdout (`> audit.jsonl`).
     Export {
@@ -57,9 +61,12 @@ pub async fn run(cmd: AuditCommand, ctx: Ctx) -> Result<(), ApiFailure> {
             since,
             until,
             limit,
+            newest_first,
         } => {
             let ws = ctx.workspace_id().await?;
+            let order = newest_first.then(|| "desc".to_owned());
             let q = query(&[
+                ("order", &order),
                 ("action", &action),
                 ("actor", &actor),
                 ("target_id", &target),

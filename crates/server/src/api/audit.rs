@@ -192,6 +192,19 @@ fn wants_jsonl(q: &mut BTreeMap<String, String>, headers: &HeaderMap) -> ApiResu
     }
 }
 
+/// `order=asc|desc`: chain order (the default) or newest first.
+fn newest_first(q: &mut BTreeMap<String, String>) -> ApiResult<bool> {
+    match q.remove("order").as_deref() {
+        None | Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(_) => Err(ApiError::field(
+            ErrorCode::InvalidQuery,
+            "order",
+            "order must be asc or desc",
+        )),
+    }
+}
+
 /// Every matching event as one JSON object per line, read from the store page by page
 /// while the response streams.
 fn jsonl(state: AppState, filter: AuditFilter) -> Response {
@@ -208,7 +221,11 @@ fn jsonl(state: AppState, filter: AuditFilter) -> Response {
             let Some(last) = page.last() else {
                 return Ok(None);
             };
-            filter.after_seq = Some(last.seq);
+            if filter.newest_first {
+                filter.before_seq = Some(last.seq);
+            } else {
+                filter.after_seq = Some(last.seq);
+            }
             let done = page.len() < 500;
             let mut out = Vec::new();
             for r in page {
@@ -235,6 +252,7 @@ fn jsonl(state: AppState, filter: AuditFilter) -> Response {
         ("target_id" = Option<String>, Query),
         ("since" = Option<String>, Query, description = "RFC 3339; events at or after"),
         ("until" = Option<String>, Query, description = "RFC 3339; events before"),
+        ("order" = Option<String>, Query, description = "asc (default: chain order, oldest first) or desc (newest first); a cursor continues in the order it was given in"),
         ("format" = Option<String>, Query, description = "json (default) or jsonl: every match, one event per line (also chosen by Accept: application/x-ndjson)")),
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
@@ -249,8 +267,9 @@ pub async fn list(
     let Query(mut q) =
         query.map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;
     let jsonl_wanted = wants_jsonl(&mut q, &headers)?;
+    let newest_first = newest_first(&mut q)?;
     let (limit, after) = super::page_params(&mut q)?;
-    let after_seq = after
+    let cursor_seq = after
         .map(|a| {
             a.parse::<i64>().map_err(|_| {
                 ApiError::field(
@@ -268,7 +287,10 @@ pub async fn list(
         target_id: text_param(&mut q, "target_id")?,
         since: time_param(&mut q, "since")?,
         until: time_param(&mut q, "until")?,
-        after_seq,
+        // The cursor is the last seq of the previous page, in the page's own order.
+        after_seq: cursor_seq.filter(|_| !newest_first),
+        before_seq: cursor_seq.filter(|_| newest_first),
+        newest_first,
     };
     if let Some(a) = &filter.action {
         if a.contains('*') && !(a.ends_with(".*") && a.matches('*').count() == 1) {
@@ -284,7 +306,7 @@ pub async fn list(
             ErrorCode::InvalidQuery,
             unknown.clone(),
             "unknown query parameter; this endpoint takes limit, cursor, actor, action, \
-             target_id, since, until and format",
+             target_id, since, until, order and format",
         ));
     }
     filter.workspace_id = Some(svc::readable_workspace(&state, &auth.0, &ws).await?);

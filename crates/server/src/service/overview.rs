@@ -1,5 +1,8 @@
 //! What the web UI shows beyond single API resources: the connections overview (each
-//! connection with its last test) and a workspace's newest audit events.
+//! connection with its last test), a workspace's audit log a page at a time, newest
+//! first, and the usernames behind `user:<id>` actors.
+
+use std::collections::HashMap;
 
 use patchbay_core::model::{Connection, Principal};
 use patchbay_store::{AuditFilter, AuditRecord, StoredTestResult};
@@ -14,7 +17,8 @@ pub struct OverviewRow {
     pub last_test: Option<StoredTestResult>,
 }
 
-/// One page of a project's connections (filters as in the API's list) with their last test.
+/// One page of a project's connections (filters as in the API's list) with their last
+/// test, read for the whole page in one query.
 pub async fn connections(
     state: &AppState,
     p: &Principal,
@@ -22,48 +26,94 @@ pub async fn connections(
     query: ListQuery,
 ) -> ApiResult<(Vec<OverviewRow>, Option<String>)> {
     let page = connections::list(state, p, project_id, query).await?;
-    let mut rows = Vec::with_capacity(page.items.len());
-    for c in page.items {
-        let last_test = state
-            .store
-            .connection_tests(&c.id)
-            .await?
-            .into_iter()
-            .next();
-        rows.push(OverviewRow {
+    let ids: Vec<String> = page.items.iter().map(|c| c.id.clone()).collect();
+    let mut last = state.store.last_connection_tests(&ids).await?;
+    let rows = page
+        .items
+        .into_iter()
+        .map(|c| OverviewRow {
+            last_test: last.remove(&c.id),
             connection: c,
-            last_test,
-        });
-    }
+        })
+        .collect();
     Ok((rows, page.more_after))
 }
 
-/// The newest `limit` events of a workspace matching `filter`, newest first. The principal
-/// must be allowed to read the workspace's audit log (`audit::readable_workspace`).
-pub async fn newest_audit(
+/// Where an audit page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditPosition {
+    /// The newest events.
+    Newest,
+    /// Events older than this seq (the "Older" link).
+    Before(i64),
+    /// Events newer than this seq (the "Newer" link).
+    After(i64),
+}
+
+/// A page of the audit log, newest first, with the positions of its neighbours.
+pub struct AuditPage {
+    pub rows: Vec<AuditRecord>,
+    /// Where the next newer page starts, when there is one.
+    pub newer: Option<AuditPosition>,
+    /// Where the next older page starts, when there is one.
+    pub older: Option<AuditPosition>,
+}
+
+/// One page of `limit` events of a workspace matching `filter`, newest first. The principal
+/// must be allowed to read the workspace's audit log (`audit::readable_workspace`). Reads
+/// one row more than it shows to know whether the page has a neighbour that way.
+pub async fn audit_page(
     state: &AppState,
     p: &Principal,
     workspace: &str,
     mut filter: AuditFilter,
-    limit: usize,
-) -> ApiResult<Vec<AuditRecord>> {
-    let ws = super::audit::readable_workspace(state, p, workspace).await?;
-    filter.workspace_id = Some(ws);
-    // The store pages oldest first; walk forward keeping the newest (bounded: 40 pages).
-    let mut newest: std::collections::VecDeque<AuditRecord> = Default::default();
-    for _ in 0..40 {
-        let page = super::audit::list(state, &filter, 500).await?;
-        let full = page.len() == 500;
-        filter.after_seq = page.last().map(|r| r.seq);
-        for r in page {
-            if newest.len() == limit {
-                newest.pop_front();
-            }
-            newest.push_back(r);
-        }
-        if !full {
-            break;
-        }
+    at: AuditPosition,
+    limit: u32,
+) -> ApiResult<AuditPage> {
+    filter.workspace_id = Some(super::audit::readable_workspace(state, p, workspace).await?);
+    filter.newest_first = !matches!(at, AuditPosition::After(_));
+    match at {
+        AuditPosition::Newest => {}
+        AuditPosition::Before(seq) => filter.before_seq = Some(seq),
+        AuditPosition::After(seq) => filter.after_seq = Some(seq),
     }
-    Ok(newest.into_iter().rev().collect())
+    let mut rows = super::audit::list(state, &filter, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let oldest_shown = |rows: &[AuditRecord]| rows.last().map(|r| AuditPosition::Before(r.seq));
+    let (newer, older) = match at {
+        AuditPosition::Newest => (None, more.then(|| oldest_shown(&rows)).flatten()),
+        // Back to where this page came from: the events newer than the newest shown (or,
+        // on an empty page, than its start).
+        AuditPosition::Before(seq) => (
+            Some(AuditPosition::After(
+                rows.first().map_or(seq - 1, |r| r.seq),
+            )),
+            more.then(|| oldest_shown(&rows)).flatten(),
+        ),
+        AuditPosition::After(_) => {
+            rows.reverse();
+            let newest = rows.first().map(|r| AuditPosition::After(r.seq));
+            (newest.filter(|_| more), oldest_shown(&rows))
+        }
+    };
+    Ok(AuditPage { rows, newer, older })
+}
+
+/// The usernames of the `user:<id>` actors among `rows`, looked up in one query.
+pub async fn actor_names(
+    state: &AppState,
+    rows: &[AuditRecord],
+) -> ApiResult<HashMap<String, String>> {
+    let mut ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.entry.actor.strip_prefix("user:"))
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(state.store.usernames(&ids).await?)
 }

@@ -114,6 +114,24 @@ pub async fn list(state: &AppState, p: &Principal, ws: &str) -> ApiResult<Vec<We
     Ok(state.store.list_webhooks(&ws.id).await?)
 }
 
+/// The workspace's webhooks, each with its newest delivery (one query for all of them).
+pub async fn list_with_latest(
+    state: &AppState,
+    p: &Principal,
+    ws: &str,
+) -> ApiResult<Vec<(WebhookRecord, Option<DeliveryRecord>)>> {
+    let hooks = list(state, p, ws).await?;
+    let ids: Vec<String> = hooks.iter().map(|w| w.id.clone()).collect();
+    let mut latest = state.store.latest_deliveries(&ids).await?;
+    Ok(hooks
+        .into_iter()
+        .map(|w| {
+            let d = latest.remove(&w.id);
+            (w, d)
+        })
+        .collect())
+}
+
 /// Creates a webhook; the secret comes back once, here.
 pub async fn create(
     state: &AppState,

@@ -1,5 +1,5 @@
 //! Workspace pages besides connections: shared credentials (list, create by kind, rotate,
-//! usage), the audit log with filters, and the user's API tokens (shown once, revoke).
+//! usage) and the user's API tokens (shown once, revoke). The audit log is `audit.rs`.
 
 use std::collections::BTreeMap;
 
@@ -11,13 +11,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use patchbay_core::model::Workspace;
 use patchbay_core::permission::Permission;
 use patchbay_core::schema::{FieldType, SettingsSchema};
-use patchbay_store::AuditFilter;
 use serde_json::{json, Map, Value};
 
 use super::form::{self, pairs, FormState, Posted, SchemaForm};
 use super::page::{render, render_status, when, Choice, Chrome, Ui};
 use crate::error::{ApiError, ApiResult};
-use crate::service::{credentials, overview, tokens, workspaces};
+use crate::service::{credentials, tokens, workspaces};
 use crate::state::AppState;
 
 struct CredentialRow {
@@ -406,79 +405,6 @@ pub async fn rotate_credential(
         }
         Err(e) => Err(e),
     }
-}
-
-struct AuditRow {
-    seq: i64,
-    when: String,
-    actor: String,
-    action: String,
-    outcome: String,
-    target: String,
-    target_link: String,
-}
-
-#[derive(Template)]
-#[template(path = "audit.html")]
-struct AuditPage {
-    chrome: Chrome,
-    ws: String,
-    action: String,
-    actor: String,
-    target: String,
-    rows: Vec<AuditRow>,
-}
-
-/// `GET /workspaces/{ws}/audit`: the newest 200 events; filters `action` (exact, or a prefix
-/// ending in `.*`), `actor`, `target` (an id).
-pub async fn audit(
-    State(state): State<AppState>,
-    ui: Ui,
-    Path(ws): Path<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> ApiResult<Response> {
-    let ws = workspaces::get(&state, &ui.p, &ws).await?;
-    let get = |k: &str| {
-        q.get(k)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    let filter = AuditFilter {
-        action: get("action"),
-        actor: get("actor"),
-        target_id: get("target"),
-        ..Default::default()
-    };
-    let rows = overview::newest_audit(&state, &ui.p, &ws.id, filter, 200)
-        .await?
-        .into_iter()
-        .map(|r| AuditRow {
-            seq: r.seq,
-            when: when(r.at),
-            target_link: match r.entry.target_kind.as_str() {
-                "connection" if !r.entry.action.ends_with(".delete") => {
-                    format!("/connections/{}", r.entry.target_id)
-                }
-                "credential" if !r.entry.action.ends_with(".delete") => {
-                    format!("/credentials/{}", r.entry.target_id)
-                }
-                _ => String::new(),
-            },
-            target: format!("{} {}", r.entry.target_kind, r.entry.target_id),
-            actor: r.entry.actor,
-            action: r.entry.action,
-            outcome: format!("{:?}", r.entry.outcome).to_lowercase(),
-        })
-        .collect();
-    let chrome = chrome_for(&state, &ui, &ws, "audit").await?;
-    Ok(render(&AuditPage {
-        chrome,
-        ws: ws.id,
-        action: get("action").unwrap_or_default(),
-        actor: get("actor").unwrap_or_default(),
-        target: get("target").unwrap_or_default(),
-        rows,
-    }))
 }
 
 struct TokenRow {

@@ -399,16 +399,24 @@ async fn detail_page(
             target_id: Some(c.id.clone()),
             ..Default::default()
         };
-        overview::newest_audit(state, &ui.p, &c.workspace_id, filter, 20)
-            .await?
-            .into_iter()
-            .map(|r| AuditRow {
-                when: when(r.at),
-                action: r.entry.action,
-                actor: r.entry.actor,
-                outcome: format!("{:?}", r.entry.outcome).to_lowercase(),
-            })
-            .collect()
+        overview::audit_page(
+            state,
+            &ui.p,
+            &c.workspace_id,
+            filter,
+            overview::AuditPosition::Newest,
+            20,
+        )
+        .await?
+        .rows
+        .into_iter()
+        .map(|r| AuditRow {
+            when: when(r.at),
+            action: r.entry.action,
+            actor: r.entry.actor,
+            outcome: format!("{:?}", r.entry.outcome).to_lowercase(),
+        })
+        .collect()
     } else {
         vec![]
     };

@@ -14,12 +14,16 @@
 
 mod admin;
 mod assets;
+mod audit;
 mod connection_form;
 mod connections;
 mod form;
 mod login;
+mod members;
 mod page;
 mod views;
+mod webhooks;
+mod zones;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -87,7 +91,36 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/credentials/{id}", get(admin::credential))
         .route("/credentials/{id}/rotate", post(admin::rotate_credential))
-        .route("/workspaces/{ws}/audit", get(admin::audit))
+        .route("/workspaces/{ws}/audit", get(audit::audit))
+        .route(
+            "/workspaces/{ws}/zones",
+            get(zones::list).post(zones::create),
+        )
+        .route(
+            "/workspaces/{ws}/zones/{zone}/agent-tokens",
+            post(zones::create_agent_token),
+        )
+        .route("/zones/{id}/delete", post(zones::delete))
+        .route(
+            "/workspaces/{ws}/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route("/webhooks/{id}", get(webhooks::detail))
+        .route("/webhooks/{id}/enabled", post(webhooks::set_enabled))
+        .route("/webhooks/{id}/delete", post(webhooks::delete))
+        .route(
+            "/webhooks/{id}/deliveries/{event}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route(
+            "/workspaces/{ws}/members",
+            get(members::list).post(members::add),
+        )
+        .route("/workspaces/{ws}/members/{user}", post(members::set_role))
+        .route(
+            "/workspaces/{ws}/members/{user}/remove",
+            post(members::remove),
+        )
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
         .route_layer(middleware::from_fn_with_state(

@@ -66,8 +66,35 @@ pub struct Chrome {
     pub workspace_name: String,
     pub project_id: String,
     pub project_name: String,
-    /// Which navigation entry is current: connections, credentials, audit, tokens.
+    /// Which navigation entry is current: connections, credentials, audit, zones,
+    /// webhooks, members, tokens.
     pub nav: &'static str,
+    /// Which workspace entries the sidebar shows: only those the principal may open.
+    pub nav_access: NavAccess,
+}
+
+/// The sidebar's workspace entries the principal holds the permission of (the same as the
+/// route table's for each page).
+#[derive(Default)]
+pub struct NavAccess {
+    pub credentials: bool,
+    pub audit: bool,
+    pub zones: bool,
+    pub webhooks: bool,
+    pub members: bool,
+}
+
+impl NavAccess {
+    fn of(p: &Principal, workspace_id: &str) -> Self {
+        use patchbay_core::permission::Permission::*;
+        Self {
+            credentials: p.can_in(workspace_id, CredentialsRead),
+            audit: p.can_in(workspace_id, AuditRead),
+            zones: p.can_in(workspace_id, ConnectionsRead),
+            webhooks: p.can_in(workspace_id, WorkspaceAdmin),
+            members: p.can_in(workspace_id, MembersManage),
+        }
+    }
 }
 
 impl Chrome {
@@ -130,7 +157,9 @@ impl Chrome {
             })
             .collect();
         let htmx_headers = serde_json::json!({"X-CSRF-Token": ui.csrf}).to_string();
+        let nav_access = NavAccess::of(&ui.p, &workspace_id);
         Ok(Chrome {
+            nav_access,
             user,
             csrf: ui.csrf.clone(),
             css: asset_path("app"),

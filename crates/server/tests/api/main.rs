@@ -20,5 +20,6 @@ mod sessions;
 mod tls;
 mod tokens;
 mod ui;
+mod ui_admin;
 mod ui_flows;
 mod zones;

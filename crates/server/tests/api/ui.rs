@@ -88,7 +88,7 @@ impl Browser {
         b
     }
 
-    async fn send(&self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
+    pub async fn send(&self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Page {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -117,7 +117,7 @@ impl Browser {
     }
 }
 
-async fn user_with_password(s: &Service, name: &str, role: &str) -> Browser {
+pub(crate) async fn user_with_password(s: &Service, name: &str, role: &str) -> Browser {
     let ws = s.default_workspace().await;
     let r = s
         .call(
@@ -132,7 +132,7 @@ async fn user_with_password(s: &Service, name: &str, role: &str) -> Browser {
     Browser::sign_in(s, name, "a long enough password").await
 }
 
-fn assert_ui_headers(path: &str, p: &Page) {
+pub(crate) fn assert_ui_headers(path: &str, p: &Page) {
     let h = |name| {
         p.headers
             .get(name)
@@ -187,6 +187,9 @@ async fn every_page_has_the_security_headers_and_none_shows_the_canary_until_rev
         format!("/credentials/{cred}"),
         format!("/workspaces/{ws}/audit"),
         format!("/workspaces/{ws}/audit?action=connection.*"),
+        format!("/workspaces/{ws}/zones"),
+        format!("/workspaces/{ws}/webhooks"),
+        format!("/workspaces/{ws}/members"),
         "/tokens".to_owned(),
     ];
     for path in &pages {
