@@ -2,6 +2,8 @@
 //! PostgreSQL (PATCHBAY_TEST_POSTGRES_URL, default the local server; SKIPPED without one,
 //! a failure under CI=true).
 
+mod common;
+
 use patchbay_crypto::{EncryptedValue, WrappedKey};
 use patchbay_store::{
     AuditEntry, ConnectionWrite, CredentialLink, DeliveryResult, Dependent, Store, StoreError,
@@ -9,55 +11,7 @@ use patchbay_store::{
 };
 use serde_json::json;
 
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    (Store::connect(&url).await.unwrap(), dir)
-}
-
-/// A fresh PostgreSQL database (its URL), or None (SKIPPED) when no server answers outside CI.
-async fn postgres_url() -> Option<String> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL event tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_events_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(format!("{base}/{db}"))
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend { $(
-            #[tokio::test]
-            async fn $name() { let (s, _dir) = super::sqlite().await; super::$name(&s).await; }
-        )* }
-        mod postgres_backend { $(
-            #[tokio::test]
-            async fn $name() {
-                if let Some(url) = super::postgres_url().await {
-                    super::$name(&patchbay_store::Store::connect(&url).await.unwrap()).await;
-                }
-            }
-        )* }
-    };
-}
-
-on_both_backends!(
+on_both_backends!("events":
     a_cascade_deletes_only_when_the_dependents_are_the_ones_chosen,
     events_commit_with_their_audit_record_and_only_for_webhooks_that_want_them,
     a_claimed_delivery_is_leased_to_one_replica_until_it_is_recorded_or_expires,
@@ -401,7 +355,7 @@ async fn a_claimed_delivery_is_leased_to_one_replica_until_it_is_recorded_or_exp
 /// delivery.
 #[tokio::test]
 async fn concurrent_claims_from_several_replicas_never_overlap_on_postgres() {
-    let Some(url) = postgres_url().await else {
+    let Some(url) = common::postgres_url("events").await else {
         return;
     };
     let s = Store::connect(&url).await.unwrap();

@@ -2,42 +2,14 @@
 //! when no ciphertext names it, a batch that hits an integrity failure writes nothing, and
 //! the 0003 triggers refuse a ciphertext naming a key that does not exist.
 
+mod common;
+
 use patchbay_crypto::{EncryptedValue, WrappedKey};
 use patchbay_store::{
     AuditEntry, BatchOutcome, CiphertextRow, ConnectionWrite, CredentialLink, NewCredential,
     Reencrypt, StartRotation, Store, StoredDataKey,
 };
 use serde_json::json;
-
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    (Store::connect(&url).await.unwrap(), dir)
-}
-
-async fn postgres() -> Option<Store> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL key tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_keys_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(Store::connect(&format!("{base}/{db}")).await.unwrap())
-}
 
 fn audit() -> AuditEntry {
     AuditEntry::system("system:test", "test", None, "test", "t", json!({}))
@@ -240,13 +212,13 @@ async fn rotation_destroys_the_old_key_only_when_no_ciphertext_names_it(s: &Stor
 
 #[tokio::test]
 async fn sqlite_rotation_invariants() {
-    let (s, _dir) = sqlite().await;
+    let (s, _dir) = common::sqlite().await;
     rotation_destroys_the_old_key_only_when_no_ciphertext_names_it(&s).await;
 }
 
 #[tokio::test]
 async fn postgres_rotation_invariants() {
-    if let Some(s) = postgres().await {
+    if let Some(s) = common::postgres("keys").await {
         rotation_destroys_the_old_key_only_when_no_ciphertext_names_it(&s).await;
     }
 }

@@ -3,57 +3,15 @@
 //! once on PostgreSQL (PATCHBAY_TEST_POSTGRES_URL, default the local server; SKIPPED
 //! without one, a failure under CI=true).
 
+mod common;
+
 use patchbay_crypto::WrappedKey;
 use patchbay_store::{
     AuditEntry, AuditFilter, ConnectionWrite, CredentialLink, NewUser, Store, StoredDataKey,
 };
 use serde_json::json;
 
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    (Store::connect(&url).await.unwrap(), dir)
-}
-
-/// A fresh PostgreSQL database, or None (SKIPPED) when no server answers outside CI.
-async fn postgres() -> Option<Store> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL page tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_pages_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(Store::connect(&format!("{base}/{db}")).await.unwrap())
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend { $(
-            #[tokio::test]
-            async fn $name() { let (s, _dir) = super::sqlite().await; super::$name(&s).await; }
-        )* }
-        mod postgres_backend { $(
-            #[tokio::test]
-            async fn $name() { if let Some(s) = super::postgres().await { super::$name(&s).await; } }
-        )* }
-    };
-}
-
-on_both_backends!(
+on_both_backends!("pages":
     the_audit_log_pages_newest_first_with_a_cursor,
     the_last_test_of_many_connections_comes_in_one_query,
     usernames_are_looked_up_by_id_in_one_query,

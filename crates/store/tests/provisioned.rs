@@ -3,35 +3,13 @@
 //! from PATCHBAY_TEST_POSTGRES_URL; without a server the PostgreSQL half prints SKIPPED,
 //! except under CI=true, where a missing peer is a failure.
 
+mod common;
+
 use patchbay_crypto::WrappedKey;
 use patchbay_store::{
     AuditEntry, ConnectionWrite, CredentialLink, NewCredential, Provisionable, Store, StoredDataKey,
 };
 use serde_json::json;
-
-async fn postgres() -> Option<Store> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL provisioning tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_prov_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(Store::connect(&format!("{base}/{db}")).await.unwrap())
-}
 
 fn audit(action: &str, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, None, "test", target, json!({}))
@@ -146,7 +124,7 @@ async fn provisioning_markers_on_sqlite() {
 
 #[tokio::test]
 async fn provisioning_markers_on_postgres() {
-    if let Some(s) = postgres().await {
+    if let Some(s) = common::postgres("prov").await {
         markers_are_set_listed_and_cleared(&s).await;
     }
 }

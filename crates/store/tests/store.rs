@@ -3,6 +3,8 @@
 //! 127.0.0.1:5432); each test gets a fresh database. Without a server the PostgreSQL half
 //! prints SKIPPED, except under CI=true, where a missing peer is a failure.
 
+mod common;
+
 use patchbay_core::permission::{Permission, PermissionSet};
 use patchbay_crypto::{EncryptedValue, WrappedKey};
 use patchbay_store::{
@@ -11,51 +13,7 @@ use patchbay_store::{
 };
 use serde_json::json;
 
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    (Store::connect(&url).await.unwrap(), dir)
-}
-
-/// A fresh PostgreSQL database, or None (SKIPPED) when no server answers outside CI.
-async fn postgres() -> Option<Store> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL store tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_store_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(Store::connect(&format!("{base}/{db}")).await.unwrap())
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend { $(
-            #[tokio::test]
-            async fn $name() { let (s, _dir) = super::sqlite().await; super::$name(&s).await; }
-        )* }
-        mod postgres_backend { $(
-            #[tokio::test]
-            async fn $name() { if let Some(s) = super::postgres().await { super::$name(&s).await; } }
-        )* }
-    };
-}
-
-on_both_backends!(
+on_both_backends!("store":
     workspaces_projects_and_names_are_unique,
     connection_lifecycle_with_versions_and_secrets,
     shared_credentials_rotate_expire_and_refuse_deletion_while_used,
@@ -952,7 +910,7 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
 #[tokio::test]
 async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
     use patchbay_store::{UseRecord, Verification};
-    let (a, dir) = sqlite().await;
+    let (a, dir) = common::sqlite().await;
     let b = Store::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
         .await
         .unwrap();

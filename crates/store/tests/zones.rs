@@ -3,42 +3,14 @@
 //! PostgreSQL as in tests/store.rs (PATCHBAY_TEST_POSTGRES_URL; SKIPPED without a server,
 //! a failure under CI=true).
 
+mod common;
+
 use patchbay_crypto::WrappedKey;
 use patchbay_store::{
     now_millis, AgentJob, AuditEntry, ConnectionWrite, CredentialLink, NewToken, Store, StoreError,
     StoredDataKey, ZoneRecord,
 };
 use serde_json::json;
-
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    (Store::connect(&url).await.unwrap(), dir)
-}
-
-async fn postgres() -> Option<Store> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL zone store tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_zones_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(Store::connect(&format!("{base}/{db}")).await.unwrap())
-}
 
 fn audit(action: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, None, "test", "t", json!({}))
@@ -249,20 +221,7 @@ async fn a_zone_is_not_deleted_under_its_connections_and_takes_its_agents_with_i
     }
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend { $(
-            #[tokio::test]
-            async fn $name() { let (s, _dir) = super::sqlite().await; super::$name(&s).await; }
-        )* }
-        mod postgres_backend { $(
-            #[tokio::test]
-            async fn $name() { if let Some(s) = super::postgres().await { super::$name(&s).await; } }
-        )* }
-    };
-}
-
-on_both_backends!(
+on_both_backends!("zones":
     a_job_goes_to_one_agent_and_only_its_claimer_reports_it,
     a_zone_is_not_deleted_under_its_connections_and_takes_its_agents_with_it,
 );

@@ -1,0 +1,69 @@
+//! What the store's test binaries share: a SQLite store in a temporary directory, a fresh
+//! PostgreSQL database (PATCHBAY_TEST_POSTGRES_URL, default the local server; SKIPPED
+//! without one, a failure under CI=true), and [`on_both_backends!`], which runs a file's
+//! `async fn name(&Store)` tests once on each.
+
+#![allow(dead_code)]
+
+use patchbay_store::Store;
+
+pub async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+/// The URL of a fresh database `pb_<tag>_<uuid>`, or None (SKIPPED) when no server answers
+/// outside CI.
+pub async fn postgres_url(tag: &str) -> Option<String> {
+    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let admin = match sqlx::AnyPool::connect(&admin_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("PostgreSQL peer missing under CI=true: {e}");
+            }
+            eprintln!("SKIPPED: PostgreSQL {tag} tests: no server at {admin_url}: {e}");
+            return None;
+        }
+    };
+    let db = format!("pb_{tag}_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    Some(format!("{base}/{db}"))
+}
+
+/// A store on a fresh database, or None (SKIPPED) as [`postgres_url`].
+pub async fn postgres(tag: &str) -> Option<Store> {
+    let url = postgres_url(tag).await?;
+    Some(Store::connect(&url).await.unwrap())
+}
+
+/// `on_both_backends!("tag": test_a, test_b)`: `sqlite_backend::test_a` and
+/// `postgres_backend::test_a` (database `pb_tag_…`) call the file's `test_a(&Store)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($tag:literal: $($name:ident),* $(,)?) => {
+        mod sqlite_backend { $(
+            #[tokio::test]
+            async fn $name() {
+                let (s, _dir) = $crate::common::sqlite().await;
+                super::$name(&s).await;
+            }
+        )* }
+        mod postgres_backend { $(
+            #[tokio::test]
+            async fn $name() {
+                if let Some(s) = $crate::common::postgres($tag).await {
+                    super::$name(&s).await;
+                }
+            }
+        )* }
+    };
+}
