@@ -2,96 +2,21 @@
 //! binary's CLI drives it, and a canary secret is searched for everywhere it must not be:
 //! database files and tables, the server log, CLI output, list and error responses.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+use common::{files_contain, Server, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
 const CANARY: &str = "canary-e2e-4b9d0c77";
 
-struct Server {
-    child: Child,
-    url: String,
-    data_dir: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(data_dir: &Path, database_url: Option<&str>) -> Server {
-    start_env(data_dir, database_url, &[])
+    common::serve(data_dir, database_url, &[])
 }
 
 fn start_env(data_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Server {
-    let port = free_port();
-    let mut cmd = Command::new(BIN);
-    cmd.envs(env.iter().copied());
-    cmd.arg("serve")
-        .env("PATCHBAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PATCHBAY_DATA_DIR", data_dir)
-        .env("PATCHBAY_LOG", "debug,sqlx=warn,hyper=info")
-        .env_remove("PATCHBAY_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(u) = database_url {
-        cmd.env("PATCHBAY_DATABASE_URL", u);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(out) = cli_raw(&url, None, &["workspaces", "list", "-o", "json"]) {
-            if out.status.code() != Some(1)
-                || !String::from_utf8_lossy(&out.stderr).contains("connection_failed")
-            {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not start: {}",
-            log.lock().unwrap()
-        );
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("server exited with {status}: {}", log.lock().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Server {
-        child,
-        url,
-        data_dir: data_dir.to_owned(),
-        log,
-    }
+    common::serve(data_dir, database_url, env)
 }
 
 fn cli_raw(
@@ -139,23 +64,6 @@ fn http(s: &Server, method: &str, path: &str, body: Option<&str>, extra: &[&str]
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_owned())
-}
-
-fn files_contain(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = vec![];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() {
-            hits.extend(files_contain(&p, needle));
-        } else if std::fs::read(&p)
-            .unwrap()
-            .windows(needle.len())
-            .any(|w| w == needle)
-        {
-            hits.push(p);
-        }
-    }
-    hits
 }
 
 #[cfg(unix)]

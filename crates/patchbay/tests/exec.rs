@@ -3,77 +3,17 @@
 //! PATCHBAY_URL, PATCHBAY_TOKEN and PATH in its environment. The canary password is searched
 //! for in the CLI's output, the server log and the data directory.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+use common::{files_contain, Server, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
 const CANARY: &str = "canary-exec-5e1f7a2b";
 
-struct Server {
-    child: Child,
-    url: String,
-    data_dir: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data_dir: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env("PATCHBAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PATCHBAY_DATA_DIR", data_dir)
-        .env("PATCHBAY_LOG", "debug,sqlx=warn,hyper=info")
-        .env_remove("PATCHBAY_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        || !data_dir.join("initial-admin-token").exists()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "server did not start: {}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Server {
-        child,
-        url,
-        data_dir: data_dir.to_owned(),
-        log,
-    }
+    common::serve(data_dir, None, &[])
 }
 
 /// The CLI as an operator on the server host (admin token from the data directory).
@@ -113,23 +53,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn files_contain(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = vec![];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() {
-            hits.extend(files_contain(&p, needle));
-        } else if std::fs::read(&p)
-            .unwrap()
-            .windows(needle.len())
-            .any(|w| w == needle)
-        {
-            hits.push(p);
-        }
-    }
-    hits
 }
 
 fn psql_and_postgres_available() -> bool {

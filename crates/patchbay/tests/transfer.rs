@@ -3,70 +3,25 @@
 //! refused with the wrong passphrase, Airflow files, 409 provisioned, and the canary
 //! nowhere it must not be. (A test binary of its own: e2e.rs is already past 700 lines.)
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+use common::{Server, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
 const CANARY: &str = "canary-transfer-9e1f37a2";
 
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data_dir: &Path, provision: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env("PATCHBAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PATCHBAY_DATA_DIR", data_dir)
-        .env("PATCHBAY_PROVISION_DIR", provision)
-        .env("SERVER_SIDE_PW", CANARY)
-        .env("PATCHBAY_LOG", "debug,sqlx=warn,hyper=info")
-        .env_remove("PATCHBAY_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("server exited with {status}: {}", log.lock().unwrap());
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Server { child, url, log }
+    let provision = provision.to_str().unwrap();
+    common::serve(
+        data_dir,
+        None,
+        &[
+            ("PATCHBAY_PROVISION_DIR", provision),
+            ("SERVER_SIDE_PW", CANARY),
+        ],
+    )
 }
 
 fn run(s: &Server, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -9,10 +9,12 @@
 //! Duplicates are allowed (at least once), counted and printed. Every receipt's HMAC
 //! signature is checked, and the canary secrets appear in no delivery and no log line.
 
+mod common;
+use common::{free_port, Server, BIN};
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,93 +24,23 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
 const CANARY: &str = "canary-7f3a9c1e-secret";
 const HOOK_SECRET: &str = "canary-7f3a9c1e-webhook-secret";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// SIGKILL (no shutdown handler runs), then wait for the process to be gone.
-    fn kill(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.log.lock().unwrap().clone()
-    }
-}
-
 fn start(data: &Path, db: Option<&str>) -> Server {
-    let port = free_port();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env("PATCHBAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PATCHBAY_DATA_DIR", data)
-        .env("PATCHBAY_LOG", "info,sqlx=warn")
-        .env("PATCHBAY_WEBHOOK_POLL", "50ms")
-        .env("PATCHBAY_WEBHOOK_TIMEOUT", "1s")
-        .env("PATCHBAY_WEBHOOK_BACKOFF", "100ms")
-        .env("PATCHBAY_WEBHOOK_BACKOFF_MAX", "300ms")
-        .env("PATCHBAY_WEBHOOK_LEASE", "2s")
-        .env("PATCHBAY_WEBHOOK_MAX_ATTEMPTS", "1000")
-        .env_remove("PATCHBAY_DATABASE_URL")
-        .env_remove("PATCHBAY_MASTER_KEY")
-        .env_remove("PATCHBAY_MASTER_KEY_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(u) = db {
-        cmd.env("PATCHBAY_DATABASE_URL", u);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("server exited with {status}: {}", log.lock().unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not start: {}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Server { child, url, log }
+    common::serve(
+        data,
+        db,
+        &[
+            ("PATCHBAY_LOG", "info,sqlx=warn"),
+            ("PATCHBAY_WEBHOOK_POLL", "50ms"),
+            ("PATCHBAY_WEBHOOK_TIMEOUT", "1s"),
+            ("PATCHBAY_WEBHOOK_BACKOFF", "100ms"),
+            ("PATCHBAY_WEBHOOK_BACKOFF_MAX", "300ms"),
+            ("PATCHBAY_WEBHOOK_LEASE", "2s"),
+            ("PATCHBAY_WEBHOOK_MAX_ATTEMPTS", "1000"),
+        ],
+    )
 }
 
 /// One request the receiver read.
