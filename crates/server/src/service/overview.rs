@@ -100,6 +100,20 @@ pub async fn audit_page(
     Ok(AuditPage { rows, newer, older })
 }
 
+/// An actor filter as people type it: a username becomes `user:<id>`; anything with a `:`
+/// (`user:…`, `token:…`, `system:…`) is taken as is. An unknown username stays as typed
+/// and so matches nothing.
+pub async fn actor_filter(state: &AppState, typed: &str) -> ApiResult<String> {
+    if typed.contains(':') {
+        return Ok(typed.to_owned());
+    }
+    match state.store.get_user_by_name(typed).await {
+        Ok(u) => Ok(format!("user:{}", u.id)),
+        Err(patchbay_store::StoreError::NotFound) => Ok(typed.to_owned()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The usernames of the `user:<id>` actors among `rows`, looked up in one query.
 pub async fn actor_names(
     state: &AppState,

@@ -44,7 +44,7 @@ struct AuditPage {
 const AUDIT_PAGE: u32 = 50;
 
 /// `GET /workspaces/{ws}/audit`: 50 events, newest first; filters `action` (exact, or a
-/// prefix ending in `.*`), `actor`, `target` (an id); paging `before` / `after` (a seq).
+/// prefix ending in `.*`), `actor` (a username, or `user:…`/`token:…`), `target` (an id); paging `before` / `after` (a seq).
 pub async fn audit(
     State(state): State<AppState>,
     ui: Ui,
@@ -75,9 +75,13 @@ pub async fn audit(
         (None, Some(a)) => overview::AuditPosition::After(a),
         (None, None) => overview::AuditPosition::Newest,
     };
+    let actor = match get("actor") {
+        Some(typed) => Some(overview::actor_filter(&state, &typed).await?),
+        None => None,
+    };
     let filter = AuditFilter {
         action: get("action"),
-        actor: get("actor"),
+        actor,
         target_id: get("target"),
         ..Default::default()
     };

@@ -166,10 +166,38 @@ async fn the_audit_page_shows_user_actors_by_username() {
         .get(&format!("/workspaces/{ws}/audit?action=zone.create"))
         .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-    assert!(page.text.contains(">auditor-ada<"), "{}", page.text);
+    // In the table (the top bar shows the signed-in name too).
+    assert!(
+        page.text.contains("\">auditor-ada</span></td>"),
+        "{}",
+        page.text
+    );
     assert!(
         page.text.contains("title=\"user:"),
         "the raw actor stays as a tooltip"
+    );
+    // The actor filter takes the username as people type it.
+    let by_name = b
+        .get(&format!(
+            "/workspaces/{ws}/audit?action=zone.create&actor=auditor-ada"
+        ))
+        .await;
+    assert_eq!(by_name.status, StatusCode::OK, "{}", by_name.text);
+    assert!(
+        by_name.text.contains("\">auditor-ada</span></td>"),
+        "{}",
+        by_name.text
+    );
+    let nobody = b
+        .get(&format!(
+            "/workspaces/{ws}/audit?action=zone.create&actor=nobody-here"
+        ))
+        .await;
+    assert_eq!(nobody.status, StatusCode::OK, "{}", nobody.text);
+    assert!(
+        !nobody.text.contains("\">auditor-ada</span></td>"),
+        "{}",
+        nobody.text
     );
 }
 
