@@ -10,7 +10,7 @@ use patchbay_core::model::Workspace;
 use serde_json::{Map, Value};
 
 use super::form::{pairs, Posted};
-use super::page::{render_status, when, Choice, Chrome, Ui};
+use super::page::{render_status, when, Choice, Chrome, Confirm, Ui};
 use crate::error::{ApiError, ApiResult};
 use crate::service::{users, workspaces};
 use crate::state::AppState;
@@ -157,8 +157,23 @@ pub async fn remove(
     State(state): State<AppState>,
     ui: Ui,
     Path((ws, user)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     let ws = workspaces::get(&state, &ui.p, &ws).await?;
+    let ask = Confirm {
+        title: "Remove this member?",
+        message: &format!(
+            "They lose their role in {} at once, and their tokens stop working here.",
+            ws.name
+        ),
+        action: &format!("/workspaces/{}/members/{user}/remove", ws.id),
+        button: "Remove member",
+        cancel: &format!("/workspaces/{}/members", ws.id),
+    };
+    let chrome = Chrome::load(&state, &ui, None, Some(&ws.id), "members").await?;
+    if let Some(page) = ask.unless_confirmed(&body, chrome) {
+        return Ok(page);
+    }
     let done = users::delete_member(&state, &ui.p, &ws.id, &user).await;
     or_page(&state, &ui, &ws, done).await
 }

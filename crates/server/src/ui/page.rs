@@ -305,3 +305,44 @@ pub fn badge(name: &str) -> String {
             .collect(),
     }
 }
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmPage<'a> {
+    chrome: Chrome,
+    title: &'a str,
+    message: &'a str,
+    action: &'a str,
+    button: &'a str,
+    cancel: &'a str,
+}
+
+/// What a destructive form post asks before it acts: without the field `confirmed=yes` the
+/// post answers this page (the same form again, with the field), so a stray click deletes
+/// nothing and no JavaScript is needed.
+pub struct Confirm<'a> {
+    pub title: &'a str,
+    pub message: &'a str,
+    /// The form's own action (the post that asked).
+    pub action: &'a str,
+    pub button: &'a str,
+    pub cancel: &'a str,
+}
+
+impl Confirm<'_> {
+    /// `None` when the post is confirmed (go ahead); else the confirmation page.
+    pub fn unless_confirmed(self, body: &[u8], chrome: Chrome) -> Option<Response> {
+        let posted = super::form::Posted(super::form::pairs(body));
+        if posted.get("confirmed") == Some("yes") {
+            return None;
+        }
+        Some(render(&ConfirmPage {
+            chrome,
+            title: self.title,
+            message: self.message,
+            action: self.action,
+            button: self.button,
+            cancel: self.cancel,
+        }))
+    }
+}

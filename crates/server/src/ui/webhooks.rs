@@ -12,7 +12,7 @@ use patchbay_store::{DeliveryRecord, EVENT_KINDS};
 use serde_json::{json, Map, Value};
 
 use super::form::{pairs, Posted};
-use super::page::{ago, render, render_status, Chrome, Ui};
+use super::page::{ago, render, render_status, Chrome, Confirm, Ui};
 use crate::error::{ApiError, ApiResult};
 use crate::service::{webhooks, workspaces};
 use crate::state::AppState;
@@ -264,8 +264,23 @@ pub async fn delete(
     State(state): State<AppState>,
     ui: Ui,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     let w = webhooks::get(&state, &ui.p, &id).await?;
+    let ask = Confirm {
+        title: "Delete this webhook?",
+        message: &format!(
+            "{} stops receiving events, and deliveries not yet made are dropped.",
+            w.url
+        ),
+        action: &format!("/webhooks/{id}/delete"),
+        button: "Delete webhook",
+        cancel: &format!("/webhooks/{id}"),
+    };
+    let chrome = Chrome::load(&state, &ui, None, Some(&w.workspace_id), "webhooks").await?;
+    if let Some(page) = ask.unless_confirmed(&body, chrome) {
+        return Ok(page);
+    }
     webhooks::delete(&state, &ui.p, &w.id).await?;
     Ok(Redirect::to(&format!("/workspaces/{}/webhooks", w.workspace_id)).into_response())
 }

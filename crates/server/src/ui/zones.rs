@@ -12,7 +12,7 @@ use patchbay_core::permission::Permission;
 use serde_json::{Map, Value};
 
 use super::form::{pairs, Posted};
-use super::page::{ago, render_status, Chrome, Ui};
+use super::page::{ago, render_status, Chrome, Confirm, Ui};
 use crate::error::{ApiError, ApiResult};
 use crate::service::{workspaces, zones};
 use crate::state::AppState;
@@ -179,9 +179,22 @@ pub async fn delete(
     State(state): State<AppState>,
     ui: Ui,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     let zone = zones::get(&state, &ui.p, &id).await?;
     let ws = workspaces::get(&state, &ui.p, &zone.zone.workspace_id).await?;
+    let ask = Confirm {
+        title: &format!("Delete zone {}?", zone.zone.name),
+        message: "Its agents' tokens are revoked at once and its queued tests dropped. A zone \
+                  that connections still name cannot be deleted.",
+        action: &format!("/zones/{id}/delete"),
+        button: "Delete zone",
+        cancel: &format!("/workspaces/{}/zones", ws.id),
+    };
+    let chrome = Chrome::load(&state, &ui, None, Some(&ws.id), "zones").await?;
+    if let Some(page) = ask.unless_confirmed(&body, chrome) {
+        return Ok(page);
+    }
     match zones::delete(&state, &ui.p, &id).await {
         Ok(()) => Ok(Redirect::to(&format!("/workspaces/{}/zones", ws.id)).into_response()),
         Err(e) => {

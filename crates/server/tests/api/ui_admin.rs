@@ -256,10 +256,23 @@ async fn zones_are_created_get_an_agent_token_shown_once_and_are_deleted() {
     assert!(again.text.contains("agent-one") && again.text.contains("pill-failed\">unhealthy"));
     assert!(again.text.contains("last seen never"));
 
-    let gone = b.post(&format!("/zones/{zone_id}/delete"), &[]).await;
+    // The first post only asks (a page with the same form and `confirmed=yes`).
+    let asked = b.post(&format!("/zones/{zone_id}/delete"), &[]).await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
+    assert!(asked.text.contains("Delete zone vpc-"), "{}", asked.text);
+    assert!(asked.text.contains("name=\"confirmed\" value=\"yes\""));
+    assert!(
+        !b.get(&path).await.text.contains("No zones"),
+        "nothing deleted yet"
+    );
+    let gone = b
+        .post(&format!("/zones/{zone_id}/delete"), &[("confirmed", "yes")])
+        .await;
     assert_eq!(gone.status, StatusCode::SEE_OTHER, "{}", gone.text);
     assert!(b.get(&path).await.text.contains("No zones"));
-    let missing = b.post(&format!("/zones/{zone_id}/delete"), &[]).await;
+    let missing = b
+        .post(&format!("/zones/{zone_id}/delete"), &[("confirmed", "yes")])
+        .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
@@ -291,7 +304,9 @@ async fn a_zone_named_by_a_connection_is_not_deleted_and_the_page_says_why() {
         .await;
     assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
     let b = Browser::sign_in(&s, "admin", &admin_password(&s)).await;
-    let refused = b.post(&format!("/zones/{zone_id}/delete"), &[]).await;
+    let refused = b
+        .post(&format!("/zones/{zone_id}/delete"), &[("confirmed", "yes")])
+        .await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
     assert!(refused.text.contains("name this zone"), "{}", refused.text);
     assert!(refused.text.contains("vpc-used"));
@@ -419,7 +434,16 @@ async fn webhooks_show_their_secret_only_on_creation_toggle_redeliver_and_delete
         .send(Method::POST, &format!("/webhooks/{id}/delete"), Some(&[]))
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "no CSRF token");
-    let gone = b.post(&format!("/webhooks/{id}/delete"), &[]).await;
+    let asked = b.post(&format!("/webhooks/{id}/delete"), &[]).await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
+    assert!(
+        asked.text.contains("Delete this webhook?"),
+        "{}",
+        asked.text
+    );
+    let gone = b
+        .post(&format!("/webhooks/{id}/delete"), &[("confirmed", "yes")])
+        .await;
     assert_eq!(gone.status, StatusCode::SEE_OTHER, "{}", gone.text);
     assert_eq!(gone.location(), path);
     assert!(b.get(&path).await.text.contains("No webhooks"));
@@ -478,7 +502,16 @@ async fn members_are_added_change_role_and_are_removed() {
         .send(Method::POST, &format!("{path}/{bob}/remove"), Some(&[]))
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "no CSRF token");
-    let removed = b.post(&format!("{path}/{bob}/remove"), &[]).await;
+    let asked = b.post(&format!("{path}/{bob}/remove"), &[]).await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.text);
+    assert!(asked.text.contains("Remove this member?"), "{}", asked.text);
+    assert!(
+        b.get(&path).await.text.contains("member-bob"),
+        "not removed yet"
+    );
+    let removed = b
+        .post(&format!("{path}/{bob}/remove"), &[("confirmed", "yes")])
+        .await;
     assert_eq!(removed.status, StatusCode::SEE_OTHER, "{}", removed.text);
     assert!(!b.get(&path).await.text.contains("member-bob"));
 }
