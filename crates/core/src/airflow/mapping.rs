@@ -251,8 +251,9 @@ pub fn by_patchbay(type_id: &str) -> Option<&'static TypeMapping> {
     MAPPINGS.iter().find(|m| m.patchbay == type_id)
 }
 
-/// An Airflow connection turned into patchbay's terms.
-#[derive(Debug, Default, PartialEq)]
+/// An Airflow connection turned into patchbay's terms. Its `Debug` names the secret fields
+/// and the unmapped extras (which may be secrets) without their values.
+#[derive(Default, PartialEq)]
 pub struct Imported {
     pub type_id: String,
     pub settings: Map<String, Value>,
@@ -260,6 +261,18 @@ pub struct Imported {
     /// Extras the table does not name, by their key (without an `extra__<type>__` prefix):
     /// the caller keeps those that are settings of the type and reports the others.
     pub unmapped: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Imported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = |m: &Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+        f.debug_struct("Imported")
+            .field("type_id", &self.type_id)
+            .field("settings", &self.settings)
+            .field("secrets", &keys(&self.secrets))
+            .field("unmapped", &keys(&self.unmapped))
+            .finish()
+    }
 }
 
 fn typed(raw: &Value, ty: Ty) -> Value {

@@ -619,3 +619,16 @@ fn secrets_and_auth_schemes_the_row_does_not_name_travel_as_extras() {
     assert_eq!(back.settings["auth_type"], "basic");
     assert_eq!(back.secrets["password"], "pw");
 }
+
+#[test]
+fn debug_output_never_carries_a_secret() {
+    let c = parse_uri("postgres://u:canary-pw@h:5432/db?token=canary-tok").unwrap();
+    let imported = import(&c).unwrap();
+    for text in [format!("{c:?}"), format!("{imported:?}")] {
+        assert!(!text.contains("canary"), "{text}");
+    }
+    assert!(
+        format!("{imported:?}").contains("password"),
+        "secret fields are named"
+    );
+}

@@ -8,8 +8,9 @@
 
 use serde_json::{Map, Value};
 
-/// The fields of an Airflow connection. `extra` is Airflow's raw JSON text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The fields of an Airflow connection. `extra` is Airflow's raw JSON text. Its `Debug`
+/// masks the password and the extra, which may hold secrets too (tokens, keys).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AirflowConn {
     pub conn_type: String,
     pub host: Option<String>,
@@ -19,6 +20,22 @@ pub struct AirflowConn {
     pub port: Option<u16>,
     pub extra: Option<String>,
     pub description: Option<String>,
+}
+
+impl std::fmt::Debug for AirflowConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |v: &Option<String>| v.as_ref().map(|_| "********");
+        f.debug_struct("AirflowConn")
+            .field("conn_type", &self.conn_type)
+            .field("host", &self.host)
+            .field("login", &self.login)
+            .field("password", &masked(&self.password))
+            .field("schema", &self.schema)
+            .field("port", &self.port)
+            .field("extra", &masked(&self.extra))
+            .field("description", &self.description)
+            .finish()
+    }
 }
 
 /// Why a URI or export is not an Airflow connection. Never quotes the input (it holds
