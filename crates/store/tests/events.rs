@@ -3,11 +3,12 @@
 //! a failure under CI=true).
 
 mod common;
+use common::workspace_and_project;
 
-use patchbay_crypto::{EncryptedValue, WrappedKey};
+use patchbay_crypto::EncryptedValue;
 use patchbay_store::{
     AuditEntry, ConnectionWrite, CredentialLink, DeliveryResult, Dependent, Store, StoreError,
-    StoredDataKey, WebhookRecord,
+    WebhookRecord,
 };
 use serde_json::json;
 
@@ -20,32 +21,6 @@ on_both_backends!("events":
 
 fn entry(action: &str, ws: Option<&str>, kind: &str, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, ws, kind, target, json!({"n": 1}))
-}
-
-async fn workspace_and_project(s: &Store) -> (String, String) {
-    let ws = patchbay_store::new_id();
-    let dek = StoredDataKey {
-        id: format!("dek-{ws}"),
-        workspace_id: ws.clone(),
-        wrapped: WrappedKey {
-            kek_id: "file:abc".into(),
-            nonce: vec![1; 12],
-            ciphertext: vec![2; 48],
-        },
-    };
-    s.create_workspace(
-        &ws,
-        &format!("ws-{}", &ws[30..]),
-        &dek,
-        &entry("ws", None, "workspace", &ws),
-    )
-    .await
-    .unwrap();
-    let p = s
-        .create_project(&ws, "default", &entry("p", None, "project", ""))
-        .await
-        .unwrap();
-    (ws, p.id)
 }
 
 async fn connection(s: &Store, ws: &str, project: &str, name: &str) -> String {

@@ -4,11 +4,9 @@
 //! without one, a failure under CI=true).
 
 mod common;
+use common::workspace_and_project;
 
-use patchbay_crypto::WrappedKey;
-use patchbay_store::{
-    AuditEntry, AuditFilter, ConnectionWrite, CredentialLink, NewUser, Store, StoredDataKey,
-};
+use patchbay_store::{AuditEntry, AuditFilter, ConnectionWrite, CredentialLink, NewUser, Store};
 use serde_json::json;
 
 on_both_backends!("pages":
@@ -19,32 +17,6 @@ on_both_backends!("pages":
 
 fn audit(action: &str, ws: Option<&str>, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, ws, "test", target, json!({}))
-}
-
-async fn workspace_and_project(s: &Store) -> (String, String) {
-    let ws = patchbay_store::new_id();
-    let dek = StoredDataKey {
-        id: format!("dek-{ws}"),
-        workspace_id: ws.clone(),
-        wrapped: WrappedKey {
-            kek_id: "kek-1".into(),
-            nonce: vec![1; 12],
-            ciphertext: vec![2; 48],
-        },
-    };
-    s.create_workspace(
-        &ws,
-        &format!("ws-{}", &ws[30..]),
-        &dek,
-        &audit("ws", None, &ws),
-    )
-    .await
-    .unwrap();
-    let p = s
-        .create_project(&ws, "default", &audit("p", None, ""))
-        .await
-        .unwrap();
-    (ws, p.id)
 }
 
 async fn the_audit_log_pages_newest_first_with_a_cursor(s: &Store) {

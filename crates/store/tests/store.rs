@@ -4,12 +4,13 @@
 //! prints SKIPPED, except under CI=true, where a missing peer is a failure.
 
 mod common;
+use common::{dek, workspace_and_project};
 
 use patchbay_core::permission::{Permission, PermissionSet};
-use patchbay_crypto::{EncryptedValue, WrappedKey};
+use patchbay_crypto::EncryptedValue;
 use patchbay_store::{
     AuditEntry, ConnectionFilter, ConnectionWrite, CredentialLink, LinkChange, NewCredential,
-    NewToken, NewVersion, Store, StoreError, StoredDataKey,
+    NewToken, NewVersion, Store, StoreError,
 };
 use serde_json::json;
 
@@ -22,62 +23,7 @@ on_both_backends!("store":
     tokens_are_found_by_hash_only,
     migrations_are_idempotent,
     connection_test_results_keep_the_newest_20_and_go_with_the_connection,
-    a_batch_of_uses_extends_the_audit_chain_in_order,
 );
-
-/// Group commit (resolves): batches of 1, 5 and 70 events (more than one multi-row
-/// statement) extend the chain in order, and ordinary appends continue it.
-async fn a_batch_of_uses_extends_the_audit_chain_in_order(s: &Store) {
-    use patchbay_store::{UseRecord, Verification};
-    let (ws, _) = workspace_and_project(s).await;
-    let before = match s.verify_audit().await.unwrap() {
-        Verification::Ok { count, .. } => count,
-        other => panic!("{other:?}"),
-    };
-    let mut n = 0;
-    for size in [1, 5, 70] {
-        let batch: Vec<UseRecord> = (0..size)
-            .map(|i| UseRecord {
-                credential: None,
-                principal: "token:runner".into(),
-                audit: AuditEntry::system(
-                    "token:runner",
-                    "connection.resolve",
-                    Some(&ws),
-                    "connection",
-                    &format!("c-{size}-{i}"),
-                    json!({"run_id": format!("run-{i}")}),
-                ),
-            })
-            .collect();
-        s.record_uses(&batch).await.unwrap();
-        n += size;
-    }
-    s.create_project(&ws, "after", &audit("p", ""))
-        .await
-        .unwrap();
-    match s.verify_audit().await.unwrap() {
-        Verification::Ok {
-            count, head_seq, ..
-        } => {
-            assert_eq!(count, before + n as i64 + 1);
-            assert_eq!(head_seq, count);
-        }
-        other => panic!("chain broken: {other:?}"),
-    }
-    let events = s
-        .list_audit(
-            &patchbay_store::AuditFilter {
-                workspace_id: Some(ws.clone()),
-                action: Some("connection.resolve".into()),
-                ..Default::default()
-            },
-            500,
-        )
-        .await
-        .unwrap();
-    assert_eq!(events.len(), n);
-}
 
 async fn connection_test_results_keep_the_newest_20_and_go_with_the_connection(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
@@ -117,41 +63,12 @@ fn audit(action: &str, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, None, "test", target, json!({}))
 }
 
-fn dek(ws: &str) -> StoredDataKey {
-    StoredDataKey {
-        id: format!("dek-{ws}"),
-        workspace_id: ws.into(),
-        wrapped: WrappedKey {
-            kek_id: "file:abc".into(),
-            nonce: vec![1; 12],
-            ciphertext: vec![2; 48],
-        },
-    }
-}
-
 fn ev(b: u8) -> EncryptedValue {
     EncryptedValue {
         key_id: "dek-x".into(),
         nonce: vec![b; 12],
         ciphertext: vec![b; 20],
     }
-}
-
-async fn workspace_and_project(s: &Store) -> (String, String) {
-    let ws = patchbay_store::new_id();
-    s.create_workspace(
-        &ws,
-        &format!("ws-{}", &ws[30..]),
-        &dek(&ws),
-        &audit("ws", &ws),
-    )
-    .await
-    .unwrap();
-    let p = s
-        .create_project(&ws, "default", &audit("p", ""))
-        .await
-        .unwrap();
-    (ws, p.id)
 }
 
 fn write(name: &str, ty: &str) -> ConnectionWrite {
@@ -681,259 +598,4 @@ async fn migrations_are_idempotent(s: &Store) {
     s.migrate().await.unwrap();
     assert!(s.count_workspaces().await.unwrap() >= 1);
     assert_eq!(s.get_workspace(&ws).await.unwrap().id, ws);
-}
-
-// ---- The audit chain, on both backends, with raw access to tamper with rows. ----
-
-/// A fresh store plus a raw pool on the same database: SQLite, then PostgreSQL when
-/// reachable (SKIPPED otherwise, a failure under CI=true).
-async fn chain_backends() -> Vec<(
-    &'static str,
-    Store,
-    sqlx::AnyPool,
-    Option<tempfile::TempDir>,
-)> {
-    sqlx::any::install_default_drivers();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-    let s = Store::connect(&url).await.unwrap();
-    let raw = sqlx::AnyPool::connect(&url).await.unwrap();
-    let mut out = vec![("sqlite", s, raw, Some(dir))];
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(admin) => {
-            let db = format!("pb_audit_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query(&format!("CREATE DATABASE {db}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let (base, _) = admin_url.rsplit_once('/').unwrap();
-            let url = format!("{base}/{db}");
-            let s = Store::connect(&url).await.unwrap();
-            let raw = sqlx::AnyPool::connect(&url).await.unwrap();
-            out.push(("postgres", s, raw, None));
-        }
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL audit chain tests: no server at {admin_url}: {e}");
-        }
-    }
-    out
-}
-
-async fn six_events(s: &Store) {
-    for i in 1..=6 {
-        s.record_audit(&audit("test.event", &format!("t{i}")))
-            .await
-            .unwrap();
-    }
-}
-
-#[tokio::test]
-async fn the_audit_chain_verifies_and_names_the_first_broken_seq_after_tampering() {
-    use patchbay_store::{ChainBreak, Verification};
-    let cases: &[(&str, &str, i64, ChainBreak)] = &[
-        (
-            "edit a middle row",
-            "UPDATE audit_events SET target_id = 'other' WHERE seq = 3",
-            3,
-            ChainBreak::HashMismatch,
-        ),
-        (
-            "delete a middle row",
-            "DELETE FROM audit_events WHERE seq = 3",
-            3,
-            ChainBreak::Gap,
-        ),
-        (
-            "swap two rows",
-            "UPDATE audit_events SET seq = -1 WHERE seq = 3; \
-             UPDATE audit_events SET seq = 3 WHERE seq = 4; \
-             UPDATE audit_events SET seq = 4 WHERE seq = -1",
-            3,
-            ChainBreak::Reordered,
-        ),
-        (
-            "relink a row to hide an edit",
-            "UPDATE audit_events SET prev_hash = hash WHERE seq = 4",
-            4,
-            ChainBreak::Reordered,
-        ),
-        (
-            "delete the last row",
-            "DELETE FROM audit_events WHERE seq = 6",
-            6,
-            ChainBreak::HeadMismatch,
-        ),
-        (
-            "append a row with a made-up hash",
-            "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, target_id, \
-             details, prev_hash, hash) SELECT 7, at, actor, action, outcome, target_kind, \
-             target_id, details, hash, hash FROM audit_events WHERE seq = 6",
-            7,
-            ChainBreak::HashMismatch,
-        ),
-        (
-            "delete the first row",
-            "DELETE FROM audit_events WHERE seq = 1",
-            1,
-            ChainBreak::OriginMismatch,
-        ),
-    ];
-    for (what, sql, seq, reason) in cases {
-        for (backend, s, raw, _dir) in chain_backends().await {
-            six_events(&s).await;
-            match s.verify_audit().await.unwrap() {
-                Verification::Ok {
-                    count, head_seq, ..
-                } => assert_eq!((count, head_seq), (6, 6), "{backend}"),
-                other => panic!("{backend}: untouched chain broken: {other:?}"),
-            }
-            sqlx::raw_sql(sql).execute(&raw).await.unwrap();
-            assert_eq!(
-                s.verify_audit().await.unwrap(),
-                Verification::Broken {
-                    seq: *seq,
-                    reason: *reason
-                },
-                "{backend}: {what}"
-            );
-        }
-    }
-}
-
-#[tokio::test]
-async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork() {
-    use patchbay_store::Verification;
-    for (backend, s, raw, dir) in chain_backends().await {
-        s.record_audit(&audit("test.event", "first")).await.unwrap();
-        // Rows as an older version wrote them: no seq, no hashes.
-        for i in 0..3 {
-            sqlx::query(
-                "INSERT INTO audit_events (at, actor, action, workspace_id, target_kind, \
-                 target_id, details) VALUES ($1, 'token:old', 'connection.update', NULL, \
-                 'connection', $2, '{}')",
-            )
-            .bind(1_000 + i as i64)
-            .bind(format!("old{i}"))
-            .execute(&raw)
-            .await
-            .unwrap();
-        }
-        s.migrate().await.unwrap();
-        match s.verify_audit().await.unwrap() {
-            Verification::Ok { count, .. } => assert_eq!(count, 4, "{backend}"),
-            other => panic!("{backend}: {other:?}"),
-        }
-        // Concurrent appends, from this store and (SQLite) from a second one on the same
-        // file, as a second process would: one unbroken chain.
-        let mut writers = vec![s.clone()];
-        if let Some(d) = &dir {
-            let url = format!("sqlite://{}/t.db?mode=rwc", d.path().display());
-            writers.push(Store::connect(&url).await.unwrap());
-        } else {
-            writers.push(s.clone());
-        }
-        let mut tasks = vec![];
-        for (n, w) in writers.into_iter().enumerate() {
-            for i in 0..15 {
-                let w = w.clone();
-                tasks.push(tokio::spawn(async move {
-                    w.record_audit(&audit("test.concurrent", &format!("w{n}-{i}")))
-                        .await
-                        .unwrap()
-                }));
-            }
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let head = match s.verify_audit().await.unwrap() {
-            Verification::Ok {
-                count,
-                head_seq,
-                head_hash,
-            } => {
-                assert_eq!((count, head_seq), (34, 34), "{backend}");
-                head_hash
-            }
-            other => panic!("{backend}: {other:?}"),
-        };
-        // An event that does not extend the head: SQLite's triggers refuse it.
-        if backend == "sqlite" {
-            let refused = sqlx::query(
-                "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, \
-                 target_id, details, prev_hash, hash) \
-                 VALUES (40, 5, 'a', 'b', 'success', 'c', 'd', '{}', 'x', 'y')",
-            )
-            .execute(&raw)
-            .await;
-            assert!(refused.is_err(), "a forked append was accepted");
-            continue;
-        }
-        // PostgreSQL: a well-forged event appended behind the store's back has the right
-        // hash, but the recorded head does not name it.
-        let forged = audit("test.forged", "x");
-        let details = forged.details.to_string();
-        let hash = patchbay_store::event_hash(&head, 35, 5, &forged, &details);
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at, actor, action, outcome, target_kind, target_id, \
-             details, prev_hash, hash) VALUES (35, 5, $1, $2, 'success', $3, $4, $5, $6, $7)",
-        )
-        .bind(&forged.actor)
-        .bind(&forged.action)
-        .bind(&forged.target_kind)
-        .bind(&forged.target_id)
-        .bind(&details)
-        .bind(&head)
-        .bind(&hash)
-        .execute(&raw)
-        .await
-        .unwrap();
-        assert_eq!(
-            s.verify_audit().await.unwrap(),
-            Verification::Broken {
-                seq: 35,
-                reason: patchbay_store::ChainBreak::HeadMismatch
-            },
-            "{backend}"
-        );
-    }
-}
-
-/// Two processes on one SQLite file: the second appends, so the first one's remembered
-/// head is stale; its next batch falls back to the locked head and the chain still verifies.
-#[tokio::test]
-async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
-    use patchbay_store::{UseRecord, Verification};
-    let (a, dir) = common::sqlite().await;
-    let b = Store::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.path().display()))
-        .await
-        .unwrap();
-    let batch = |tag: &str| -> Vec<UseRecord> {
-        (0..3)
-            .map(|i| UseRecord {
-                credential: None,
-                principal: "token:runner".into(),
-                audit: audit("connection.resolve", &format!("{tag}-{i}")),
-            })
-            .collect()
-    };
-    a.record_uses(&batch("a1")).await.unwrap();
-    b.record_uses(&batch("b1")).await.unwrap();
-    a.record_uses(&batch("a2")).await.unwrap();
-    b.create_project(&workspace_and_project(&b).await.0, "x", &audit("p", ""))
-        .await
-        .unwrap();
-    a.record_uses(&batch("a3")).await.unwrap();
-    match a.verify_audit().await.unwrap() {
-        Verification::Ok {
-            count, head_seq, ..
-        } => assert_eq!(count, head_seq),
-        other => panic!("chain broken: {other:?}"),
-    }
 }

@@ -5,7 +5,8 @@
 
 #![allow(dead_code)]
 
-use patchbay_store::Store;
+use patchbay_crypto::WrappedKey;
+use patchbay_store::{AuditEntry, Store, StoredDataKey};
 
 pub async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -66,4 +67,46 @@ macro_rules! on_both_backends {
             }
         )* }
     };
+}
+
+/// A data key row for workspace `ws` (id `dek-<ws>`; the bytes are placeholders: the store
+/// never unwraps it).
+pub fn dek(ws: &str) -> StoredDataKey {
+    StoredDataKey {
+        id: format!("dek-{ws}"),
+        workspace_id: ws.into(),
+        wrapped: WrappedKey {
+            kek_id: "file:abc".into(),
+            nonce: vec![1; 12],
+            ciphertext: vec![2; 48],
+        },
+    }
+}
+
+/// A new workspace (with its data key) and its `default` project: (workspace id, project id).
+pub async fn workspace_and_project(s: &Store) -> (String, String) {
+    let ws = patchbay_store::new_id();
+    let fixture = |action: &str, target: &str| {
+        AuditEntry::system(
+            "system:test",
+            action,
+            None,
+            "test",
+            target,
+            serde_json::json!({}),
+        )
+    };
+    s.create_workspace(
+        &ws,
+        &format!("ws-{}", &ws[30..]),
+        &dek(&ws),
+        &fixture("ws", &ws),
+    )
+    .await
+    .unwrap();
+    let p = s
+        .create_project(&ws, "default", &fixture("p", ""))
+        .await
+        .unwrap();
+    (ws, p.id)
 }
