@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::model::{format_rfc3339, Connection};
@@ -166,10 +166,9 @@ pub struct ConnectionInput {
 fn with_etag(status: StatusCode, out: ConnectionOut, revealed: bool) -> Response {
     let version = out.version;
     let mut resp = (status, Json(out)).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::ETAG, etag(version));
+    resp.headers_mut().insert(header::ETAG, etag(version));
     if revealed {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return super::no_store(resp);
     }
     resp
 }
@@ -236,16 +235,12 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let c = svc::create(&state, &auth.0, &project, body).await?;
     let location = format!("/api/v1/connections/{}", c.id);
-    let mut resp = with_etag(
+    let resp = with_etag(
         StatusCode::CREATED,
         ConnectionOut::new(&state, c, SecretView::Masked),
         false,
     );
-    resp.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("uuid path is a valid header"),
-    );
-    Ok(resp)
+    Ok(super::located(resp, &location))
 }
 
 #[utoipa::path(get, path = "/api/v1/connections/{id}", tag = "connections",

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::model::{format_rfc3339, Credential, CredentialVersion};
@@ -214,12 +214,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let c = svc::create(&state, &auth.0, &ws, body).await?;
     let location = format!("/api/v1/credentials/{}", c.id);
-    let mut resp = respond(StatusCode::CREATED, c);
-    resp.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("uuid path is a valid header"),
-    );
-    Ok(resp)
+    Ok(super::located(respond(StatusCode::CREATED, c), &location))
 }
 
 #[utoipa::path(get, path = "/api/v1/credentials/{id}", tag = "credentials",
@@ -372,8 +367,5 @@ pub async fn token(
         token_type: t.token_type.clone(),
         expires_at: t.expires_at_ms.map(format_rfc3339),
     };
-    let mut resp = Json(out).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(super::no_store(Json(out).into_response()))
 }

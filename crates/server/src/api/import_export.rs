@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::ErrorCode;
@@ -103,8 +102,5 @@ pub async fn export_sealed(
         ));
     }
     let doc = export::export(&state, &auth.0, &project, Some(&passphrase)).await?;
-    let mut resp = Json(doc).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(super::no_store(Json(doc).into_response()))
 }

@@ -350,6 +350,25 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// Marks a response that carries a secret (a revealed value, a token or secret shown once,
+/// material for a run or a test) as never to be stored by a cache.
+pub(crate) fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// A 201's `Location`: the created resource's path (built from an id, so a valid header).
+pub(crate) fn located(mut resp: Response, path: &str) -> Response {
+    resp.headers_mut().insert(
+        axum::http::header::LOCATION,
+        axum::http::HeaderValue::from_str(path).expect("an id path is a valid header"),
+    );
+    resp
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }

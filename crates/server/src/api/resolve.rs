@@ -28,10 +28,9 @@ pub struct ResolveInput {
 }
 
 fn no_store(v: Value) -> Response {
-    let mut resp = Json(v).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    let mut resp = super::no_store(Json(v).into_response());
+    resp.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
 }
 

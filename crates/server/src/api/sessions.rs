@@ -71,10 +71,9 @@ pub async fn create(
         csrf_token: csrf_token(o.secret.expose_secret()),
         expires_at: format_rfc3339(o.session.expires_at),
     };
-    let mut resp = (StatusCode::CREATED, Json(out)).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::SET_COOKIE, opened_cookie(&state, &o));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut resp = super::no_store((StatusCode::CREATED, Json(out)).into_response());
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, opened_cookie(&state, &o));
     Ok(resp)
 }
 

@@ -1,7 +1,7 @@
 //! API tokens and runner tokens. The secret is in the create response only.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::model::format_rfc3339;
@@ -75,10 +75,7 @@ fn minted(m: Minted) -> Response {
         token: m.token.expose_secret().to_owned(),
         meta: m.record.into(),
     };
-    let mut resp = (StatusCode::CREATED, Json(out)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    super::no_store((StatusCode::CREATED, Json(out)).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens",

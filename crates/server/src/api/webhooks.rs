@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::model::format_rfc3339;
@@ -161,7 +161,7 @@ pub async fn create(
     let (w, secret) = svc::create(&state, &auth.0, &ws, body).await?;
     let location = format!("/api/v1/webhooks/{}", w.id);
     let version = w.version;
-    let mut resp = with_etag(
+    let resp = with_etag(
         StatusCode::CREATED,
         version,
         WebhookCreated {
@@ -169,13 +169,7 @@ pub async fn create(
             secret: secret.expose_secret().to_owned(),
         },
     );
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("uuid path is a valid header"),
-    );
-    Ok(resp)
+    Ok(super::located(super::no_store(resp), &location))
 }
 
 #[utoipa::path(get, path = "/api/v1/webhooks/{id}", tag = "webhooks",

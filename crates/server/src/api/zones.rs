@@ -2,7 +2,7 @@
 //! is in `service::zones` and `service::agents`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::model::format_rfc3339;
@@ -123,11 +123,11 @@ pub async fn create(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let z: ZoneOut = svc::create(&state, &auth.0, &ws, body).await?.into();
-    let mut resp = (StatusCode::CREATED, Json(&z)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/zones/{}", z.id)) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    let location = format!("/api/v1/zones/{}", z.id);
+    Ok(super::located(
+        (StatusCode::CREATED, Json(&z)).into_response(),
+        &location,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/zones/{id}", tag = "zones",
@@ -199,10 +199,9 @@ pub async fn create_agent_token(
         },
         meta: m.record.into(),
     };
-    let mut resp = (StatusCode::CREATED, Json(out)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(super::no_store(
+        (StatusCode::CREATED, Json(out)).into_response(),
+    ))
 }
 
 /// A job for the agent: the material of its one test.
@@ -255,12 +254,7 @@ pub async fn claim(
 ) -> ApiResult<Response> {
     match agents::claim(&state, &auth.0, body).await? {
         None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(c) => {
-            let mut resp = Json(ClaimOut::from(c)).into_response();
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(resp)
-        }
+        Some(c) => Ok(super::no_store(Json(ClaimOut::from(c)).into_response())),
     }
 }
 
