@@ -7,6 +7,7 @@ pub mod body;
 pub mod document_file;
 pub mod error;
 pub mod keyring;
+pub mod materials;
 pub mod principals;
 pub mod ratelimit;
 pub mod request;
@@ -127,6 +128,7 @@ impl App {
         );
         let state = AppState {
             principals: Default::default(),
+            materials: Default::default(),
             resolve_log: Arc::new(service::resolve_log::ResolveLog::start(store.clone())),
             store,
             keys: ring,

@@ -26,6 +26,8 @@ pub struct AppState {
     /// Authenticated tokens, for a short while (auth.rs; invalidated by the store's auth
     /// generation).
     pub principals: Arc<crate::principals::PrincipalCache>,
+    /// What resolves read from the database, per replica (crate::materials).
+    pub materials: Arc<crate::materials::MaterialCache>,
     /// Group commit of resolves' audit events (service::resolve_log).
     pub resolve_log: Arc<crate::service::resolve_log::ResolveLog>,
 }

@@ -245,6 +245,12 @@ impl Store {
     }
 
     pub async fn get_connection_by_name(&self, project_id: &str, name: &str) -> Result<Connection> {
+        let id = self.connection_id_by_name(project_id, name).await?;
+        self.get_connection(&id).await
+    }
+
+    /// The id of the connection named `name` in a project.
+    pub async fn connection_id_by_name(&self, project_id: &str, name: &str) -> Result<String> {
         let (id,): (String,) =
             sqlx::query_as("SELECT id FROM connections WHERE project_id = $1 AND name = $2")
                 .bind(project_id)
@@ -252,7 +258,7 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or(StoreError::NotFound)?;
-        self.get_connection(&id).await
+        Ok(id)
     }
 
     /// Legacy (first release) secret rows: ciphertext owned by a connection directly, to be

@@ -40,6 +40,36 @@ pub struct NewVersion {
     pub grace_until: i64,
 }
 
+/// One credential version's state and ciphertext rows, as [`Store::version_secrets`] read
+/// them.
+#[derive(Debug, Clone)]
+pub struct VersionSecrets {
+    pub version: i64,
+    /// current, previous, revoked, destroyed, or `missing` (no such version).
+    pub state: String,
+    pub grace_until: Option<i64>,
+    pub values: BTreeMap<String, EncryptedValue>,
+}
+
+impl VersionSecrets {
+    /// The ciphertext when the version is usable at `now` (current, or previous within its
+    /// grace period); [`StoreError::VersionUnavailable`] otherwise.
+    pub fn usable(&self, now: i64) -> Result<&BTreeMap<String, EncryptedValue>> {
+        match (self.state.as_str(), self.grace_until) {
+            ("current", _) => Ok(&self.values),
+            ("previous", Some(until)) if until > now => Ok(&self.values),
+            (s, _) => Err(StoreError::VersionUnavailable {
+                version: self.version,
+                state: if s == "previous" {
+                    "expired".into()
+                } else {
+                    s.to_owned()
+                },
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CredentialPage {
     pub items: Vec<Credential>,
@@ -428,6 +458,15 @@ impl Store {
         id: &str,
         version: i64,
     ) -> Result<BTreeMap<String, EncryptedValue>> {
+        self.version_secrets(id, version)
+            .await?
+            .usable(now_millis())
+            .cloned()
+    }
+
+    /// One version's state and ciphertext, usable or not (a resolve cache keeps this and
+    /// asks [`VersionSecrets::usable`] at each use, since a grace period ends by itself).
+    pub async fn version_secrets(&self, id: &str, version: i64) -> Result<VersionSecrets> {
         // One query (a resolve's hot path): the version's state with its ciphertext rows.
         let rows = sqlx::query(
             "SELECT v.state, v.grace_until, s.field, s.key_id, s.nonce, s.ciphertext \
@@ -440,34 +479,27 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let Some(first) = rows.first() else {
-            return Err(StoreError::VersionUnavailable {
+            return Ok(VersionSecrets {
                 version,
                 state: "missing".into(),
+                grace_until: None,
+                values: BTreeMap::new(),
             });
         };
-        let state: String = first.try_get("state")?;
-        let grace_until: Option<i64> = first.try_get("grace_until")?;
-        match (state.as_str(), grace_until) {
-            ("current", _) => {}
-            ("previous", Some(until)) if until > now_millis() => {}
-            (s, _) => {
-                let state = if s == "previous" {
-                    "expired".into()
-                } else {
-                    s.to_owned()
-                };
-                return Err(StoreError::VersionUnavailable { version, state });
-            }
-        }
-        let mut out = BTreeMap::new();
+        let mut values = BTreeMap::new();
         for row in &rows {
             let field: Option<String> = row.try_get("field")?;
             if field.is_some() {
                 let (field, value) = crate::field_and_value(row)?;
-                out.insert(field, value);
+                values.insert(field, value);
             }
         }
-        Ok(out)
+        Ok(VersionSecrets {
+            version,
+            state: first.try_get("state")?,
+            grace_until: first.try_get("grace_until")?,
+            values,
+        })
     }
 
     /// The non-secret fields of one version.

@@ -33,7 +33,7 @@ pub use audit::{
 pub use connections::{
     ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink, LinkChange,
 };
-pub use credentials::{CredentialPage, CredentialUse, NewCredential, NewVersion};
+pub use credentials::{CredentialPage, CredentialUse, NewCredential, NewVersion, VersionSecrets};
 pub use dependents::{Dependent, Registered};
 pub use events::{
     event_kind_for, ClaimedDelivery, DeliveryRecord, DeliveryResult, NewWebhook, WebhookPatch,
@@ -47,7 +47,7 @@ pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use provisioned::{Provisionable, ProvisionedConnection};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
-pub use uses::UseRecord;
+pub use uses::{Recorded, UseRecord};
 pub use workspaces::StoredDataKey;
 pub use zones::{AgentJob, AgentRecord, ZoneRecord};
 

@@ -28,6 +28,10 @@ const SQLITE: &[(i64, &str)] = &[
         12,
         include_str!("../migrations/sqlite/0012_provisioned.sql"),
     ),
+    (
+        13,
+        include_str!("../migrations/sqlite/0013_material_generation.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -55,6 +59,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         12,
         include_str!("../migrations/postgres/0012_provisioned.sql"),
+    ),
+    (
+        13,
+        include_str!("../migrations/postgres/0013_material_generation.sql"),
     ),
 ];
 

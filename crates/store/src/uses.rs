@@ -15,20 +15,61 @@ pub struct UseRecord {
     /// Who used it (`Principal::actor`).
     pub principal: String,
     pub audit: AuditEntry,
+    /// The material generation the resolve's material was read at, when it came from a
+    /// cache: the record is written only if the generation has not moved since (else it is
+    /// reported stale and nothing of it is written). `None`: read from the database for
+    /// this call, nothing to check.
+    pub checked: Option<i64>,
+}
+
+/// What [`Store::record_uses`] did with a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    /// The material generation the transaction saw, when any record was checked.
+    pub generation: Option<i64>,
+    /// Indexes (into the batch) of the records not written because their material is stale.
+    pub stale: Vec<usize>,
 }
 
 /// Rows per multi-row statement (13 parameters each: well under both engines' limits).
 const CHUNK: usize = 64;
 
 impl Store {
-    /// Records every use of `batch` in one transaction: all of them or none. Events are
-    /// appended to the chain in the order given.
-    pub async fn record_uses(&self, batch: &[UseRecord]) -> Result<()> {
+    /// The material generation now (see migration 0013).
+    pub async fn material_generation(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT n FROM material_generation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// Records the uses of `batch` in one transaction: all of them or none, except the
+    /// checked records whose material generation moved, which are left out and reported.
+    /// Events are appended to the chain in the order given.
+    pub async fn record_uses(&self, batch: &[UseRecord]) -> Result<Recorded> {
         let mut tx = self.write().await?;
+        let mut recorded = Recorded::default();
+        if batch.iter().any(|u| u.checked.is_some()) {
+            // Inside the writing transaction: a change committed before this statement (so
+            // before any of these resolves began) is seen.
+            let (n,): (i64,) = sqlx::query_as("SELECT n FROM material_generation WHERE id = 1")
+                .fetch_one(&mut *tx.tx)
+                .await?;
+            recorded.generation = Some(n);
+            recorded.stale = (0..batch.len())
+                .filter(|&i| batch[i].checked.is_some_and(|g| g != n))
+                .collect();
+        }
+        let batch: Vec<&UseRecord> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| recorded.stale.binary_search(i).is_err())
+            .map(|(_, u)| u)
+            .collect();
         // One last-use row per (credential, connection): the latest principal wins (a
         // multi-row upsert may not touch a row twice).
         let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-        for u in batch {
+        for u in &batch {
             if let Some((cred, conn)) = &u.credential {
                 last.insert((cred, conn), &u.principal);
             }
@@ -39,7 +80,8 @@ impl Store {
         }
         let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
         append_all(&mut tx, &entries).await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(recorded)
     }
 }
 

@@ -9,7 +9,7 @@ use common::workspace_and_project;
 use patchbay_store::{AuditEntry, Store};
 use serde_json::json;
 
-on_both_backends!("chain": a_batch_of_uses_extends_the_audit_chain_in_order);
+on_both_backends!("chain": a_batch_of_uses_extends_the_audit_chain_in_order, a_checked_use_whose_material_moved_is_left_out);
 
 fn audit(action: &str, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, None, "test", target, json!({}))
@@ -28,6 +28,7 @@ async fn a_batch_of_uses_extends_the_audit_chain_in_order(s: &Store) {
     for size in [1, 5, 70] {
         let batch: Vec<UseRecord> = (0..size)
             .map(|i| UseRecord {
+                checked: None,
                 credential: None,
                 principal: "token:runner".into(),
                 audit: AuditEntry::system(
@@ -67,6 +68,64 @@ async fn a_batch_of_uses_extends_the_audit_chain_in_order(s: &Store) {
         .await
         .unwrap();
     assert_eq!(events.len(), n);
+}
+
+/// A resolve served from a replica's cache is recorded checked: in the batch's transaction,
+/// a record whose material generation moved is left out (and reported), the others are
+/// written; recording moves no generation.
+async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
+    use patchbay_store::{Recorded, UseRecord};
+    let (ws, _) = workspace_and_project(s).await;
+    let g = s.material_generation().await.unwrap();
+    let record = |target: &str, checked: Option<i64>| UseRecord {
+        checked,
+        credential: None,
+        principal: "token:runner".into(),
+        audit: AuditEntry::system(
+            "token:runner",
+            "connection.resolve",
+            Some(&ws),
+            "connection",
+            target,
+            json!({}),
+        ),
+    };
+    let batch = [
+        record("fresh", Some(g)),
+        record("stale", Some(g - 1)),
+        record("unchecked", None),
+        record("stale-too", Some(g - 2)),
+    ];
+    let recorded = s.record_uses(&batch).await.unwrap();
+    assert_eq!(
+        recorded,
+        Recorded {
+            generation: Some(g),
+            stale: vec![1, 3]
+        }
+    );
+    assert_eq!(s.material_generation().await.unwrap(), g);
+    let events = s
+        .list_audit(
+            &patchbay_store::AuditFilter {
+                workspace_id: Some(ws.clone()),
+                action: Some("connection.resolve".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let mut targets: Vec<String> = events.into_iter().map(|e| e.entry.target_id).collect();
+    targets.sort();
+    assert_eq!(targets, ["fresh", "unchecked"]);
+    // Unchecked only: the generation is not read.
+    let recorded = s.record_uses(&[record("plain", None)]).await.unwrap();
+    assert_eq!(recorded, Recorded::default());
+    assert!(matches!(
+        s.verify_audit().await.unwrap(),
+        patchbay_store::Verification::Ok { .. }
+    ));
 }
 // ---- The audit chain, on both backends, with raw access to tamper with rows. ----
 
@@ -284,6 +343,7 @@ async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
     let batch = |tag: &str| -> Vec<UseRecord> {
         (0..3)
             .map(|i| UseRecord {
+                checked: None,
                 credential: None,
                 principal: "token:runner".into(),
                 audit: audit("connection.resolve", &format!("{tag}-{i}")),

@@ -156,6 +156,10 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         .unwrap();
     let id = patchbay_store::new_id();
     let cred = patchbay_store::new_id();
+    // The material generation (migration 0013) moves with every committed change a resolve
+    // reads, and only then.
+    let generation = || async { s.material_generation().await.unwrap() };
+    let g0 = generation().await;
     let c = s
         .create_connection(
             &id,
@@ -171,6 +175,8 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         (c.version, c.secrets_set.clone()),
         (1, vec!["password".to_string()])
     );
+    let g1 = generation().await;
+    assert!(g1 > g0, "create: {g0} -> {g1}");
     let link = c.credential.clone().unwrap();
     assert!(link.owned);
     assert_eq!((link.id.as_str(), link.current_version), (cred.as_str(), 1));
@@ -185,6 +191,7 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         )
         .await;
     assert!(matches!(dup, Err(StoreError::NameTaken)));
+    assert_eq!(generation().await, g1, "a refused create moves nothing");
     assert_eq!(
         s.get_connection_by_name(&p, "prod-pg").await.unwrap().id,
         id
@@ -211,6 +218,8 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         .unwrap();
     assert_eq!(c.version, 2);
     assert_eq!(c.secrets_set, vec!["private_key".to_string()]);
+    let g2 = generation().await;
+    assert!(g2 > g1, "update: {g1} -> {g2}");
     assert_eq!(c.tags, vec!["a".to_string(), "b".to_string()]);
     let secrets = s.credential_secrets(&cred, 2).await.unwrap();
     assert_eq!(secrets["private_key"].nonce, vec![9; 12]);
@@ -227,11 +236,14 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
         .update_connection("nope", 1, &w, &LinkChange::Keep, &audit("update", "nope"))
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)));
+    assert_eq!(generation().await, g2, "refused updates move nothing");
 
     // Deleting the connection deletes its own credential with every version.
     s.delete_connection(&id, &audit("delete", &id))
         .await
         .unwrap();
+    let g3 = generation().await;
+    assert!(g3 > g2, "delete: {g2} -> {g3}");
     assert!(matches!(
         s.get_connection(&id).await,
         Err(StoreError::NotFound)

@@ -14,7 +14,7 @@ use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
 use patchbay_store::{
     new_id, now_millis, ConnectionWrite, CredentialLink, LinkChange, NewCredential, NewVersion,
-    StoreError,
+    StoreError, VersionSecrets,
 };
 use serde_json::{json, Map, Value};
 
@@ -382,6 +382,34 @@ pub(crate) async fn owned_change(
     })
 }
 
+/// What a connection's secrets are read from: the ciphertext rows as the database holds
+/// them (what the resolve cache keeps), or the external manager a credential proxies to.
+#[derive(Debug)]
+pub enum StoredSecrets {
+    /// The credential version in effect: its state and ciphertext. Whether it is usable is
+    /// asked at each use (a grace period ends by itself).
+    Version(VersionSecrets),
+    /// No credential: the connection's first-release rows the start-up upgrade could not
+    /// move (they fail their integrity check), usually none.
+    Legacy(Vec<(String, patchbay_crypto::EncryptedValue)>),
+    /// Fetched from the external secret manager at each use.
+    External,
+}
+
+/// Reads what a connection's secrets come from.
+pub async fn stored_secrets(state: &AppState, c: &Connection) -> ApiResult<StoredSecrets> {
+    Ok(match &c.credential {
+        None => StoredSecrets::Legacy(state.store.legacy_secrets_of(&c.id).await?),
+        Some(cred) if cred.external => StoredSecrets::External,
+        Some(cred) => StoredSecrets::Version(
+            state
+                .store
+                .version_secrets(&cred.id, cred.effective_version())
+                .await?,
+        ),
+    })
+}
+
 /// The decrypted secrets of a connection (from the credential version in effect, or the
 /// legacy rows the start-up upgrade could not move), renamed to the type's fields. No
 /// permission check and no audit: its callers (reveal, test) do both.
@@ -389,18 +417,33 @@ pub async fn resolve_secrets(
     state: &AppState,
     c: &Connection,
 ) -> ApiResult<BTreeMap<String, SecretString>> {
-    let Some(cred) = &c.credential else {
-        // Rows the start-up upgrade could not move (they fail their integrity check):
-        // reading them reports that, never an empty answer.
-        let legacy = state.store.legacy_secrets_of(&c.id).await?;
-        return decrypt_legacy(state, c, &legacy).await;
+    let stored = stored_secrets(state, c).await?;
+    decrypt_stored(state, c, &stored).await
+}
+
+/// Decrypts what [`stored_secrets`] read (now, or earlier for the resolve cache).
+pub async fn decrypt_stored(
+    state: &AppState,
+    c: &Connection,
+    stored: &StoredSecrets,
+) -> ApiResult<BTreeMap<String, SecretString>> {
+    let cred = match (&c.credential, stored) {
+        (None, StoredSecrets::Legacy(rows)) => {
+            // Reading rows that failed the upgrade reports that, never an empty answer.
+            return decrypt_legacy(state, c, rows).await;
+        }
+        (Some(cred), StoredSecrets::External | StoredSecrets::Version(_)) => cred,
+        _ => return Err(ApiError(patchbay_core::Error::internal())),
+    };
+    let values = match stored {
+        StoredSecrets::Version(v) => {
+            let rows = v.usable(now_millis())?;
+            credentials::decrypt_rows(state, &c.workspace_id, &cred.id, v.version, rows).await?
+        }
+        _ => credentials::values_for_use(state, &c.workspace_id, cred).await?,
     };
     let ty = connector(state, &c.connector_type)?;
-    Ok(fill_secrets(
-        ty,
-        &cred.kind,
-        credentials::values_for_use(state, &c.workspace_id, cred).await?,
-    ))
+    Ok(fill_secrets(ty, &cred.kind, values))
 }
 
 /// Decrypts a connection's legacy (first-release) secret rows, bound to the connection.

@@ -143,8 +143,20 @@ pub async fn decrypt(
         .store
         .credential_secrets(credential_id, version)
         .await?;
+    decrypt_rows(state, workspace_id, credential_id, version, &stored).await
+}
+
+/// Decrypts ciphertext rows of one credential version, already read (by [`decrypt`] or from
+/// the resolve cache), each bound to its credential, version and field.
+pub async fn decrypt_rows(
+    state: &AppState,
+    workspace_id: &str,
+    credential_id: &str,
+    version: i64,
+    stored: &BTreeMap<String, EncryptedValue>,
+) -> ApiResult<BTreeMap<String, SecretString>> {
     let mut out = BTreeMap::new();
-    for (field, ev) in &stored {
+    for (field, ev) in stored {
         let key = state.keys.key(&state.store, &ev.key_id).await?;
         let aad = SecretAad::credential(workspace_id, credential_id, version, field);
         let value = key.decrypt(ev, &aad).map_err(|e| {

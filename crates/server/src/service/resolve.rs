@@ -6,6 +6,7 @@
 //! a run would not get.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use patchbay_core::model::{Connection, Principal, Project};
 use patchbay_core::permission::Permission;
@@ -14,12 +15,14 @@ use patchbay_crypto::SecretString;
 use patchbay_store::{StoreError, UseRecord};
 use serde_json::{json, Map, Value};
 
-use super::connection_secrets::{provided_settings, resolve_secrets};
-use super::connections::{self as conn, connector};
+use super::connection_secrets::{decrypt_stored, provided_settings, stored_secrets, StoredSecrets};
+use super::connections::connector;
 use super::formats::{self, Format};
+use super::resolve_log::Logged;
 use super::{audit, require_in, workspaces};
 use crate::body::Fields;
 use crate::error::{ApiError, ApiResult};
+use crate::materials::Entry;
 use crate::state::AppState;
 
 /// A connection's run-time material. Secrets stay `SecretString`s until a response is
@@ -35,11 +38,18 @@ pub struct Material {
     pub credential: Option<(String, i64)>,
 }
 
-/// Assembles a connection's material. No permission check and no audit: callers
-/// ([`resolve`], `probes::test_saved`) do both.
+/// Assembles a connection's material, read from the database now. No permission check and
+/// no audit: callers (`probes::test_saved`, agents) do both.
 pub async fn material(state: &AppState, c: Connection) -> ApiResult<Material> {
+    let stored = stored_secrets(state, &c).await?;
+    assemble(state, c, &stored).await
+}
+
+/// The material of a connection whose secrets' ciphertext was read into `stored` (now, or
+/// earlier by the resolve cache).
+async fn assemble(state: &AppState, c: Connection, stored: &StoredSecrets) -> ApiResult<Material> {
     let ty = connector(state, &c.connector_type)?;
-    let secrets = resolve_secrets(state, &c).await?;
+    let secrets = decrypt_stored(state, &c, stored).await?;
     let mut settings = c
         .credential
         .as_ref()
@@ -69,19 +79,63 @@ pub async fn resolve(
     id: &str,
     run_id: Option<&str>,
 ) -> ApiResult<Material> {
-    let c = conn::find(state, p, id).await?;
-    resolve_connection(state, p, c, run_id, Format::Json).await
+    resolve_id(state, p, id, run_id, Format::Json).await
 }
 
-/// [`resolve`] of a loaded connection in a given format: the permission, then the format
-/// (400 before anything is decrypted or recorded), then the material and its audit event.
-async fn resolve_connection(
+/// [`resolve`] in a given format: from the resolve cache when it holds the connection (the
+/// use recorded checked, see crate::materials), else from the database.
+async fn resolve_id(
     state: &AppState,
     p: &Principal,
-    c: Connection,
+    id: &str,
     run_id: Option<&str>,
     format: Format,
 ) -> ApiResult<Material> {
+    if let Some(entry) = state.materials.get(id) {
+        if let Some(m) = resolve_entry(state, p, &entry, run_id, format, true).await? {
+            return Ok(m);
+        }
+        state.materials.evict(id);
+    }
+    let entry = load(state, id).await?;
+    resolve_entry(state, p, &entry, run_id, format, false)
+        .await?
+        .ok_or_else(|| ApiError(patchbay_core::Error::internal()))
+}
+
+/// Reads a connection's cache entry from the database: the material generation first,
+/// then the rows.
+async fn load(state: &AppState, id: &str) -> ApiResult<Arc<Entry>> {
+    let generation = state.store.material_generation().await?;
+    let connection = match state.store.get_connection(id).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("connection")),
+        Err(e) => return Err(e.into()),
+    };
+    let stored = stored_secrets(state, &connection).await?;
+    Ok(state.materials.put(Entry {
+        generation,
+        connection,
+        stored,
+    }))
+}
+
+/// Resolves a read connection: visibility (404) and the permission, then the format (400
+/// before anything is decrypted or recorded), then the material and its audit event.
+/// `checked`: the entry came from the cache; `None` then means it was stale (or failed,
+/// which a newer read may not), and nothing was recorded.
+async fn resolve_entry(
+    state: &AppState,
+    p: &Principal,
+    entry: &Entry,
+    run_id: Option<&str>,
+    format: Format,
+    checked: bool,
+) -> ApiResult<Option<Material>> {
+    let c = &entry.connection;
+    if !p.sees_workspace(&c.workspace_id) {
+        return Err(ApiError::not_found("connection"));
+    }
     require_in(p, &c.workspace_id, Permission::ConnectionsResolve)?;
     let ty = connector(state, &c.connector_type)?;
     if !formats::supports(ty, format) {
@@ -95,9 +149,13 @@ async fn resolve_connection(
             ),
         ));
     }
-    let m = material(state, c).await?;
+    let m = match assemble(state, c.clone(), &entry.stored).await {
+        Ok(m) => m,
+        Err(_) if checked => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let c = &m.connection;
-    let entry = audit(
+    let event = audit(
         p,
         "connection.resolve",
         Some(&c.workspace_id),
@@ -112,7 +170,7 @@ async fn resolve_connection(
     );
     // Committed (with the credential's last use) before the secrets leave: no record, no
     // secret. Concurrent resolves share a transaction (service::resolve_log).
-    state
+    let logged = state
         .resolve_log
         .record(UseRecord {
             credential: m
@@ -120,10 +178,22 @@ async fn resolve_connection(
                 .as_ref()
                 .map(|(cred_id, _)| (cred_id.clone(), c.id.clone())),
             principal: p.actor(),
-            audit: entry,
+            audit: event,
+            checked: checked.then_some(entry.generation),
         })
         .await?;
-    Ok(m)
+    match logged {
+        Logged::Recorded { generation } => {
+            if let Some(g) = generation {
+                state.materials.observe(g);
+            }
+            Ok(Some(m))
+        }
+        Logged::Stale { generation } => {
+            state.materials.observe(generation);
+            Ok(None)
+        }
+    }
 }
 
 /// Which connection a resolve call names.
@@ -170,9 +240,10 @@ fn read_body(body: Option<Map<String, Value>>) -> ApiResult<(Format, Option<Stri
     Ok((format, run_id))
 }
 
-async fn find_target(state: &AppState, p: &Principal, target: Target<'_>) -> ApiResult<Connection> {
+/// The id of the connection a call names (a name is looked up in its project).
+async fn target_id(state: &AppState, p: &Principal, target: Target<'_>) -> ApiResult<String> {
     let (project, name, workspace) = match target {
-        Target::Id(id) => return conn::find(state, p, id).await,
+        Target::Id(id) => return Ok(id.to_owned()),
         Target::Name {
             project,
             name,
@@ -180,8 +251,8 @@ async fn find_target(state: &AppState, p: &Principal, target: Target<'_>) -> Api
         } => (project, name, workspace),
     };
     let project = project_by_id_or_name(state, p, project, workspace).await?;
-    match state.store.get_connection_by_name(&project.id, name).await {
-        Ok(c) => Ok(c),
+    match state.store.connection_id_by_name(&project.id, name).await {
+        Ok(id) => Ok(id),
         Err(StoreError::NotFound) => Err(ApiError::not_found("connection")),
         Err(e) => Err(e.into()),
     }
@@ -231,8 +302,8 @@ pub async fn answer(
     body: Option<Map<String, Value>>,
 ) -> ApiResult<Value> {
     let (format, run_id) = read_body(body)?;
-    let c = find_target(state, p, target).await?;
-    let m = resolve_connection(state, p, c, run_id.as_deref(), format).await?;
+    let id = target_id(state, p, target).await?;
+    let m = resolve_id(state, p, &id, run_id.as_deref(), format).await?;
     let c = &m.connection;
     let mut out = Map::new();
     out.insert(

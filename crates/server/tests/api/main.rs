@@ -15,6 +15,7 @@ mod keys;
 mod kit;
 mod probe;
 mod resolve;
+mod resolve_cache;
 mod resolve_formats;
 mod sessions;
 mod tls;
