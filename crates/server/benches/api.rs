@@ -6,6 +6,11 @@
 //! turn; the figures that matter are the ratios to the bare route, measured in the same
 //! run on the same machine. Results go to stdout and to bench-results/api.json.
 
+/// The binary's allocator (crates/patchbay/src/main.rs), so the service measured here
+/// allocates as it does in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

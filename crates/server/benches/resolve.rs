@@ -10,6 +10,11 @@
 //! the ratio to the bare route measured in the same run. Results go to stdout and to
 //! bench-results/resolve.json.
 
+/// The binary's allocator (crates/patchbay/src/main.rs), so the service measured here
+/// allocates as it does in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

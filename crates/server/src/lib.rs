@@ -126,7 +126,7 @@ impl App {
                 ..Default::default()
             },
         );
-        let state = AppState {
+        let state = AppState::new(state::Shared {
             principals: Default::default(),
             materials: Default::default(),
             resolve_log: Arc::new(service::resolve_log::ResolveLog::start(store.clone())),
@@ -147,7 +147,7 @@ impl App {
                 std::time::Duration::from_secs(60),
             )),
             probes: Arc::new(service::probes::Probes::new(config.settings.probes.clone())),
-        };
+        });
         bootstrap(&state, &config.data_dir).await?;
         service::keys::resume(&state)
             .await

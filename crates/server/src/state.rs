@@ -7,8 +7,26 @@ use patchbay_store::Store;
 
 use crate::keyring::KeyRing;
 
+/// Every request clones the state (each layer and handler that takes it), so it is one
+/// reference-counted pointer to [`Shared`], whose fields it dereferences to.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Store,
     pub keys: Arc<KeyRing>,
     pub catalog: &'static Catalog,

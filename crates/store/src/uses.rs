@@ -85,23 +85,41 @@ impl Store {
     }
 }
 
+/// `rows` tuples of `width` parameters for a multi-row VALUES list: `($1, $2), ($3, $4)` on
+/// PostgreSQL, `(?, ?), (?, ?)` on SQLite, where numbered parameters cost a lookup each
+/// (`sqlite3_bind_parameter_name` walks the statement's parameter list, quadratic in a
+/// batch of several hundred).
+fn placeholders(backend: Backend, rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..width {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            match backend {
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&(r * width + c + 1).to_string());
+                }
+                Backend::Sqlite => out.push('?'),
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
 async fn upsert_uses(tx: &mut WriteTx<'_>, rows: &[((&str, &str), &str)]) -> Result<()> {
-    let values: Vec<String> = (0..rows.len())
-        .map(|i| {
-            format!(
-                "(${}, ${}, ${}, ${})",
-                4 * i + 1,
-                4 * i + 2,
-                4 * i + 3,
-                4 * i + 4
-            )
-        })
-        .collect();
+    let values = placeholders(tx.backend, rows.len(), 4);
     let sql = format!(
         "INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
          VALUES {} ON CONFLICT (credential_id, connection_id) DO UPDATE SET \
          last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by",
-        values.join(", ")
+        values
     );
     let now = now_millis();
     let mut q = sqlx::query(&sql);
@@ -194,32 +212,12 @@ fn last(rows: &[Row<'_>]) -> (i64, String) {
 
 async fn insert_rows(tx: &mut WriteTx<'_>, rows: &[Row<'_>], at: i64) -> Result<()> {
     for chunk in rows.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = 13 * i;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9,
-                    b + 10,
-                    b + 11,
-                    b + 12,
-                    b + 13
-                )
-            })
-            .collect();
+        let values = placeholders(tx.backend, chunk.len(), 13);
         let sql = format!(
             "INSERT INTO audit_events (seq, at, actor, action, outcome, workspace_id, \
              target_kind, target_id, request_id, source_address, details, prev_hash, hash) \
              VALUES {}",
-            values.join(", ")
+            values
         );
         let mut q = sqlx::query(&sql);
         for (seq, e, details, prev_hash, hash) in chunk {
@@ -241,4 +239,18 @@ async fn insert_rows(tx: &mut WriteTx<'_>, rows: &[Row<'_>], at: i64) -> Result<
         q.execute(&mut *tx.tx).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_on_postgresql_and_are_positional_on_sqlite() {
+        assert_eq!(
+            placeholders(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
 }
