@@ -170,6 +170,9 @@ impl App {
             state.settings.sweep_interval,
         ));
         tokio::spawn(service::events::deliver_forever(state.clone()));
+        if state.store.backend() == patchbay_store::Backend::Sqlite {
+            tokio::spawn(checkpoint_forever(state.store.clone()));
+        }
         if let Some(retention) = state.settings.audit_retention {
             tokio::spawn(service::audit::retention_forever(
                 state.clone(),
@@ -351,4 +354,17 @@ pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.write_all(content.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()
+}
+
+/// SQLite: the write-ahead log is checkpointed here, every second, off every request's path
+/// (`Store::checkpoint`).
+async fn checkpoint_forever(store: patchbay_store::Store) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.checkpoint().await {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
 }

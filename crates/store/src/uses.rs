@@ -1,8 +1,11 @@
 //! Group commit of run-time uses: many resolves' audit events (and their credentials' last
 //! use) appended in one transaction with a few multi-row statements, so the chain's single
-//! writer commits once per batch instead of once (and two statements) per resolve.
+//! writer commits once per batch instead of once (and two statements) per resolve. On
+//! PostgreSQL the usual batch is a single statement ([`AT_ONCE`]).
 
 use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
 
 use crate::audit::{event_hash, insert_audit, locked_head, remember, set_head, AuditEntry};
 use crate::{now_millis, Backend, Result, Store, WriteTx};
@@ -47,6 +50,11 @@ impl Store {
     /// checked records whose material generation moved, which are left out and reported.
     /// Events are appended to the chain in the order given.
     pub async fn record_uses(&self, batch: &[UseRecord]) -> Result<Recorded> {
+        if self.backend == Backend::Postgres {
+            if let Some(done) = self.record_uses_at_once(batch).await? {
+                return Ok(done);
+            }
+        }
         let mut tx = self.write().await?;
         let mut recorded = Recorded::default();
         if batch.iter().any(|u| u.checked.is_some()) {
@@ -66,15 +74,7 @@ impl Store {
             .filter(|(i, _)| recorded.stale.binary_search(i).is_err())
             .map(|(_, u)| u)
             .collect();
-        // One last-use row per (credential, connection): the latest principal wins (a
-        // multi-row upsert may not touch a row twice).
-        let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-        for u in &batch {
-            if let Some((cred, conn)) = &u.credential {
-                last.insert((cred, conn), &u.principal);
-            }
-        }
-        let last: Vec<_> = last.into_iter().collect();
+        let last = last_uses(batch.iter().copied());
         for chunk in last.chunks(CHUNK) {
             upsert_uses(&mut tx, chunk).await?;
         }
@@ -83,6 +83,106 @@ impl Store {
         tx.commit().await?;
         Ok(recorded)
     }
+
+    /// PostgreSQL's usual batch in one round trip instead of six: [`AT_ONCE`] moves the
+    /// chain head on from this process's hint, appends the events and upserts the last
+    /// uses, all only if the head is still the hint and the material generation is still
+    /// the one every checked record was read at (read in the statement, so a change
+    /// committed before any of these resolves began is seen). `None` when that did not
+    /// hold (another replica or process appended, no hint yet, some material moved, the
+    /// checked records were read at different generations): nothing was written, and the
+    /// transaction path decides record by record.
+    async fn record_uses_at_once(&self, batch: &[UseRecord]) -> Result<Option<Recorded>> {
+        let mut generations = batch.iter().filter_map(|u| u.checked);
+        let expected = generations.next();
+        if batch.is_empty() || generations.any(|g| Some(g) != expected) {
+            return Ok(None);
+        }
+        let Some((seq, hash)) = self.audit_head.lock().ok().and_then(|g| g.clone()) else {
+            return Ok(None);
+        };
+        let at = now_millis();
+        let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
+        let rows = chain(seq, hash.clone(), &entries, at);
+        let (last_seq, last_hash) = last(&rows);
+        let events: Vec<Value> = rows
+            .iter()
+            .map(|(seq, e, details, prev_hash, hash)| {
+                json!({"seq": seq, "actor": e.actor, "action": e.action,
+                       "outcome": e.outcome.as_str(), "workspace_id": e.workspace_id,
+                       "target_kind": e.target_kind, "target_id": e.target_id,
+                       "request_id": e.request_id, "source_address": e.source_address,
+                       "details": details, "prev_hash": prev_hash, "hash": hash})
+            })
+            .collect();
+        let uses: Vec<Value> = last_uses(batch.iter())
+            .into_iter()
+            .map(|((credential, connection), principal)| {
+                json!({"credential_id": credential, "connection_id": connection,
+                       "principal": principal})
+            })
+            .collect();
+        let (moved, generation): (i64, i64) = sqlx::query_as(AT_ONCE)
+            .bind(last_seq)
+            .bind(&last_hash)
+            .bind(seq)
+            .bind(&hash)
+            .bind(expected)
+            .bind(at)
+            .bind(Value::Array(events).to_string())
+            .bind(Value::Array(uses).to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        if moved != 1 {
+            return Ok(None);
+        }
+        if let Ok(mut g) = self.audit_head.lock() {
+            *g = Some((last_seq, last_hash));
+        }
+        Ok(Some(Recorded {
+            generation: expected.map(|_| generation),
+            stale: Vec::new(),
+        }))
+    }
+}
+
+/// One statement (so one implicit transaction) that records a batch of uses on PostgreSQL
+/// when the chain head is `$3`/`$4` and the material generation `$5` (NULL: not checked):
+/// the head moves to `$1`/`$2`, the events (`$7`, a JSON array) are appended and the last
+/// uses (`$8`) upserted, at `$6`. Answers whether the head moved, and the generation.
+const AT_ONCE: &str = "WITH g AS (SELECT n FROM material_generation WHERE id = 1), \
+    head AS ( \
+        UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
+        WHERE id = 1 AND head_seq = $3 AND head_hash = $4 \
+        AND ($5::BIGINT IS NULL OR $5::BIGINT = (SELECT n FROM g)) \
+        RETURNING id), \
+    events AS ( \
+        INSERT INTO audit_events (seq, at, actor, action, outcome, workspace_id, target_kind, \
+            target_id, request_id, source_address, details, prev_hash, hash) \
+        SELECT e.seq, $6, e.actor, e.action, e.outcome, e.workspace_id, e.target_kind, \
+            e.target_id, e.request_id, e.source_address, e.details, e.prev_hash, e.hash \
+        FROM head, json_to_recordset($7::JSON) AS e(seq BIGINT, actor TEXT, action TEXT, \
+            outcome TEXT, workspace_id TEXT, target_kind TEXT, target_id TEXT, \
+            request_id TEXT, source_address TEXT, details TEXT, prev_hash TEXT, hash TEXT)), \
+    uses AS ( \
+        INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
+        SELECT u.credential_id, u.connection_id, $6, u.principal \
+        FROM head, json_to_recordset($8::JSON) AS u(credential_id TEXT, connection_id TEXT, \
+            principal TEXT) \
+        ON CONFLICT (credential_id, connection_id) DO UPDATE SET \
+        last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by) \
+    SELECT (SELECT COUNT(*) FROM head)::BIGINT, (SELECT n FROM g)";
+
+/// One last-use row per (credential, connection), sorted: the latest principal wins (a
+/// multi-row upsert may not touch a row twice).
+fn last_uses<'a>(batch: impl Iterator<Item = &'a UseRecord>) -> Vec<((&'a str, &'a str), &'a str)> {
+    let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for u in batch {
+        if let Some((cred, conn)) = &u.credential {
+            last.insert((cred, conn), &u.principal);
+        }
+    }
+    last.into_iter().collect()
 }
 
 /// `rows` tuples of `width` parameters for a multi-row VALUES list: `($1, $2), ($3, $4)` on

@@ -119,6 +119,24 @@ async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
     let mut targets: Vec<String> = events.into_iter().map(|e| e.entry.target_id).collect();
     targets.sort();
     assert_eq!(targets, ["fresh", "unchecked"]);
+    // One generation across the batch (PostgreSQL's single-statement path): stale as a
+    // whole, or written as a whole.
+    let recorded = s
+        .record_uses(&[record("old-1", Some(g - 1)), record("old-2", Some(g - 1))])
+        .await
+        .unwrap();
+    assert_eq!(recorded.stale, vec![0, 1]);
+    let recorded = s
+        .record_uses(&[record("new-1", Some(g)), record("new-2", Some(g))])
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        Recorded {
+            generation: Some(g),
+            stale: vec![]
+        }
+    );
     // Unchecked only: the generation is not read.
     let recorded = s.record_uses(&[record("plain", None)]).await.unwrap();
     assert_eq!(recorded, Recorded::default());
@@ -126,6 +144,20 @@ async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
         s.verify_audit().await.unwrap(),
         patchbay_store::Verification::Ok { .. }
     ));
+    let all = s
+        .list_audit(
+            &patchbay_store::AuditFilter {
+                workspace_id: Some(ws.clone()),
+                action: Some("connection.resolve".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let mut targets: Vec<String> = all.into_iter().map(|e| e.entry.target_id).collect();
+    targets.sort();
+    assert_eq!(targets, ["fresh", "new-1", "new-2", "plain", "unchecked"]);
 }
 // ---- The audit chain, on both backends, with raw access to tamper with rows. ----
 
