@@ -259,6 +259,8 @@ pub(crate) async fn add_version(
 
 /// Deletes a credential with every version, ciphertext, use record and OAuth token.
 pub(crate) async fn remove_credential(tx: &mut WriteTx<'_>, id: &str) -> Result<()> {
+    // The chain head before any last-use row (see uses.rs and delete_connection_in).
+    crate::audit::locked_head(tx, tx.backend).await?;
     for sql in [
         "DELETE FROM credential_secrets WHERE credential_id = $1",
         "DELETE FROM credential_versions WHERE credential_id = $1",
@@ -542,8 +544,10 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        upsert_use(&mut tx, credential_id, connection_id, principal).await?;
+        // The chain head before the last-use row, as every writer of both takes them
+        // (uses.rs), so none waits for the other in a cycle.
         insert_audit(&mut tx, audit).await?;
+        upsert_use(&mut tx, credential_id, connection_id, principal).await?;
         tx.commit().await
     }
 

@@ -74,12 +74,15 @@ impl Store {
             .filter(|(i, _)| recorded.stale.binary_search(i).is_err())
             .map(|(_, u)| u)
             .collect();
+        // The chain head first, then the last-use rows: the order of every writer of both
+        // ([`AT_ONCE`] cannot do otherwise), so two of them never wait for each other in a
+        // cycle on PostgreSQL.
+        let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
+        append_all(&mut tx, &entries).await?;
         let last = last_uses(batch.iter().copied());
         for chunk in last.chunks(CHUNK) {
             upsert_uses(&mut tx, chunk).await?;
         }
-        let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
-        append_all(&mut tx, &entries).await?;
         tx.commit().await?;
         Ok(recorded)
     }

@@ -382,10 +382,11 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        // The chain head before the last-use row, as every writer of both (uses.rs).
+        insert_audit(&mut tx, audit).await?;
         if let Some((credential_id, connection_id, actor)) = credential_use {
             crate::credentials::upsert_use(&mut tx, credential_id, connection_id, actor).await?;
         }
-        insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

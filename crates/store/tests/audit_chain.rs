@@ -9,7 +9,7 @@ use common::workspace_and_project;
 use patchbay_store::{AuditEntry, Store};
 use serde_json::json;
 
-on_both_backends!("chain": a_batch_of_uses_extends_the_audit_chain_in_order, a_checked_use_whose_material_moved_is_left_out);
+on_both_backends!("chain": a_batch_of_uses_extends_the_audit_chain_in_order, a_checked_use_whose_material_moved_is_left_out, resolve_batches_and_reveals_of_one_credential_never_deadlock);
 
 fn audit(action: &str, target: &str) -> AuditEntry {
     AuditEntry::system("system:test", action, None, "test", target, json!({}))
@@ -159,6 +159,63 @@ async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
     targets.sort();
     assert_eq!(targets, ["fresh", "new-1", "new-2", "plain", "unchecked"]);
 }
+/// Resolve batches (PostgreSQL's single statement takes the chain head, then the last-use
+/// rows) race reveals of the same credential through the same connection (audit event and
+/// last use in one transaction): every writer of both takes the head first, so none waits
+/// for the other in a cycle (PostgreSQL would abort one as a deadlock).
+async fn resolve_batches_and_reveals_of_one_credential_never_deadlock(s: &Store) {
+    use patchbay_store::UseRecord;
+    let (ws, _) = workspace_and_project(s).await;
+    let event = |action: &str| {
+        AuditEntry::system(
+            "token:runner",
+            action,
+            Some(&ws),
+            "connection",
+            "conn",
+            json!({}),
+        )
+    };
+    let batch: Vec<UseRecord> = (0..8)
+        .map(|_| UseRecord {
+            checked: None,
+            credential: Some(("cred".into(), "conn".into())),
+            principal: "token:runner".into(),
+            audit: event("connection.resolve"),
+        })
+        .collect();
+    let reveal = event("connection.reveal");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (store, batch) = (s.clone(), batch.clone());
+        tasks.spawn(async move {
+            for _ in 0..40 {
+                store.record_uses(&batch).await.unwrap();
+            }
+        });
+        let (store, reveal) = (s.clone(), reveal.clone());
+        tasks.spawn(async move {
+            for _ in 0..40 {
+                store
+                    .record_reveal("cred", "conn", "user:u", &reveal)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    })
+    .await
+    .expect("writers finished");
+    assert!(matches!(
+        s.verify_audit().await.unwrap(),
+        patchbay_store::Verification::Ok { count, .. } if count >= 2 * 40 * 9
+    ));
+}
+
 // ---- The audit chain, on both backends, with raw access to tamper with rows. ----
 
 /// A fresh store plus a raw pool on the same database: SQLite, then PostgreSQL when
