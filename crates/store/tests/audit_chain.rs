@@ -105,20 +105,7 @@ async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
         }
     );
     assert_eq!(s.material_generation().await.unwrap(), g);
-    let events = s
-        .list_audit(
-            &patchbay_store::AuditFilter {
-                workspace_id: Some(ws.clone()),
-                action: Some("connection.resolve".into()),
-                ..Default::default()
-            },
-            10,
-        )
-        .await
-        .unwrap();
-    let mut targets: Vec<String> = events.into_iter().map(|e| e.entry.target_id).collect();
-    targets.sort();
-    assert_eq!(targets, ["fresh", "unchecked"]);
+    assert_eq!(resolved_targets(s, &ws).await, ["fresh", "unchecked"]);
     // One generation across the batch (PostgreSQL's single-statement path): stale as a
     // whole, or written as a whole.
     let recorded = s
@@ -144,20 +131,28 @@ async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
         s.verify_audit().await.unwrap(),
         patchbay_store::Verification::Ok { .. }
     ));
-    let all = s
+    assert_eq!(
+        resolved_targets(s, &ws).await,
+        ["fresh", "new-1", "new-2", "plain", "unchecked"]
+    );
+}
+
+/// The targets of the workspace's `connection.resolve` events, sorted.
+async fn resolved_targets(s: &Store, ws: &str) -> Vec<String> {
+    let events = s
         .list_audit(
             &patchbay_store::AuditFilter {
-                workspace_id: Some(ws.clone()),
+                workspace_id: Some(ws.to_owned()),
                 action: Some("connection.resolve".into()),
                 ..Default::default()
             },
-            10,
+            100,
         )
         .await
         .unwrap();
-    let mut targets: Vec<String> = all.into_iter().map(|e| e.entry.target_id).collect();
+    let mut targets: Vec<String> = events.into_iter().map(|e| e.entry.target_id).collect();
     targets.sort();
-    assert_eq!(targets, ["fresh", "new-1", "new-2", "plain", "unchecked"]);
+    targets
 }
 /// Resolve batches (PostgreSQL's single statement takes the chain head, then the last-use
 /// rows) race reveals of the same credential through the same connection (audit event and

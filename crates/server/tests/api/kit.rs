@@ -283,3 +283,60 @@ impl Service {
         .await
     }
 }
+
+/// The URL of a fresh PostgreSQL database `pb_<tag>_<id>` for replica tests, or None
+/// (SKIPPED) when no server answers outside CI (under CI=true: a failure).
+pub async fn postgres_url(tag: &str) -> Option<String> {
+    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::any::install_default_drivers();
+    let admin = match sqlx::AnyPool::connect(&admin_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("PostgreSQL peer missing under CI=true: {e}");
+            }
+            eprintln!("SKIPPED: {tag} replica test: no PostgreSQL at {admin_url}: {e}");
+            return None;
+        }
+    };
+    let db = format!("pb_{tag}_{}", patchbay_store::new_id().replace('-', ""));
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let (server, _) = admin_url.rsplit_once('/').unwrap();
+    Some(format!("{server}/{db}"))
+}
+
+/// One replica of a PostgreSQL deployment: an in-process service on `url`, its data in
+/// `dir`, the deployment's master key in the file `key`. Its base URL and state.
+pub async fn replica(
+    dir: &std::path::Path,
+    key: &std::path::Path,
+    url: &str,
+    settings: patchbay_server::state::Settings,
+) -> (String, patchbay_server::state::AppState) {
+    let config = Config {
+        tls: Default::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        database_url: Some(patchbay_crypto::SecretString::new(url.to_owned())),
+        master_key: MasterKeySource::File(key.to_owned()),
+        settings,
+    };
+    let app = App::start(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app.router();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    (format!("http://{addr}"), app.state.clone())
+}

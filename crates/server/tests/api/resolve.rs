@@ -116,6 +116,8 @@ async fn a_rotated_credential_is_seen_by_the_next_resolve() {
     // The credential's non-secret username fills the setting.
     assert_eq!(before["settings"]["username"], "svc");
     assert_eq!(before["credential"], json!({"id": cred_id, "version": 1}));
+    // The next resolve is served from the resolve cache, which must see the rotation.
+    assert!(s.app_state.materials.get(&id).is_some());
 
     let rotated = s
         .call(

@@ -15,30 +15,8 @@ struct Replica {
 }
 
 async fn replica(dir: &Path, key: &Path, url: &str) -> Replica {
-    let config = patchbay_server::Config {
-        tls: Default::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        database_url: Some(patchbay_crypto::SecretString::new(url.to_owned())),
-        master_key: patchbay_server::MasterKeySource::File(key.to_owned()),
-        settings: Default::default(),
-    };
-    let app = patchbay_server::App::start(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = app.router();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    Replica {
-        base: format!("http://{addr}"),
-        state: app.state.clone(),
-    }
+    let (base, state) = crate::kit::replica(dir, key, url, Default::default()).await;
+    Replica { base, state }
 }
 
 async fn call(
@@ -62,26 +40,9 @@ async fn call(
 
 #[tokio::test]
 async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: resolve cache replicas: no PostgreSQL at {admin_url}: {e}");
-            return;
-        }
+    let Some(url) = crate::kit::postgres_url("cache").await else {
+        return;
     };
-    let db = format!("pb_cache_{}", patchbay_store::new_id().replace('-', ""));
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (server, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{server}/{db}");
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("master.key");
     let a = replica(&tmp.path().join("a"), &key, &url).await;
@@ -241,5 +202,4 @@ async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
         answered.get(),
         "{events}"
     );
-    drop(admin);
 }

@@ -505,32 +505,12 @@ async fn a_zoned_test_runs_on_the_agent_that_claims_it_and_is_recorded_like_a_lo
     assert_eq!(zv.body["healthy"], false, "{}", zv.text);
 }
 
-/// One replica of a PostgreSQL deployment: an in-process service on `url`.
+/// One replica of a PostgreSQL deployment (kit::replica), polling agents every 2 s.
 async fn replica(dir: &std::path::Path, key: &std::path::Path, url: &str) -> String {
     let mut settings = patchbay_server::state::Settings::default();
     settings.probes.agent_poll = Duration::from_secs(2);
     settings.probes.deadline = Duration::from_secs(5);
-    let config = patchbay_server::Config {
-        tls: Default::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        database_url: Some(patchbay_crypto::SecretString::new(url.to_owned())),
-        master_key: patchbay_server::MasterKeySource::File(key.to_owned()),
-        settings,
-    };
-    let app = patchbay_server::App::start(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = app.router();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    format!("http://{addr}")
+    crate::kit::replica(dir, key, url, settings).await.0
 }
 
 async fn post(base: &str, token: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -550,26 +530,9 @@ async fn post(base: &str, token: &str, path: &str, body: Option<Value>) -> (Stat
 /// B, and A's waiting request finds the result in the table.
 #[tokio::test]
 async fn on_postgresql_the_agent_may_poll_another_replica_than_the_one_testing() {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: replica test: no PostgreSQL at {admin_url}: {e}");
-            return;
-        }
+    let Some(url) = crate::kit::postgres_url("agents").await else {
+        return;
     };
-    let db = format!("pb_agents_{}", patchbay_store::new_id().replace('-', ""));
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (base_url, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base_url}/{db}");
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("master.key");
     let a = replica(&tmp.path().join("a"), &key, &url).await;
