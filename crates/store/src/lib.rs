@@ -122,16 +122,15 @@ impl Store {
             )));
         };
         let options: AnyConnectOptions = url.parse()?;
-        // No ping before each checkout (a round trip per query on PostgreSQL): a connection
-        // broken meanwhile fails its query, which callers report like any database error,
-        // and is dropped; connections are renewed after half an hour anyway.
+        // A PostgreSQL connection is pinged before each checkout, so one broken by a server
+        // restart or failover is replaced instead of failing a request. An SQLite
+        // connection cannot break that way: no ping (a round trip to its worker thread).
         let mut pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 32,
             })
-            .test_before_acquire(false)
-            .max_lifetime(std::time::Duration::from_secs(30 * 60));
+            .test_before_acquire(backend == Backend::Postgres);
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _| {
                 Box::pin(async move {
