@@ -23,7 +23,23 @@ on_both_backends!("store":
     tokens_are_found_by_hash_only,
     migrations_are_idempotent,
     connection_test_results_keep_the_newest_20_and_go_with_the_connection,
+    the_server_checkpoints_the_sqlite_wal_itself,
 );
+
+/// SQLite leaves the write-ahead log to the server's checkpoint (every second, PASSIVE):
+/// it copies every committed page into the database file when no reader holds it back.
+/// PostgreSQL has nothing to do.
+async fn the_server_checkpoints_the_sqlite_wal_itself(s: &Store) {
+    workspace_and_project(s).await;
+    match (s.backend(), s.checkpoint().await.unwrap()) {
+        (patchbay_store::Backend::Sqlite, Some((log, done))) => {
+            assert!(log > 0, "the writes are in the log");
+            assert_eq!(done, log, "a checkpoint with no reader copies every page");
+        }
+        (patchbay_store::Backend::Postgres, None) => {}
+        other => panic!("{other:?}"),
+    }
+}
 
 async fn connection_test_results_keep_the_newest_20_and_go_with_the_connection(s: &Store) {
     let (ws, p) = workspace_and_project(s).await;
