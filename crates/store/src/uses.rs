@@ -34,15 +34,16 @@ pub struct Recorded {
     pub stale: Vec<usize>,
 }
 
+/// The material generation (migration 0013).
+const GENERATION: &str = "SELECT n FROM material_generation WHERE id = 1";
+
 /// Rows per multi-row statement (13 parameters each: well under both engines' limits).
 const CHUNK: usize = 64;
 
 impl Store {
     /// The material generation now (see migration 0013).
     pub async fn material_generation(&self) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as("SELECT n FROM material_generation WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) = sqlx::query_as(GENERATION).fetch_one(&self.pool).await?;
         Ok(n)
     }
 
@@ -60,9 +61,7 @@ impl Store {
         if batch.iter().any(|u| u.checked.is_some()) {
             // Inside the writing transaction: a change committed before this statement (so
             // before any of these resolves began) is seen.
-            let (n,): (i64,) = sqlx::query_as("SELECT n FROM material_generation WHERE id = 1")
-                .fetch_one(&mut *tx.tx)
-                .await?;
+            let (n,): (i64,) = sqlx::query_as(GENERATION).fetch_one(&mut *tx.tx).await?;
             recorded.generation = Some(n);
             recorded.stale = (0..batch.len())
                 .filter(|&i| batch[i].checked.is_some_and(|g| g != n))

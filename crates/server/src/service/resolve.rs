@@ -1,7 +1,7 @@
 //! Run time: the material a job (or a connection test) gets for a connection — its
 //! effective settings and its secrets, decrypted for this call only.
 //!
-//! [`material`] is the one function that assembles it; [`resolve`] (runs) and
+//! [`material`] is the one function that assembles it; [`answer`] (runs) and
 //! `service::probes::test_saved` (tests) both call it, so a test cannot pass with material
 //! a run would not get.
 
@@ -72,18 +72,9 @@ async fn assemble(state: &AppState, c: Connection, stored: &StoredSecrets) -> Ap
 
 /// Resolves a connection for a run: needs connections:resolve in its workspace, and
 /// records a `connection.resolve` audit event (run id, credential version) in the same
-/// transaction as the credential's last use — no record, no secret.
-pub async fn resolve(
-    state: &AppState,
-    p: &Principal,
-    id: &str,
-    run_id: Option<&str>,
-) -> ApiResult<Material> {
-    resolve_id(state, p, id, run_id, Format::Json).await
-}
-
-/// [`resolve`] in a given format: from the resolve cache when it holds the connection (the
-/// use recorded checked, see crate::materials), else from the database.
+/// transaction as the credential's last use — no record, no secret. From the resolve cache
+/// when it holds the connection (the use recorded checked, see crate::materials), else from
+/// the database.
 async fn resolve_id(
     state: &AppState,
     p: &Principal,
