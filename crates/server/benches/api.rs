@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::{Json, Router};
-use patchbay_server::{App, Config, MasterKeySource};
 use serde_json::json;
+
+mod common;
 
 const CONNECTIONS: usize = 100;
 
@@ -93,27 +94,14 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            tls: Default::default(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().join("data"),
-            database_url: None,
-            master_key: MasterKeySource::File(dir.path().join("data/master.key")),
-            settings: Default::default(),
-        };
-        let app = App::start(&config).await.unwrap();
-        let token = std::fs::read_to_string(config.data_dir.join("initial-admin-token")).unwrap().trim().to_owned();
-        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_addr = api.local_addr().unwrap();
-        let router = app.router();
-        tokio::spawn(async move { axum::serve(api, router).await.unwrap() });
+        let service = common::start(None, Default::default()).await;
+        let token = service.token.clone();
         let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let bare_addr = bare.local_addr().unwrap();
         let bare_router = Router::new().route("/bare", get(|| async { Json(json!({"status": "ok"})) }));
         tokio::spawn(async move { axum::serve(bare, bare_router).await.unwrap() });
 
-        let base = format!("http://{api_addr}");
+        let base = service.base.clone();
         let client = reqwest::Client::new();
         let ws: serde_json::Value = client.get(format!("{base}/api/v1/workspaces")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
         let ws_id = ws["items"][0]["id"].as_str().unwrap();
@@ -156,9 +144,6 @@ fn main() {
         let out = json!({"benchmark": "api", "concurrency": concurrency, "seconds_per_endpoint": secs,
             "connections": CONNECTIONS, "backend": "sqlite", "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "results": rows});
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("api.json"), serde_json::to_string_pretty(&out).unwrap() + "\n").unwrap();
-        println!("\nwritten to bench-results/api.json");
+        common::write_results("api", &out);
     });
 }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchbay_server::state::Settings;
-use patchbay_server::{App, Config, MasterKeySource};
 use serde_json::json;
+
+mod common;
 
 const CONNECTIONS: usize = 100;
 const ROUNDS: usize = 3;
@@ -69,35 +70,18 @@ async fn load(url: &str, token: &str, concurrency: usize, secs: f64) -> (u64, f6
 }
 
 /// A started service with `CONNECTIONS` connections: (URL of one revealed GET, token).
-async fn service(dir: &std::path::Path, audit_reads: bool) -> (String, String) {
-    let config = Config {
-        tls: Default::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.join("data"),
-        database_url: None,
-        master_key: MasterKeySource::File(dir.join("data/master.key")),
-        settings: Settings {
+/// A service with reveals audited or not, and the URL of one revealed connection. The
+/// service runs (and its data directory lives) as long as the returned handle.
+async fn service(audit_reads: bool) -> (common::Service, String) {
+    let service = common::start(
+        None,
+        Settings {
             audit_reads,
             ..Default::default()
         },
-    };
-    let app = App::start(&config).await.unwrap();
-    let token = std::fs::read_to_string(config.data_dir.join("initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = app.router();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    let base = format!("http://{addr}");
+    )
+    .await;
+    let (base, token) = (service.base.clone(), service.token.clone());
     let client = reqwest::Client::new();
     let get = |path: String| {
         let (client, token) = (client.clone(), token.clone());
@@ -136,7 +120,7 @@ async fn service(dir: &std::path::Path, audit_reads: bool) -> (String, String) {
             one = r["id"].as_str().unwrap().to_owned();
         }
     }
-    (format!("{base}/api/v1/connections/{one}"), token)
+    (service, format!("{base}/api/v1/connections/{one}"))
 }
 
 fn main() {
@@ -153,9 +137,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (dir_on, dir_off) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let on = service(dir_on.path(), true).await;
-        let off = service(dir_off.path(), false).await;
+        let (on_service, on_url) = service(true).await;
+        let (off_service, off_url) = service(false).await;
+        let on = (on_url, on_service.token.clone());
+        let off = (off_url, off_service.token.clone());
         let mut totals = [(0u64, 0f64, Vec::new()), (0u64, 0f64, Vec::new())];
         for _ in 0..ROUNDS {
             for (i, (url, token)) in [&off, &on].into_iter().enumerate() {
@@ -185,9 +170,6 @@ fn main() {
             "backend": "sqlite", "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "results": rows, "ratio_audited_to_unaudited": (ratio * 1000.0).round() / 1000.0,
             "audit_cost_percent": ((1.0 - ratio) * 1000.0).round() / 10.0});
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("audit.json"), serde_json::to_string_pretty(&out).unwrap() + "\n").unwrap();
-        println!("\nwritten to bench-results/audit.json");
+        common::write_results("audit", &out);
     });
 }

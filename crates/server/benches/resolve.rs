@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::{Json, Router};
-use patchbay_crypto::SecretString;
-use patchbay_server::{App, Config, MasterKeySource};
 use serde_json::{json, Value};
+
+mod common;
 
 const CONNECTIONS: usize = 100;
 
@@ -92,39 +92,15 @@ async fn load(urls: Vec<String>, token: Option<String>, concurrency: usize, secs
 }
 
 async fn run(backend: &str, database_url: Option<String>, concurrency: usize, secs: f64) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = Config {
-        tls: Default::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.clone(),
-        database_url: database_url.map(SecretString::new),
-        master_key: MasterKeySource::File(data.join("master.key")),
-        settings: Default::default(),
-    };
-    let app = App::start(&config).await.unwrap();
-    let admin = std::fs::read_to_string(data.join("initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = api.local_addr().unwrap();
-    let router = app.router();
-    tokio::spawn(async move {
-        axum::serve(
-            api,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
+    let service = common::start(database_url, Default::default()).await;
+    let admin = service.token.clone();
     let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bare_addr = bare.local_addr().unwrap();
     let bare_router =
         Router::new().route("/bare", post(|| async { Json(json!({"status": "ok"})) }));
     tokio::spawn(async move { axum::serve(bare, bare_router).await.unwrap() });
 
-    let base = format!("http://{api_addr}");
+    let base = service.base.clone();
     let client = reqwest::Client::new();
     let get = |path: String| {
         let client = client.clone();
@@ -230,30 +206,6 @@ async fn run(backend: &str, database_url: Option<String>, concurrency: usize, se
                  "p99_met": resolve.p99_us <= 5000}})
 }
 
-/// A fresh PostgreSQL database URL, or None when PostgreSQL is not reachable.
-fn postgres() -> Option<(String, String)> {
-    let admin = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let db = format!("pb_bench_resolve_{}", std::process::id());
-    let ok = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {db}"),
-            "-c",
-            &format!("CREATE DATABASE {db}"),
-        ])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        return None;
-    }
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some((admin.clone(), format!("{base}/{db}")))
-}
-
 fn main() {
     let secs: f64 = std::env::var("PATCHBAY_BENCH_SECONDS")
         .ok()
@@ -274,18 +226,10 @@ fn main() {
             results.push(run("sqlite", None, concurrency, secs).await);
         }
         if only.as_deref().is_none_or(|b| b == "postgres") {
-            match postgres() {
+            match common::fresh_postgres("resolve") {
                 Some((admin, url)) => {
                     results.push(run("postgres", Some(url.clone()), concurrency, secs).await);
-                    let db = url.rsplit_once('/').unwrap().1;
-                    let _ = std::process::Command::new("psql")
-                        .args([
-                            admin.as_str(),
-                            "-q",
-                            "-c",
-                            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                        ])
-                        .output();
+                    common::drop_postgres(&admin, &url);
                 }
                 None => println!("postgres: SKIPPED (not reachable)"),
             }
@@ -299,13 +243,6 @@ fn main() {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "results": results,
         });
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolve.json"),
-            serde_json::to_string_pretty(&out).unwrap() + "\n",
-        )
-        .unwrap();
-        println!("\nwritten to bench-results/resolve.json");
+        common::write_results("resolve", &out);
     });
 }

@@ -14,9 +14,10 @@
 use std::time::{Duration, Instant};
 
 use patchbay_crypto::{DataKey, EncryptedValue, MasterKey, SecretAad, SecretString, WrappedKey};
-use patchbay_server::{App, Config, MasterKeySource};
 use serde_json::json;
 use sqlx::{AnyPool, Row};
+
+mod common;
 
 const SECRETS: usize = 100_000;
 const FIELDS: [&str; 4] = ["password", "api_key", "token", "private_key"];
@@ -246,21 +247,8 @@ async fn store_only(db: &AnyPool, postgres: bool) -> f64 {
 }
 
 async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = Config {
-        tls: Default::default(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.clone(),
-        database_url: database_url.clone().map(SecretString::new),
-        master_key: MasterKeySource::File(data.join("master.key")),
-        settings: Default::default(),
-    };
-    let app = App::start(&config).await.unwrap();
-    let token = std::fs::read_to_string(data.join("initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let service = common::start(database_url.clone(), Default::default()).await;
+    let (data, token) = (service.data.clone(), service.token.clone());
     let url =
         database_url.unwrap_or_else(|| format!("sqlite://{}", data.join("patchbay.db").display()));
     let db = pool(&url).await;
@@ -272,11 +260,7 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
         t.elapsed().as_secs_f64()
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = app.router();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let base = format!("http://{addr}");
+    let base = service.base.clone();
     let client = reqwest::Client::new();
 
     // Baselines first, on the same rows.
@@ -324,7 +308,7 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
         .get(0);
     assert_eq!(left, 0);
     db.close().await;
-    app.state.store.close().await;
+    service.state.store.close().await;
 
     let rate = |s: f64| (SECRETS as f64 / s).round();
     println!(
@@ -348,30 +332,6 @@ async fn run(backend: &str, database_url: Option<String>) -> serde_json::Value {
     })
 }
 
-/// A fresh PostgreSQL database URL, or None when PostgreSQL is not reachable.
-fn postgres() -> Option<(String, String)> {
-    let admin = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let db = format!("pb_bench_rotate_{}", std::process::id());
-    let ok = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {db}"),
-            "-c",
-            &format!("CREATE DATABASE {db}"),
-        ])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        return None;
-    }
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some((admin.clone(), format!("{base}/{db}")))
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -379,18 +339,10 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let mut results = vec![run("sqlite", None).await];
-        match postgres() {
+        match common::fresh_postgres("rotate") {
             Some((admin, url)) => {
                 results.push(run("postgres", Some(url.clone())).await);
-                let db = url.rsplit_once('/').unwrap().1;
-                let _ = std::process::Command::new("psql")
-                    .args([
-                        admin.as_str(),
-                        "-q",
-                        "-c",
-                        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                    ])
-                    .output();
+                common::drop_postgres(&admin, &url);
             }
             None => println!("postgres: SKIPPED (not reachable)"),
         }
@@ -399,13 +351,6 @@ fn main() {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "results": results,
         });
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("rotate.json"),
-            serde_json::to_string_pretty(&out).unwrap() + "\n",
-        )
-        .unwrap();
-        println!("\nwritten to bench-results/rotate.json");
+        common::write_results("rotate", &out);
     });
 }

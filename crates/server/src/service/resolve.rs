@@ -1,9 +1,9 @@
 //! Run time: the material a job (or a connection test) gets for a connection — its
 //! effective settings and its secrets, decrypted for this call only.
 //!
-//! [`material`] is the one function that assembles it; [`answer`] (runs) and
-//! `service::probes::test_saved` (tests) both call it, so a test cannot pass with material
-//! a run would not get.
+//! `assemble` is the one function that builds it from what was read: [`material`] (tests,
+//! agents; read now) and [`answer`] (runs; read now or from the resolve cache) both go
+//! through it, so a test cannot pass with material a run would not get.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
