@@ -47,7 +47,7 @@ pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use provisioned::{Provisionable, ProvisionedConnection};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
-pub use uses::{Recorded, UseRecord};
+pub use uses::{Recorded, UseRecord, BATCH_APPLICATION_NAME};
 pub use workspaces::StoredDataKey;
 pub use zones::{AgentJob, AgentRecord, ZoneRecord};
 
@@ -95,6 +95,9 @@ pub struct Store {
     /// Bumped by every change that can narrow what a token may do (revoking it, changing
     /// memberships or roles): caches of authenticated tokens compare it.
     auth_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// PostgreSQL: the connection that records resolves' uses in one statement
+    /// ([`uses::BatchConnection`]).
+    batch: uses::BatchConnection,
 }
 
 pub fn now_millis() -> i64 {
@@ -122,6 +125,13 @@ impl Store {
             )));
         };
         let options: AnyConnectOptions = url.parse()?;
+        let batch = uses::BatchConnection::new(match backend {
+            Backend::Postgres => Some(
+                url.parse::<sqlx::postgres::PgConnectOptions>()?
+                    .application_name(uses::BATCH_APPLICATION_NAME),
+            ),
+            Backend::Sqlite => None,
+        });
         // A PostgreSQL connection is pinged before each checkout, so one broken by a server
         // restart or failover is replaced instead of failing a request. An SQLite
         // connection cannot break that way: no ping (a round trip to its worker thread).
@@ -151,6 +161,7 @@ impl Store {
             write_lock: Default::default(),
             audit_head: Default::default(),
             auth_generation: Default::default(),
+            batch,
         };
         migrate::run(&store).await?;
         Ok(store)

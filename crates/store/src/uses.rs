@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection;
 
 use crate::audit::{event_hash, insert_audit, locked_head, remember, set_head, AuditEntry};
 use crate::{now_millis, Backend, Result, Store, WriteTx};
@@ -107,34 +108,69 @@ impl Store {
         let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
         let rows = chain(seq, hash.clone(), &entries, at);
         let (last_seq, last_hash) = last(&rows);
-        let events: Vec<Value> = rows
-            .iter()
-            .map(|(seq, e, details, prev_hash, hash)| {
-                json!({"seq": seq, "actor": e.actor, "action": e.action,
-                       "outcome": e.outcome.as_str(), "workspace_id": e.workspace_id,
-                       "target_kind": e.target_kind, "target_id": e.target_id,
-                       "request_id": e.request_id, "source_address": e.source_address,
-                       "details": details, "prev_hash": prev_hash, "hash": hash})
-            })
-            .collect();
-        let uses: Vec<Value> = last_uses(batch.iter())
-            .into_iter()
-            .map(|((credential, connection), principal)| {
-                json!({"credential_id": credential, "connection_id": connection,
-                       "principal": principal})
-            })
-            .collect();
-        let (moved, generation): (i64, i64) = sqlx::query_as(AT_ONCE)
+        // One array per column, bound in the binary protocol and expanded by UNNEST:
+        // cheaper for PostgreSQL than parsing a JSON document per batch.
+        let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let text =
+            |f: for<'r> fn(&'r Row<'_>) -> &'r str| rows.iter().map(f).collect::<Vec<&str>>();
+        let optional =
+            |f: for<'r> fn(&'r Row<'_>) -> Option<&'r str>| rows.iter().map(f).collect::<Vec<_>>();
+        let actor = text(|r| &r.1.actor);
+        let action = text(|r| &r.1.action);
+        let outcome = text(|r| r.1.outcome.as_str());
+        let workspace = optional(|r| r.1.workspace_id.as_deref());
+        let kind = text(|r| &r.1.target_kind);
+        let target = text(|r| &r.1.target_id);
+        let request = optional(|r| r.1.request_id.as_deref());
+        let source = optional(|r| r.1.source_address.as_deref());
+        let details = text(|r| &r.2);
+        let prev_hashes = text(|r| &r.3);
+        let hashes = text(|r| &r.4);
+        let uses = last_uses(batch.iter());
+        let use_credentials: Vec<&str> = uses.iter().map(|((c, _), _)| *c).collect();
+        let use_connections: Vec<&str> = uses.iter().map(|((_, c), _)| *c).collect();
+        let use_principals: Vec<&str> = uses.iter().map(|(_, p)| *p).collect();
+        let query = sqlx::query_as(AT_ONCE)
             .bind(last_seq)
             .bind(&last_hash)
             .bind(seq)
             .bind(&hash)
             .bind(expected)
             .bind(at)
-            .bind(Value::Array(events).to_string())
-            .bind(Value::Array(uses).to_string())
-            .fetch_one(&self.pool)
-            .await?;
+            .bind(&seqs)
+            .bind(&actor)
+            .bind(&action)
+            .bind(&outcome)
+            .bind(&workspace)
+            .bind(&kind)
+            .bind(&target)
+            .bind(&request)
+            .bind(&source)
+            .bind(&details)
+            .bind(&prev_hashes)
+            .bind(&hashes)
+            .bind(&use_credentials)
+            .bind(&use_connections)
+            .bind(&use_principals);
+        let (moved, generation) = match self.batch.fetch(query).await? {
+            Sent::Answered(row) => row,
+            Sent::NotSent => return Ok(None),
+            Sent::Broken => {
+                // Whether it committed: the head names its last event's hash, which no other
+                // batch can have written. FOR UPDATE waits for the statement if the server
+                // is still running it (a connection can break under a running statement).
+                let (head_seq, head_hash): (i64, String) = sqlx::query_as(
+                    "SELECT head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                if (head_seq, &head_hash) != (last_seq, &last_hash) {
+                    return Ok(None);
+                }
+                // It did, so the generation was `expected` (the statement checks it).
+                (1, expected.unwrap_or_default())
+            }
+        };
         if moved != 1 {
             return Ok(None);
         }
@@ -148,10 +184,90 @@ impl Store {
     }
 }
 
+/// The PostgreSQL connection [`AT_ONCE`] runs on, held by the store rather than taken from
+/// the pool: no checkout and no ping per batch (the pool pings before each checkout), and
+/// the typed driver, so the batch travels as column arrays in the binary protocol (the `Any`
+/// driver has no arrays). Opened at the first batch. A batch that fails for any reason but
+/// the database refusing it (a server restart, a failover) drops the connection, and the
+/// next batch opens a new one; whether it committed is read off the chain head (its last
+/// hash is there or not), and if it did not, the transaction path through the pool records
+/// it. So a broken connection fails no resolve and records none twice.
+#[derive(Clone)]
+pub(crate) struct BatchConnection {
+    options: Option<PgConnectOptions>,
+    conn: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+}
+
+/// The batch connection's `application_name`, as `pg_stat_activity` shows it.
+pub const BATCH_APPLICATION_NAME: &str = "patchbay-resolve-batch";
+
+/// What became of a statement given to [`BatchConnection::fetch`].
+enum Sent {
+    /// Its row.
+    Answered((i64, i64)),
+    /// Not sent: no connection (SQLite, or it could not be opened).
+    NotSent,
+    /// The connection broke on the way: the statement may or may not have committed.
+    Broken,
+}
+
+type BatchQuery<'q> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, i64), sqlx::postgres::PgArguments>;
+
+impl BatchConnection {
+    /// `None` on SQLite, which never uses it.
+    pub(crate) fn new(options: Option<PgConnectOptions>) -> Self {
+        Self {
+            options,
+            conn: Default::default(),
+        }
+    }
+
+    /// Runs `query` on the connection, opening it first if needed. An error from the
+    /// database itself is returned as such.
+    async fn fetch(&self, query: BatchQuery<'_>) -> Result<Sent> {
+        let Some(options) = &self.options else {
+            return Ok(Sent::NotSent);
+        };
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            match PgConnection::connect_with(options).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "resolve batch connection not opened; using the pool");
+                    return Ok(Sent::NotSent);
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            return Ok(Sent::NotSent);
+        };
+        match query.fetch_one(c).await {
+            Ok(row) => Ok(Sent::Answered(row)),
+            // The statement refused (the connection lives on), unless the server is closing
+            // the connection: classes 08 (connection exception) and 57 (operator
+            // intervention: shutdown, terminated, idle timeout) come as errors too.
+            Err(sqlx::Error::Database(e))
+                if !e
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
+            {
+                Err(sqlx::Error::Database(e).into())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "resolve batch connection dropped; using the pool");
+                *conn = None;
+                Ok(Sent::Broken)
+            }
+        }
+    }
+}
+
 /// One statement (so one implicit transaction) that records a batch of uses on PostgreSQL
 /// when the chain head is `$3`/`$4` and the material generation `$5` (NULL: not checked):
-/// the head moves to `$1`/`$2`, the events (`$7`, a JSON array) are appended and the last
-/// uses (`$8`) upserted, at `$6`. Answers whether the head moved, and the generation.
+/// the head moves to `$1`/`$2`, the events (`$7`-`$18`, one array per column) are appended
+/// and the last uses (`$19`-`$21`) upserted, at `$6`. Answers whether the head moved, and
+/// the generation.
 const AT_ONCE: &str = "WITH g AS (SELECT n FROM material_generation WHERE id = 1), \
     head AS ( \
         UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
@@ -163,14 +279,15 @@ const AT_ONCE: &str = "WITH g AS (SELECT n FROM material_generation WHERE id = 1
             target_id, request_id, source_address, details, prev_hash, hash) \
         SELECT e.seq, $6, e.actor, e.action, e.outcome, e.workspace_id, e.target_kind, \
             e.target_id, e.request_id, e.source_address, e.details, e.prev_hash, e.hash \
-        FROM head, json_to_recordset($7::JSON) AS e(seq BIGINT, actor TEXT, action TEXT, \
-            outcome TEXT, workspace_id TEXT, target_kind TEXT, target_id TEXT, \
-            request_id TEXT, source_address TEXT, details TEXT, prev_hash TEXT, hash TEXT)), \
+        FROM head, UNNEST($7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], \
+            $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], \
+            $18::TEXT[]) AS e(seq, actor, action, outcome, workspace_id, target_kind, \
+            target_id, request_id, source_address, details, prev_hash, hash)), \
     uses AS ( \
         INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
         SELECT u.credential_id, u.connection_id, $6, u.principal \
-        FROM head, json_to_recordset($8::JSON) AS u(credential_id TEXT, connection_id TEXT, \
-            principal TEXT) \
+        FROM head, UNNEST($19::TEXT[], $20::TEXT[], $21::TEXT[]) \
+            AS u(credential_id, connection_id, principal) \
         ON CONFLICT (credential_id, connection_id) DO UPDATE SET \
         last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by) \
     SELECT (SELECT COUNT(*) FROM head)::BIGINT, (SELECT n FROM g)";

@@ -448,3 +448,69 @@ async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
         other => panic!("chain broken: {other:?}"),
     }
 }
+
+/// PostgreSQL: the connection that records batches in one statement breaks (here it is
+/// terminated, as a server restart or failover would): the next batch still commits, once,
+/// through the pool, and the one after opens a new batch connection.
+#[tokio::test]
+async fn a_batch_whose_connection_broke_is_recorded_once() {
+    use patchbay_store::{UseRecord, Verification};
+    let Some(url) = common::postgres_url("chainbroken").await else {
+        return;
+    };
+    let s = Store::connect(&url).await.unwrap();
+    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+    let (ws, _) = workspace_and_project(&s).await;
+    let batch = |tag: &str| -> Vec<UseRecord> {
+        (0..3)
+            .map(|i| UseRecord {
+                checked: None,
+                credential: None,
+                principal: "token:runner".into(),
+                audit: AuditEntry::system(
+                    "token:runner",
+                    "connection.resolve",
+                    Some(&ws),
+                    "connection",
+                    &format!("c-{tag}-{i}"),
+                    json!({}),
+                ),
+            })
+            .collect()
+    };
+    let terminate = || async {
+        let (n,): (i64,) = sqlx::query_as(&format!(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = '{}' AND datname = current_database()",
+            patchbay_store::BATCH_APPLICATION_NAME
+        ))
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        n
+    };
+    // The first batch learns the head; the second goes in one statement on the batch
+    // connection.
+    s.record_uses(&batch("a")).await.unwrap();
+    s.record_uses(&batch("b")).await.unwrap();
+    assert_eq!(terminate().await, 1, "the batch connection was in use");
+    s.record_uses(&batch("c")).await.unwrap();
+    s.record_uses(&batch("d")).await.unwrap();
+    assert_eq!(terminate().await, 1, "a new batch connection was opened");
+    let events = s
+        .list_audit(
+            &patchbay_store::AuditFilter {
+                workspace_id: Some(ws.clone()),
+                action: Some("connection.resolve".into()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 12, "each batch recorded once");
+    assert!(matches!(
+        s.verify_audit().await.unwrap(),
+        Verification::Ok { .. }
+    ));
+}
