@@ -154,7 +154,7 @@ impl Store {
             .bind(&use_principals);
         let (moved, generation) = match self.batch.fetch(query).await? {
             Sent::Answered(row) => row,
-            Sent::NotSent => return Ok(None),
+            Sent::NoConnection => return Ok(None),
             Sent::Broken => {
                 // Whether it committed: the head names its last event's hash, which no other
                 // batch can have written. FOR UPDATE waits for the statement if the server
@@ -206,7 +206,7 @@ enum Sent {
     /// Its row.
     Answered((i64, i64)),
     /// Not sent: no connection (SQLite, or it could not be opened).
-    NotSent,
+    NoConnection,
     /// The connection broke on the way: the statement may or may not have committed.
     Broken,
 }
@@ -227,7 +227,7 @@ impl BatchConnection {
     /// database itself is returned as such.
     async fn fetch(&self, query: BatchQuery<'_>) -> Result<Sent> {
         let Some(options) = &self.options else {
-            return Ok(Sent::NotSent);
+            return Ok(Sent::NoConnection);
         };
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
@@ -235,12 +235,12 @@ impl BatchConnection {
                 Ok(c) => *conn = Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "resolve batch connection not opened; using the pool");
-                    return Ok(Sent::NotSent);
+                    return Ok(Sent::NoConnection);
                 }
             }
         }
         let Some(c) = conn.as_mut() else {
-            return Ok(Sent::NotSent);
+            return Ok(Sent::NoConnection);
         };
         match query.fetch_one(c).await {
             Ok(row) => Ok(Sent::Answered(row)),
