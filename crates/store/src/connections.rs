@@ -500,6 +500,7 @@ pub(crate) async fn delete_connection_in(tx: &mut WriteTx<'_>, id: &str) -> Resu
     if let Some(owned) = owned_credential(tx, id).await? {
         remove_credential(tx, &owned).await?;
     }
+    tx.recent_uses.forget();
     for sql in [
         "DELETE FROM connection_secrets WHERE connection_id = $1",
         "DELETE FROM credential_uses WHERE connection_id = $1",

@@ -261,6 +261,7 @@ pub(crate) async fn add_version(
 pub(crate) async fn remove_credential(tx: &mut WriteTx<'_>, id: &str) -> Result<()> {
     // The chain head before any last-use row (see uses.rs and delete_connection_in).
     crate::audit::locked_head(tx, tx.backend).await?;
+    tx.recent_uses.forget();
     for sql in [
         "DELETE FROM credential_secrets WHERE credential_id = $1",
         "DELETE FROM credential_versions WHERE credential_id = $1",
@@ -653,6 +654,8 @@ pub(crate) async fn upsert_use(
     connection_id: &str,
     principal: &str,
 ) -> Result<()> {
+    // Written past the resolve batches' memory of what they wrote.
+    tx.recent_uses.forget();
     sqlx::query(
         "INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (credential_id, connection_id) DO UPDATE SET \

@@ -47,7 +47,7 @@ pub use probe_results::{StoredTestResult, TEST_HISTORY};
 pub use provisioned::{Provisionable, ProvisionedConnection};
 pub use tokens::{NewToken, TokenRecord};
 pub use users::{Membership, NewUser, RoleRecord, SessionRecord, UserRecord};
-pub use uses::{Recorded, UseRecord, BATCH_APPLICATION_NAME};
+pub use uses::{Recorded, UseRecord, BATCH_APPLICATION_NAME, LAST_USE_PRECISION_MS};
 pub use workspaces::StoredDataKey;
 pub use zones::{AgentJob, AgentRecord, ZoneRecord};
 
@@ -98,6 +98,8 @@ pub struct Store {
     /// PostgreSQL: the connection that records resolves' uses in one statement
     /// ([`uses::BatchConnection`]).
     batch: uses::BatchConnection,
+    /// The last uses this process wrote ([`uses::RecentUses`]).
+    recent_uses: uses::RecentUses,
 }
 
 pub fn now_millis() -> i64 {
@@ -162,6 +164,7 @@ impl Store {
             audit_head: Default::default(),
             auth_generation: Default::default(),
             batch,
+            recent_uses: Default::default(),
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -232,6 +235,7 @@ impl Store {
             _guard: guard,
             backend: self.backend,
             audit_head: self.audit_head.clone(),
+            recent_uses: self.recent_uses.clone(),
         })
     }
 }
@@ -241,6 +245,7 @@ struct WriteTx<'a> {
     _guard: Option<tokio::sync::MutexGuard<'a, ()>>,
     backend: Backend,
     audit_head: audit::HeadHint,
+    recent_uses: uses::RecentUses,
 }
 
 impl WriteTx<'_> {

@@ -79,11 +79,15 @@ impl Store {
         // cycle on PostgreSQL.
         let entries: Vec<&AuditEntry> = batch.iter().map(|u| &u.audit).collect();
         append_all(&mut tx, &entries).await?;
-        let last = last_uses(batch.iter().copied());
+        let at = now_millis();
+        let last = self
+            .recent_uses
+            .to_write(last_uses(batch.iter().copied()), at);
         for chunk in last.chunks(CHUNK) {
-            upsert_uses(&mut tx, chunk).await?;
+            upsert_uses(&mut tx, chunk, at).await?;
         }
         tx.commit().await?;
+        self.recent_uses.wrote(&last, at);
         Ok(recorded)
     }
 
@@ -126,7 +130,7 @@ impl Store {
         let details = text(|r| &r.2);
         let prev_hashes = text(|r| &r.3);
         let hashes = text(|r| &r.4);
-        let uses = last_uses(batch.iter());
+        let uses = self.recent_uses.to_write(last_uses(batch.iter()), at);
         let use_credentials: Vec<&str> = uses.iter().map(|((c, _), _)| *c).collect();
         let use_connections: Vec<&str> = uses.iter().map(|((_, c), _)| *c).collect();
         let use_principals: Vec<&str> = uses.iter().map(|(_, p)| *p).collect();
@@ -177,6 +181,7 @@ impl Store {
         if let Ok(mut g) = self.audit_head.lock() {
             *g = Some((last_seq, last_hash));
         }
+        self.recent_uses.wrote(&uses, at);
         Ok(Some(Recorded {
             generation: expected.map(|_| generation),
             stale: Vec::new(),
@@ -292,6 +297,69 @@ const AT_ONCE: &str = "WITH g AS (SELECT n FROM material_generation WHERE id = 1
         last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by) \
     SELECT (SELECT COUNT(*) FROM head)::BIGINT, (SELECT n FROM g)";
 
+/// A credential's last use through a connection is precise to [`LAST_USE_PRECISION_MS`]:
+/// a resolve batch leaves out the last-use rows this process wrote less than that long ago
+/// with the same principal (the audit log has every use exactly). Under steady load that is
+/// one upsert per connection and second instead of one per resolve. Who used it last stays
+/// exact for this process (another principal is always written); forgotten whenever
+/// anything else writes or deletes last-use rows, and when it grows past
+/// [`RECENT_USES_KEPT`] rows.
+#[derive(Clone, Default)]
+pub(crate) struct RecentUses(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String)>>>,
+);
+
+/// How stale a credential's recorded last use may be, in milliseconds.
+pub const LAST_USE_PRECISION_MS: i64 = 1000;
+
+/// Most last uses remembered.
+const RECENT_USES_KEPT: usize = 10_000;
+
+impl RecentUses {
+    /// The rows of `last` to write at `now`.
+    fn to_write<'a>(
+        &self,
+        mut last: Vec<((&'a str, &'a str), &'a str)>,
+        now: i64,
+    ) -> Vec<((&'a str, &'a str), &'a str)> {
+        let Ok(recent) = self.0.lock() else {
+            return last;
+        };
+        last.retain(|((cred, conn), principal)| {
+            match recent.get(&((*cred).to_owned(), (*conn).to_owned())) {
+                Some((at, by)) => by != principal || now - at >= LAST_USE_PRECISION_MS,
+                None => true,
+            }
+        });
+        last
+    }
+
+    /// `rows` were committed at `now`.
+    fn wrote(&self, rows: &[((&str, &str), &str)], now: i64) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Ok(mut recent) = self.0.lock() {
+            if recent.len() + rows.len() > RECENT_USES_KEPT {
+                recent.clear();
+            }
+            for ((cred, conn), principal) in rows {
+                recent.insert(
+                    ((*cred).to_owned(), (*conn).to_owned()),
+                    (now, (*principal).to_owned()),
+                );
+            }
+        }
+    }
+
+    /// Someone else wrote last-use rows: write the next ones whatever was remembered.
+    pub(crate) fn forget(&self) {
+        if let Ok(mut recent) = self.0.lock() {
+            recent.clear();
+        }
+    }
+}
+
 /// One last-use row per (credential, connection), sorted: the latest principal wins (a
 /// multi-row upsert may not touch a row twice).
 fn last_uses<'a>(batch: impl Iterator<Item = &'a UseRecord>) -> Vec<((&'a str, &'a str), &'a str)> {
@@ -332,7 +400,7 @@ fn placeholders(backend: Backend, rows: usize, width: usize) -> String {
     out
 }
 
-async fn upsert_uses(tx: &mut WriteTx<'_>, rows: &[((&str, &str), &str)]) -> Result<()> {
+async fn upsert_uses(tx: &mut WriteTx<'_>, rows: &[((&str, &str), &str)], now: i64) -> Result<()> {
     let values = placeholders(tx.backend, rows.len(), 4);
     let sql = format!(
         "INSERT INTO credential_uses (credential_id, connection_id, last_used_at, last_used_by) \
@@ -340,7 +408,6 @@ async fn upsert_uses(tx: &mut WriteTx<'_>, rows: &[((&str, &str), &str)]) -> Res
          last_used_at = excluded.last_used_at, last_used_by = excluded.last_used_by",
         values
     );
-    let now = now_millis();
     let mut q = sqlx::query(&sql);
     for ((cred, conn), principal) in rows {
         q = q.bind(*cred).bind(*conn).bind(now).bind(*principal);

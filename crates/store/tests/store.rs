@@ -24,6 +24,7 @@ on_both_backends!("store":
     migrations_are_idempotent,
     connection_test_results_keep_the_newest_20_and_go_with_the_connection,
     the_server_checkpoints_the_sqlite_wal_itself,
+    a_last_use_is_rewritten_for_another_principal_at_once_and_for_the_same_after_a_second,
 );
 
 /// SQLite leaves the write-ahead log to the server's checkpoint (every second, PASSIVE):
@@ -626,4 +627,103 @@ async fn migrations_are_idempotent(s: &Store) {
     s.migrate().await.unwrap();
     assert!(s.count_workspaces().await.unwrap() >= 1);
     assert_eq!(s.get_workspace(&ws).await.unwrap().id, ws);
+}
+
+/// Resolve batches write a credential's last use through a connection at most once a
+/// second for the same principal (LAST_USE_PRECISION_MS), at once for another one, and
+/// after a reveal (written past the batches) whatever they remembered.
+async fn a_last_use_is_rewritten_for_another_principal_at_once_and_for_the_same_after_a_second(
+    s: &Store,
+) {
+    use patchbay_store::{UseRecord, LAST_USE_PRECISION_MS};
+    let (ws, p) = workspace_and_project(s).await;
+    // Ciphertext must name an existing data key (migration 0003): `ev` names dek-x.
+    s.create_workspace("x", "ws-x", &dek("x"), &audit("ws", "x"))
+        .await
+        .unwrap();
+    let cred = patchbay_store::new_id();
+    s.create_credential(&shared(&cred, &ws, "svc", 1), &audit("cred", &cred))
+        .await
+        .unwrap();
+    let conn = patchbay_store::new_id();
+    s.create_connection(
+        &conn,
+        &ws,
+        &p,
+        &write("uses", "postgresql"),
+        &CredentialLink::Shared {
+            id: cred.clone(),
+            pinned_version: None,
+        },
+        &audit("create", &conn),
+    )
+    .await
+    .unwrap();
+    let resolve = |by: &str| {
+        vec![UseRecord {
+            checked: None,
+            credential: Some((cred.clone(), conn.clone())),
+            principal: by.into(),
+            audit: AuditEntry::system(
+                by,
+                "connection.resolve",
+                Some(&ws),
+                "connection",
+                &conn,
+                json!({}),
+            ),
+        }]
+    };
+    let last = || async {
+        let usage = s.credential_usage(&cred).await.unwrap();
+        let u = usage.into_iter().find(|u| u.connection_id == conn).unwrap();
+        (u.last_used_at.unwrap(), u.last_used_by.unwrap())
+    };
+    // Batches on the pool's path first, then (the head known) in one statement.
+    s.record_uses(&resolve("token:a")).await.unwrap();
+    let (first_at, by) = last().await;
+    assert_eq!(by, "token:a");
+    s.record_uses(&resolve("token:b")).await.unwrap();
+    assert_eq!(
+        last().await.1,
+        "token:b",
+        "another principal is written at once"
+    );
+    s.record_uses(&resolve("token:a")).await.unwrap();
+    let (a_at, by) = last().await;
+    assert_eq!(by, "token:a");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    s.record_uses(&resolve("token:a")).await.unwrap();
+    assert_eq!(
+        last().await.0,
+        a_at,
+        "the same principal within the precision: not rewritten"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(
+        LAST_USE_PRECISION_MS as u64 + 50,
+    ))
+    .await;
+    s.record_uses(&resolve("token:a")).await.unwrap();
+    let (later, by) = last().await;
+    assert!(
+        later >= a_at + LAST_USE_PRECISION_MS && later > first_at,
+        "{later} {a_at}"
+    );
+    assert_eq!(by, "token:a");
+    // A reveal writes its own last use; the next resolve is written even within a second.
+    s.record_reveal(&cred, &conn, "user:u", &audit("connection.reveal", &conn))
+        .await
+        .unwrap();
+    assert_eq!(last().await.1, "user:u");
+    s.record_uses(&resolve("token:a")).await.unwrap();
+    assert_eq!(last().await.1, "token:a");
+    // Every resolve is in the audit log, written or not to the last use.
+    let events = s.audit_for_target(&conn).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.entry.action == "connection.resolve")
+            .count(),
+        6
+    );
 }
