@@ -33,9 +33,10 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        // Already authenticated by the route layer (api::access).
-        if let Some(p) = parts.extensions.get::<Principal>() {
-            return Ok(Auth(p.clone()));
+        // Already authenticated by the route layer (api::access), which left it for this
+        // extractor alone.
+        if let Some(p) = parts.extensions.remove::<Principal>() {
+            return Ok(Auth(p));
         }
         let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
             // No token: a browser session, if the request carries its cookie.

@@ -123,7 +123,10 @@ pub async fn context(
     let slot = PrincipalSlot::default();
     req.extensions_mut().insert(slot.clone());
 
-    let mut resp = next.run(req).await;
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    crate::api::request_log(&method, route.as_deref(), resp.status(), start);
+    let mut resp = crate::api::security_headers(resp);
 
     match resp.status() {
         StatusCode::FORBIDDEN => {

@@ -19,9 +19,9 @@ pub mod zones;
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine;
@@ -338,8 +338,8 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .layer(middleware::from_fn(request_log))
-        .layer(middleware::from_fn(security_headers))
+        // One layer for the request's context, its log line and the security headers: each
+        // `from_fn` layer costs a clone of the router and a boxed future per request.
         .layer(middleware::from_fn_with_state(
             state,
             crate::request::context,
@@ -387,28 +387,24 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// One line per request: method, route template, status, duration. Never headers, bodies
-/// or query strings.
-async fn request_log(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "(unmatched)".into());
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let status = resp.status();
+/// or query strings. Called by the request layer (crate::request::context).
+pub(crate) fn request_log(
+    method: &axum::http::Method,
+    route: Option<&str>,
+    status: StatusCode,
+    start: Instant,
+) {
+    let route = route.unwrap_or("(unmatched)");
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
         tracing::warn!(%method, route, status = status.as_u16(), ms, "request");
     } else {
         tracing::info!(%method, route, status = status.as_u16(), ms, "request");
     }
-    resp
 }
 
-async fn security_headers(req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
+/// The headers every response carries. Called by the request layer.
+pub(crate) fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
