@@ -3,7 +3,7 @@
 //! writer commits once per batch instead of once (and two statements) per resolve. On
 //! PostgreSQL the usual batch is a single statement ([`AT_ONCE`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
@@ -305,9 +305,10 @@ const AT_ONCE: &str = "WITH g AS (SELECT n FROM material_generation WHERE id = 1
 /// anything else writes or deletes last-use rows, and when it grows past
 /// [`RECENT_USES_KEPT`] rows.
 #[derive(Clone, Default)]
-pub(crate) struct RecentUses(
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String)>>>,
-);
+pub(crate) struct RecentUses(std::sync::Arc<std::sync::Mutex<HashMap<UsePair, (i64, String)>>>);
+
+/// `(credential id, connection id)`.
+type UsePair = (String, String);
 
 /// How stale a credential's recorded last use may be, in milliseconds.
 pub const LAST_USE_PRECISION_MS: i64 = 1000;

@@ -408,6 +408,43 @@ async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
         .unwrap();
     let batch = |tag: &str| -> Vec<UseRecord> {
         (0..3)
+            .map(|i| UseRecord {
+                checked: None,
+                credential: None,
+                principal: "token:runner".into(),
+                audit: audit("connection.resolve", &format!("{tag}-{i}")),
+            })
+            .collect()
+    };
+    a.record_uses(&batch("a1")).await.unwrap();
+    b.record_uses(&batch("b1")).await.unwrap();
+    a.record_uses(&batch("a2")).await.unwrap();
+    b.create_project(&workspace_and_project(&b).await.0, "x", &audit("p", ""))
+        .await
+        .unwrap();
+    a.record_uses(&batch("a3")).await.unwrap();
+    match a.verify_audit().await.unwrap() {
+        Verification::Ok {
+            count, head_seq, ..
+        } => assert_eq!(count, head_seq),
+        other => panic!("chain broken: {other:?}"),
+    }
+}
+
+/// PostgreSQL: the connection that records batches in one statement breaks (here it is
+/// terminated, as a server restart or failover would): the next batch still commits, once,
+/// through the pool, and the one after opens a new batch connection.
+#[tokio::test]
+async fn a_batch_whose_connection_broke_is_recorded_once() {
+    use patchbay_store::{UseRecord, Verification};
+    let Some(url) = common::postgres_url("chainbroken").await else {
+        return;
+    };
+    let s = Store::connect(&url).await.unwrap();
+    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+    let (ws, _) = workspace_and_project(&s).await;
+    let batch = |tag: &str| -> Vec<UseRecord> {
+        (0..3)
             .map(|i| resolve_use(&ws, &format!("c-{tag}-{i}"), None))
             .collect()
     };
