@@ -68,7 +68,7 @@ async fn a_batch_of_uses_extends_the_audit_chain_in_order(s: &Store) {
 /// a record whose material generation moved is left out (and reported), the others are
 /// written; recording moves no generation.
 async fn a_checked_use_whose_material_moved_is_left_out(s: &Store) {
-    use patchbay_store::{Recorded, UseRecord};
+    use patchbay_store::Recorded;
     let (ws, _) = workspace_and_project(s).await;
     let g = s.material_generation().await.unwrap();
     let record = |target: &str, checked: Option<i64>| resolve_use(&ws, target, checked);
