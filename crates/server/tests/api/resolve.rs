@@ -37,6 +37,18 @@ pub(crate) async fn create(
     r.body["id"].as_str().unwrap().to_owned()
 }
 
+/// A PostgreSQL connection `name` whose password is the canary.
+async fn canary_postgres(s: &Service, name: &str) -> String {
+    create(
+        s,
+        name,
+        "postgresql",
+        json!({"host": "db", "database": "d"}),
+        json!({"password": CANARY}),
+    )
+    .await
+}
+
 pub(crate) async fn runner(s: &Service, ttl: Option<i64>) -> (String, String) {
     let ws = s.default_workspace().await;
     let r = s
@@ -164,14 +176,7 @@ async fn a_rotated_credential_is_seen_by_the_next_resolve() {
 #[tokio::test]
 async fn revoked_and_expired_runner_tokens_are_refused() {
     let s = Service::start().await;
-    let id = create(
-        &s,
-        "db",
-        "postgresql",
-        json!({"host": "db", "database": "d"}),
-        json!({"password": CANARY}),
-    )
-    .await;
+    let id = canary_postgres(&s, "db").await;
     let (token, token_id) = runner(&s, None).await;
     assert_eq!(resolve(&s, &token, &id, None).await.status, StatusCode::OK);
     let revoked = s
@@ -199,14 +204,7 @@ async fn revoked_and_expired_runner_tokens_are_refused() {
 #[tokio::test]
 async fn a_viewer_gets_403_and_another_workspace_404_like_a_missing_id() {
     let s = Service::start().await;
-    let id = create(
-        &s,
-        "db",
-        "postgresql",
-        json!({"host": "db", "database": "d"}),
-        json!({"password": CANARY}),
-    )
-    .await;
+    let id = canary_postgres(&s, "db").await;
     let ws = s.default_workspace().await;
     let viewer = s.create_user("viewer").await;
     s.set_role(&ws, &viewer, "viewer").await;
@@ -255,14 +253,7 @@ async fn a_viewer_gets_403_and_another_workspace_404_like_a_missing_id() {
 #[tokio::test]
 async fn by_name_finds_the_connection_in_a_project_given_by_id_or_name() {
     let s = Service::start().await;
-    let id = create(
-        &s,
-        "prod-postgres-finance",
-        "postgresql",
-        json!({"host": "db", "database": "d"}),
-        json!({"password": CANARY}),
-    )
-    .await;
+    let id = canary_postgres(&s, "prod-postgres-finance").await;
     let (token, _) = runner(&s, None).await;
     let project = s.default_project().await;
     for p in [project.as_str(), "default"] {
@@ -301,14 +292,7 @@ async fn by_name_finds_the_connection_in_a_project_given_by_id_or_name() {
 #[tokio::test]
 async fn bad_bodies_answer_400_naming_the_field_and_record_nothing() {
     let s = Service::start().await;
-    let id = create(
-        &s,
-        "db",
-        "postgresql",
-        json!({"host": "db", "database": "d"}),
-        json!({"password": CANARY}),
-    )
-    .await;
+    let id = canary_postgres(&s, "db").await;
     let (token, _) = runner(&s, None).await;
     for (body, field) in [
         (json!({"format": "xml"}), "/format"),
@@ -349,14 +333,7 @@ async fn bad_bodies_answer_400_naming_the_field_and_record_nothing() {
 #[tokio::test]
 async fn every_resolve_is_audited_with_run_id_format_and_credential_version_and_no_secret() {
     let s = Service::start().await;
-    let id = create(
-        &s,
-        "db",
-        "postgresql",
-        json!({"host": "db", "database": "d"}),
-        json!({"password": CANARY}),
-    )
-    .await;
+    let id = canary_postgres(&s, "db").await;
     let (token, _) = runner(&s, None).await;
     for (format, run) in [("json", "run-1"), ("env", "run-2"), ("uri", "run-3")] {
         ok_with_run(&s, &token, &id, format, run).await;
@@ -523,16 +500,7 @@ async fn concurrent_resolves_each_leave_an_event_and_the_chain_verifies() {
     let s = Service::start().await;
     let mut ids = vec![];
     for i in 0..4 {
-        ids.push(
-            create(
-                &s,
-                &format!("db-{i}"),
-                "postgresql",
-                json!({"host": "db", "database": "d"}),
-                json!({"password": CANARY}),
-            )
-            .await,
-        );
+        ids.push(canary_postgres(&s, &format!("db-{i}")).await);
     }
     let (token, _) = runner(&s, None).await;
     let calls = (0..40).map(|i| {
