@@ -27,7 +27,8 @@ const CAPACITY: usize = 10_000;
 #[derive(Debug)]
 pub struct Entry {
     pub generation: i64,
-    pub connection: Connection,
+    /// Shared with the material of each resolve served from this entry (not cloned).
+    pub connection: Arc<Connection>,
     pub stored: StoredSecrets,
 }
 
@@ -105,7 +106,7 @@ mod tests {
     fn entry(id: &str, generation: i64) -> Entry {
         Entry {
             generation,
-            connection: Connection {
+            connection: Arc::new(Connection {
                 id: id.into(),
                 workspace_id: "w".into(),
                 project_id: "p".into(),
@@ -123,7 +124,7 @@ mod tests {
                 created_at: 0,
                 updated_at: 0,
                 dependents_count: 0,
-            },
+            }),
             stored: StoredSecrets::Legacy(vec![]),
         }
     }

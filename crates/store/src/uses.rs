@@ -196,7 +196,8 @@ impl Store {
 /// the database refusing it (a server restart, a failover) drops the connection, and the
 /// next batch opens a new one; whether it committed is read off the chain head (its last
 /// hash is there or not), and if it did not, the transaction path through the pool records
-/// it. So a broken connection fails no resolve and records none twice.
+/// it. So a broken connection fails no resolve, and a batch that did commit is not recorded
+/// again.
 #[derive(Clone)]
 pub(crate) struct BatchConnection {
     options: Option<PgConnectOptions>,

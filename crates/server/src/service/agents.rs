@@ -207,7 +207,7 @@ async fn hand_out(
         deadline_ms: left,
         settings: m.settings,
         secrets: m.secrets,
-        connection: m.connection,
+        connection: std::sync::Arc::unwrap_or_clone(m.connection),
     }))
 }
 

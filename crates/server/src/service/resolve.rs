@@ -28,7 +28,7 @@ use crate::state::AppState;
 /// A connection's run-time material. Secrets stay `SecretString`s until a response is
 /// shaped; dropping the value zeroizes them.
 pub struct Material {
-    pub connection: Connection,
+    pub connection: Arc<Connection>,
     /// The credential version's non-secret fields that fill the type's settings, with the
     /// connection's own settings on top.
     pub settings: Map<String, Value>,
@@ -42,12 +42,16 @@ pub struct Material {
 /// no audit: callers (`probes::test_saved`, agents) do both.
 pub async fn material(state: &AppState, c: Connection) -> ApiResult<Material> {
     let stored = stored_secrets(state, &c).await?;
-    assemble(state, c, &stored).await
+    assemble(state, Arc::new(c), &stored).await
 }
 
 /// The material of a connection whose secrets' ciphertext was read into `stored` (now, or
 /// earlier by the resolve cache).
-async fn assemble(state: &AppState, c: Connection, stored: &StoredSecrets) -> ApiResult<Material> {
+async fn assemble(
+    state: &AppState,
+    c: Arc<Connection>,
+    stored: &StoredSecrets,
+) -> ApiResult<Material> {
     let ty = connector(state, &c.connector_type)?;
     let secrets = decrypt_stored(state, &c, stored).await?;
     let mut settings = c
@@ -106,7 +110,7 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Arc<Entry>> {
     let stored = stored_secrets(state, &connection).await?;
     Ok(state.materials.put(Entry {
         generation,
-        connection,
+        connection: Arc::new(connection),
         stored,
     }))
 }
@@ -140,7 +144,7 @@ async fn resolve_entry(
             ),
         ));
     }
-    let m = match assemble(state, c.clone(), &entry.stored).await {
+    let m = match assemble(state, entry.connection.clone(), &entry.stored).await {
         Ok(m) => m,
         Err(_) if checked => return Ok(None),
         Err(e) => return Err(e),
@@ -294,7 +298,7 @@ pub async fn answer(
 ) -> ApiResult<Value> {
     let (format, run_id) = read_body(body)?;
     let id = target_id(state, p, target).await?;
-    let m = resolve_id(state, p, &id, run_id.as_deref(), format).await?;
+    let mut m = resolve_id(state, p, &id, run_id.as_deref(), format).await?;
     let c = &m.connection;
     let mut out = Map::new();
     out.insert(
@@ -316,7 +320,7 @@ pub async fn answer(
     );
     let ty = connector(state, &c.connector_type)?;
     if format == Format::Json {
-        out.insert("settings".into(), Value::Object(m.settings.clone()));
+        out.insert("settings".into(), Value::Object(std::mem::take(&mut m.settings)));
         // The one place a resolved secret is written into a response.
         out.insert(
             "secrets".into(),
