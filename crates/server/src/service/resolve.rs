@@ -320,7 +320,10 @@ pub async fn answer(
     );
     let ty = connector(state, &c.connector_type)?;
     if format == Format::Json {
-        out.insert("settings".into(), Value::Object(std::mem::take(&mut m.settings)));
+        out.insert(
+            "settings".into(),
+            Value::Object(std::mem::take(&mut m.settings)),
+        );
         // The one place a resolved secret is written into a response.
         out.insert(
             "secrets".into(),
