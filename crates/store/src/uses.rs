@@ -192,7 +192,8 @@ impl Store {
 /// The PostgreSQL connection [`AT_ONCE`] runs on, held by the store rather than taken from
 /// the pool: no checkout and no ping per batch (the pool pings before each checkout), and
 /// the typed driver, so the batch travels as column arrays in the binary protocol (the `Any`
-/// driver has no arrays). Opened at the first batch. A batch that fails for any reason but
+/// driver has no arrays). Opened at the first batch (after a failed open, tried again a
+/// second later; the pool meanwhile). A batch that fails for any reason but
 /// the database refusing it (a server restart, a failover) drops the connection, and the
 /// next batch opens a new one; whether it committed is read off the chain head (its last
 /// hash is there or not), and if it did not, the transaction path through the pool records
@@ -201,8 +202,19 @@ impl Store {
 #[derive(Clone)]
 pub(crate) struct BatchConnection {
     options: Option<PgConnectOptions>,
-    conn: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    state: std::sync::Arc<tokio::sync::Mutex<BatchState>>,
 }
+
+#[derive(Default)]
+struct BatchState {
+    conn: Option<PgConnection>,
+    /// After a failed open, batches use the pool without trying again until then (a
+    /// database at `max_connections` would otherwise be asked, and logged, per batch).
+    retry_at: Option<std::time::Instant>,
+}
+
+/// How long after a failed open the batch connection is not tried again.
+const BATCH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The batch connection's `application_name`, as `pg_stat_activity` shows it.
 pub const BATCH_APPLICATION_NAME: &str = "patchbay-resolve-batch";
@@ -225,7 +237,7 @@ impl BatchConnection {
     pub(crate) fn new(options: Option<PgConnectOptions>) -> Self {
         Self {
             options,
-            conn: Default::default(),
+            state: Default::default(),
         }
     }
 
@@ -235,17 +247,27 @@ impl BatchConnection {
         let Some(options) = &self.options else {
             return Ok(Sent::NoConnection);
         };
-        let mut conn = self.conn.lock().await;
-        if conn.is_none() {
+        let mut state = self.state.lock().await;
+        if state.conn.is_none() {
+            if state
+                .retry_at
+                .is_some_and(|t| std::time::Instant::now() < t)
+            {
+                return Ok(Sent::NoConnection);
+            }
             match PgConnection::connect_with(options).await {
-                Ok(c) => *conn = Some(c),
+                Ok(c) => {
+                    state.conn = Some(c);
+                    state.retry_at = None;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "resolve batch connection not opened; using the pool");
+                    state.retry_at = Some(std::time::Instant::now() + BATCH_RETRY);
                     return Ok(Sent::NoConnection);
                 }
             }
         }
-        let Some(c) = conn.as_mut() else {
+        let Some(c) = state.conn.as_mut() else {
             return Ok(Sent::NoConnection);
         };
         match query.fetch_one(c).await {
@@ -262,7 +284,7 @@ impl BatchConnection {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "resolve batch connection dropped; using the pool");
-                *conn = None;
+                state.conn = None;
                 Ok(Sent::Broken)
             }
         }
