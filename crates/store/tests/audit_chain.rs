@@ -4,16 +4,12 @@
 //! at start, and a batch after another process appended still extends the real head.
 
 mod common;
-use common::workspace_and_project;
+use common::{audit, workspace_and_project};
 
 use patchbay_store::{AuditEntry, Store};
 use serde_json::json;
 
 on_both_backends!("chain": a_batch_of_uses_extends_the_audit_chain_in_order, a_checked_use_whose_material_moved_is_left_out, resolve_batches_and_reveals_of_one_credential_never_deadlock);
-
-fn audit(action: &str, target: &str) -> AuditEntry {
-    AuditEntry::system("system:test", action, None, "test", target, json!({}))
-}
 
 /// A runner's resolve of connection `target` in workspace `ws`, no credential.
 fn resolve_use(ws: &str, target: &str, checked: Option<i64>) -> patchbay_store::UseRecord {

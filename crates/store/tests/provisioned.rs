@@ -4,16 +4,13 @@
 //! except under CI=true, where a missing peer is a failure.
 
 mod common;
+use common::audit;
 
 use patchbay_crypto::WrappedKey;
 use patchbay_store::{
-    AuditEntry, ConnectionWrite, CredentialLink, NewCredential, Provisionable, Store, StoredDataKey,
+    ConnectionWrite, CredentialLink, NewCredential, Provisionable, Store, StoredDataKey,
 };
 use serde_json::json;
-
-fn audit(action: &str, target: &str) -> AuditEntry {
-    AuditEntry::system("system:test", action, None, "test", target, json!({}))
-}
 
 async fn markers_are_set_listed_and_cleared(s: &Store) {
     let ws = patchbay_store::new_id();

@@ -4,27 +4,23 @@
 //! prints SKIPPED, except under CI=true, where a missing peer is a failure.
 
 mod common;
-use common::{dek, workspace_and_project};
+use common::{audit, dek, ev, version, workspace_and_project, write};
 
 use patchbay_core::permission::{Permission, PermissionSet};
-use patchbay_crypto::EncryptedValue;
 use patchbay_store::{
-    AuditEntry, ConnectionFilter, ConnectionWrite, CredentialLink, LinkChange, NewCredential,
-    NewToken, NewVersion, Store, StoreError,
+    ConnectionFilter, CredentialLink, LinkChange, NewCredential, NewToken, Store, StoreError,
 };
 use serde_json::json;
 
 on_both_backends!("store":
     workspaces_projects_and_names_are_unique,
     connection_lifecycle_with_versions_and_secrets,
-    shared_credentials_rotate_expire_and_refuse_deletion_while_used,
     listing_filters_and_paginates_in_name_order,
     a_failed_change_writes_no_audit_record,
     tokens_are_found_by_hash_only,
     migrations_are_idempotent,
     connection_test_results_keep_the_newest_20_and_go_with_the_connection,
     the_server_checkpoints_the_sqlite_wal_itself,
-    a_last_use_is_rewritten_for_another_principal_at_once_and_for_the_same_after_a_second,
 );
 
 /// SQLite leaves the write-ahead log to the server's checkpoint (every second, PASSIVE):
@@ -76,30 +72,6 @@ async fn connection_test_results_keep_the_newest_20_and_go_with_the_connection(s
     assert!(s.connection_tests(&id).await.unwrap().is_empty());
 }
 
-fn audit(action: &str, target: &str) -> AuditEntry {
-    AuditEntry::system("system:test", action, None, "test", target, json!({}))
-}
-
-fn ev(b: u8) -> EncryptedValue {
-    EncryptedValue {
-        key_id: "dek-x".into(),
-        nonce: vec![b; 12],
-        ciphertext: vec![b; 20],
-    }
-}
-
-fn write(name: &str, ty: &str) -> ConnectionWrite {
-    ConnectionWrite {
-        name: name.into(),
-        connector_type: ty.into(),
-        description: String::new(),
-        environment: None,
-        tags: vec![],
-        settings: json!({"host": "h"}).as_object().unwrap().clone(),
-        zone: None,
-    }
-}
-
 async fn workspaces_projects_and_names_are_unique(s: &Store) {
     let (ws, _) = workspace_and_project(s).await;
     let w = s.get_workspace(&ws).await.unwrap();
@@ -137,31 +109,6 @@ fn owned(id: &str, ws: &str, conn: &str, fields: &[(&str, u8)]) -> NewCredential
             .map(|(f, b)| (f.to_string(), ev(*b)))
             .collect(),
         created_by: "test".into(),
-    }
-}
-
-fn shared(id: &str, ws: &str, name: &str, b: u8) -> NewCredential {
-    NewCredential {
-        id: id.into(),
-        workspace_id: ws.into(),
-        name: name.into(),
-        kind: "username_password".into(),
-        description: String::new(),
-        owner_connection_id: None,
-        external: None,
-        public_fields: json!({"username": "svc"}).as_object().unwrap().clone(),
-        secrets: vec![("password".into(), ev(b))],
-        created_by: "test".into(),
-    }
-}
-
-fn version(n: i64, b: u8, grace_until: i64) -> NewVersion {
-    NewVersion {
-        version: n,
-        public_fields: json!({"username": "svc"}).as_object().unwrap().clone(),
-        secrets: vec![("password".into(), ev(b))],
-        created_by: "test".into(),
-        grace_until,
     }
 }
 
@@ -272,161 +219,6 @@ async fn connection_lifecycle_with_versions_and_secrets(s: &Store) {
     assert!(s.credential_versions(&cred).await.unwrap().is_empty());
     assert!(matches!(
         s.delete_connection(&id, &audit("delete", &id)).await,
-        Err(StoreError::NotFound)
-    ));
-}
-
-async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Store) {
-    let (ws, p) = workspace_and_project(s).await;
-    // Ciphertext must name an existing data key (migration 0003): `ev` names dek-x.
-    s.create_workspace("x", "ws-x", &dek("x"), &audit("ws", "x"))
-        .await
-        .unwrap();
-    let cred = patchbay_store::new_id();
-    let c = s
-        .create_credential(&shared(&cred, &ws, "svc-login", 1), &audit("cred", &cred))
-        .await
-        .unwrap();
-    assert_eq!((c.current_version, c.revision), (1, 1));
-    assert_eq!(c.secret_fields, ["password"]);
-    assert_eq!(c.public_fields["username"], "svc");
-    assert!(matches!(
-        s.create_credential(&shared("x", &ws, "svc-login", 1), &audit("cred", "x"))
-            .await,
-        Err(StoreError::NameTaken)
-    ));
-    let mut users = Vec::new();
-    for (i, pin) in [None, None, Some(1)].into_iter().enumerate() {
-        let id = patchbay_store::new_id();
-        s.create_connection(
-            &id,
-            &ws,
-            &p,
-            &write(&format!("user-{i}"), "postgresql"),
-            &CredentialLink::Shared {
-                id: cred.clone(),
-                pinned_version: pin,
-            },
-            &audit("create", &id),
-        )
-        .await
-        .unwrap();
-        users.push(id);
-    }
-    // Rotation: followers see version 2 at once; the pinned one keeps 1 until its grace ends.
-    // Long enough that a loaded machine does not end it before the reads below; the
-    // sweep is driven with explicit times.
-    const GRACE_MS: i64 = 60_000;
-    let now = patchbay_store::now_millis();
-    let stale = s
-        .rotate_credential(
-            &cred,
-            Some(7),
-            &version(2, 2, now + GRACE_MS),
-            &audit("rotate", &cred),
-        )
-        .await;
-    assert!(matches!(
-        stale,
-        Err(StoreError::VersionConflict { current: 1 })
-    ));
-    let c = s
-        .rotate_credential(
-            &cred,
-            Some(1),
-            &version(2, 2, now + GRACE_MS),
-            &audit("rotate", &cred),
-        )
-        .await
-        .unwrap();
-    assert_eq!((c.current_version, c.revision), (2, 2));
-    let racing = s
-        .rotate_credential(
-            &cred,
-            None,
-            &version(2, 3, now + GRACE_MS),
-            &audit("rotate", &cred),
-        )
-        .await;
-    assert!(matches!(racing, Err(StoreError::VersionConflict { .. })));
-    for (i, id) in users.iter().enumerate() {
-        let conn = s.get_connection(id).await.unwrap();
-        let link = conn.credential.unwrap();
-        assert!(!link.owned);
-        assert_eq!(link.effective_version(), if i == 2 { 1 } else { 2 });
-    }
-    assert_eq!(
-        s.credential_secrets(&cred, 1).await.unwrap()["password"].nonce,
-        vec![1; 12]
-    );
-    assert_eq!(
-        s.credential_secrets(&cred, 2).await.unwrap()["password"].nonce,
-        vec![2; 12]
-    );
-    assert!(matches!(
-        s.revoke_credential_version(&cred, 2, &audit("revoke", &cred))
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
-
-    // The grace period ends: version 1 is destroyed, its ciphertext gone, the event recorded.
-    assert!(s.destroy_expired_versions(now).await.unwrap().is_empty());
-    let destroyed = s
-        .destroy_expired_versions(now + GRACE_MS + 1)
-        .await
-        .unwrap();
-    assert_eq!(destroyed, vec![(cred.clone(), 1)]);
-    assert!(matches!(
-        s.credential_secrets(&cred, 1).await,
-        Err(StoreError::VersionUnavailable { version: 1, .. })
-    ));
-    let versions = s.credential_versions(&cred).await.unwrap();
-    let states: Vec<(i64, &str)> = versions
-        .iter()
-        .map(|v| (v.version, v.state.as_str()))
-        .collect();
-    assert_eq!(states, [(2, "current"), (1, "destroyed")]);
-    assert!(s
-        .audit_for_target(&cred)
-        .await
-        .unwrap()
-        .iter()
-        .any(|r| r.entry.action == "credential.version.destroy"));
-
-    // Revoking a previous version deletes its ciphertext at once.
-    s.rotate_credential(
-        &cred,
-        None,
-        &version(3, 3, now + 60_000),
-        &audit("rotate", &cred),
-    )
-    .await
-    .unwrap();
-    s.revoke_credential_version(&cred, 2, &audit("revoke", &cred))
-        .await
-        .unwrap();
-    assert!(s.credential_secrets(&cred, 2).await.is_err());
-
-    // Usage lists every connection; deletion is refused while any uses it.
-    s.record_credential_use(&cred, &users[0], "token:t1")
-        .await
-        .unwrap();
-    let usage = s.credential_usage(&cred).await.unwrap();
-    assert_eq!(usage.len(), 3);
-    let first = usage.iter().find(|u| u.connection_id == users[0]).unwrap();
-    assert_eq!(first.last_used_by.as_deref(), Some("token:t1"));
-    match s.delete_credential(&cred, &audit("delete", &cred)).await {
-        Err(StoreError::InUse(list)) => assert_eq!(list.len(), 3),
-        other => panic!("expected InUse, got {other:?}"),
-    }
-    for id in &users {
-        s.delete_connection(id, &audit("delete", id)).await.unwrap();
-    }
-    s.delete_credential(&cred, &audit("delete", &cred))
-        .await
-        .unwrap();
-    assert!(matches!(
-        s.get_credential(&cred).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -627,103 +419,4 @@ async fn migrations_are_idempotent(s: &Store) {
     s.migrate().await.unwrap();
     assert!(s.count_workspaces().await.unwrap() >= 1);
     assert_eq!(s.get_workspace(&ws).await.unwrap().id, ws);
-}
-
-/// Resolve batches write a credential's last use through a connection at most once a
-/// second for the same principal (LAST_USE_PRECISION_MS), at once for another one, and
-/// after a reveal (written past the batches) whatever they remembered.
-async fn a_last_use_is_rewritten_for_another_principal_at_once_and_for_the_same_after_a_second(
-    s: &Store,
-) {
-    use patchbay_store::{UseRecord, LAST_USE_PRECISION_MS};
-    let (ws, p) = workspace_and_project(s).await;
-    // Ciphertext must name an existing data key (migration 0003): `ev` names dek-x.
-    s.create_workspace("x", "ws-x", &dek("x"), &audit("ws", "x"))
-        .await
-        .unwrap();
-    let cred = patchbay_store::new_id();
-    s.create_credential(&shared(&cred, &ws, "svc", 1), &audit("cred", &cred))
-        .await
-        .unwrap();
-    let conn = patchbay_store::new_id();
-    s.create_connection(
-        &conn,
-        &ws,
-        &p,
-        &write("uses", "postgresql"),
-        &CredentialLink::Shared {
-            id: cred.clone(),
-            pinned_version: None,
-        },
-        &audit("create", &conn),
-    )
-    .await
-    .unwrap();
-    let resolve = |by: &str| {
-        vec![UseRecord {
-            checked: None,
-            credential: Some((cred.clone(), conn.clone())),
-            principal: by.into(),
-            audit: AuditEntry::system(
-                by,
-                "connection.resolve",
-                Some(&ws),
-                "connection",
-                &conn,
-                json!({}),
-            ),
-        }]
-    };
-    let last = || async {
-        let usage = s.credential_usage(&cred).await.unwrap();
-        let u = usage.into_iter().find(|u| u.connection_id == conn).unwrap();
-        (u.last_used_at.unwrap(), u.last_used_by.unwrap())
-    };
-    // Batches on the pool's path first, then (the head known) in one statement.
-    s.record_uses(&resolve("token:a")).await.unwrap();
-    let (first_at, by) = last().await;
-    assert_eq!(by, "token:a");
-    s.record_uses(&resolve("token:b")).await.unwrap();
-    assert_eq!(
-        last().await.1,
-        "token:b",
-        "another principal is written at once"
-    );
-    s.record_uses(&resolve("token:a")).await.unwrap();
-    let (a_at, by) = last().await;
-    assert_eq!(by, "token:a");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    s.record_uses(&resolve("token:a")).await.unwrap();
-    assert_eq!(
-        last().await.0,
-        a_at,
-        "the same principal within the precision: not rewritten"
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(
-        LAST_USE_PRECISION_MS as u64 + 50,
-    ))
-    .await;
-    s.record_uses(&resolve("token:a")).await.unwrap();
-    let (later, by) = last().await;
-    assert!(
-        later >= a_at + LAST_USE_PRECISION_MS && later > first_at,
-        "{later} {a_at}"
-    );
-    assert_eq!(by, "token:a");
-    // A reveal writes its own last use; the next resolve is written even within a second.
-    s.record_reveal(&cred, &conn, "user:u", &audit("connection.reveal", &conn))
-        .await
-        .unwrap();
-    assert_eq!(last().await.1, "user:u");
-    s.record_uses(&resolve("token:a")).await.unwrap();
-    assert_eq!(last().await.1, "token:a");
-    // Every resolve is in the audit log, written or not to the last use.
-    let events = s.audit_for_target(&conn).await.unwrap();
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.entry.action == "connection.resolve")
-            .count(),
-        6
-    );
 }

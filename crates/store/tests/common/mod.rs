@@ -5,8 +5,11 @@
 
 #![allow(dead_code)]
 
-use patchbay_crypto::WrappedKey;
-use patchbay_store::{AuditEntry, Store, StoredDataKey};
+use patchbay_crypto::{EncryptedValue, WrappedKey};
+use patchbay_store::{
+    AuditEntry, ConnectionWrite, NewCredential, NewVersion, Store, StoredDataKey,
+};
+use serde_json::json;
 
 pub async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -109,4 +112,58 @@ pub async fn workspace_and_project(s: &Store) -> (String, String) {
         .await
         .unwrap();
     (ws, p.id)
+}
+
+/// A system event with no workspace (what a change's audit record needs in these tests).
+pub fn audit(action: &str, target: &str) -> AuditEntry {
+    AuditEntry::system("system:test", action, None, "test", target, json!({}))
+}
+
+/// Ciphertext placeholder under data key `dek-x` (create workspace `x` with [`dek`] first).
+pub fn ev(b: u8) -> EncryptedValue {
+    EncryptedValue {
+        key_id: "dek-x".into(),
+        nonce: vec![b; 12],
+        ciphertext: vec![b; 20],
+    }
+}
+
+/// A connection `name` of type `ty` with one setting.
+pub fn write(name: &str, ty: &str) -> ConnectionWrite {
+    ConnectionWrite {
+        name: name.into(),
+        connector_type: ty.into(),
+        description: String::new(),
+        environment: None,
+        tags: vec![],
+        settings: json!({"host": "h"}).as_object().unwrap().clone(),
+        zone: None,
+    }
+}
+
+/// A shared username/password credential whose password is `ev(b)`.
+pub fn shared(id: &str, ws: &str, name: &str, b: u8) -> NewCredential {
+    NewCredential {
+        id: id.into(),
+        workspace_id: ws.into(),
+        name: name.into(),
+        kind: "username_password".into(),
+        description: String::new(),
+        owner_connection_id: None,
+        external: None,
+        public_fields: json!({"username": "svc"}).as_object().unwrap().clone(),
+        secrets: vec![("password".into(), ev(b))],
+        created_by: "test".into(),
+    }
+}
+
+/// Version `n` of a [`shared`] credential, password `ev(b)`.
+pub fn version(n: i64, b: u8, grace_until: i64) -> NewVersion {
+    NewVersion {
+        version: n,
+        public_fields: json!({"username": "svc"}).as_object().unwrap().clone(),
+        secrets: vec![("password".into(), ev(b))],
+        created_by: "test".into(),
+        grace_until,
+    }
 }
