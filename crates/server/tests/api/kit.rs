@@ -59,17 +59,7 @@ impl Service {
             settings,
         };
         let app = App::start(&config).await.map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = app.router();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-            .unwrap()
-        });
+        let addr = serve_on_loopback(&app).await;
         let token = std::fs::read_to_string(config.data_dir.join("initial-admin-token"))
             .unwrap()
             .trim()
@@ -327,6 +317,13 @@ pub async fn replica(
         settings,
     };
     let app = App::start(&config).await.unwrap();
+    let addr = serve_on_loopback(&app).await;
+    (format!("http://{addr}"), app.state.clone())
+}
+
+/// Serves `app` on a fresh loopback port in the background (with the peer address, as
+/// `patchbay serve` does); its address.
+async fn serve_on_loopback(app: &App) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.router();
@@ -338,5 +335,5 @@ pub async fn replica(
         .await
         .unwrap()
     });
-    (format!("http://{addr}"), app.state.clone())
+    addr
 }
