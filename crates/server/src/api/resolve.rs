@@ -8,7 +8,6 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use patchbay_core::ErrorCode;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::Auth;
@@ -27,7 +26,7 @@ pub struct ResolveInput {
     run_id: Option<String>,
 }
 
-fn no_store(v: Value) -> Response {
+fn no_store(v: svc::Answer) -> Response {
     let mut resp = super::no_store(Json(v).into_response());
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -13,6 +13,8 @@ use patchbay_core::permission::Permission;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
 use patchbay_store::{StoreError, UseRecord};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::connection_secrets::{decrypt_stored, provided_settings, stored_secrets, StoredSecrets};
@@ -288,6 +290,84 @@ async fn project_by_id_or_name(
     }
 }
 
+/// A resolve's answer: `{connection, credential, format, run_id}` and, by format, the
+/// settings and secrets (json) or the rendered fields. Serialized straight into the response
+/// body, so no secret is copied into an intermediate document on the way; no `Debug`.
+pub struct Answer {
+    material: Material,
+    format: Format,
+    run_id: Option<String>,
+    /// Every format but json: what it renders.
+    rendered: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+struct ConnectionRef<'a> {
+    id: &'a str,
+    name: &'a str,
+    #[serde(rename = "type")]
+    connector_type: &'a str,
+    version: i64,
+    workspace_id: &'a str,
+    project_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct CredentialRef<'a> {
+    id: &'a str,
+    version: i64,
+}
+
+/// Secret values by field, as JSON strings.
+struct Exposed<'a>(&'a BTreeMap<String, SecretString>);
+
+impl Serialize for Exposed<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The one place a resolved secret is written into a response.
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v.expose_secret())))
+    }
+}
+
+impl Serialize for Answer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = &self.material;
+        let c = &m.connection;
+        let mut out = s.serialize_map(None)?;
+        out.serialize_entry(
+            "connection",
+            &ConnectionRef {
+                id: &c.id,
+                name: &c.name,
+                connector_type: &c.connector_type,
+                version: c.version,
+                workspace_id: &c.workspace_id,
+                project_id: &c.project_id,
+            },
+        )?;
+        out.serialize_entry(
+            "credential",
+            &m.credential.as_ref().map(|(id, version)| CredentialRef {
+                id,
+                version: *version,
+            }),
+        )?;
+        out.serialize_entry("format", self.format.as_str())?;
+        out.serialize_entry("run_id", &self.run_id)?;
+        match &self.rendered {
+            None => {
+                out.serialize_entry("settings", &m.settings)?;
+                out.serialize_entry("secrets", &Exposed(&m.secrets))?;
+            }
+            Some(fields) => {
+                for (k, v) in fields {
+                    out.serialize_entry(k, v)?;
+                }
+            }
+        }
+        out.end()
+    }
+}
+
 /// A resolve call: reads the body, finds the connection, resolves it (permission, format,
 /// audit) and shapes the answer. The caller sends it with `Cache-Control: no-store`.
 pub async fn answer(
@@ -295,55 +375,29 @@ pub async fn answer(
     p: &Principal,
     target: Target<'_>,
     body: Option<Map<String, Value>>,
-) -> ApiResult<Value> {
+) -> ApiResult<Answer> {
     let (format, run_id) = read_body(body)?;
     let id = target_id(state, p, target).await?;
-    let mut m = resolve_id(state, p, &id, run_id.as_deref(), format).await?;
-    let c = &m.connection;
-    let mut out = Map::new();
-    out.insert(
-        "connection".into(),
-        json!({"id": c.id, "name": c.name, "type": c.connector_type, "version": c.version,
-               "workspace_id": c.workspace_id, "project_id": c.project_id}),
-    );
-    out.insert(
-        "credential".into(),
-        m.credential
-            .as_ref()
-            .map(|(id, v)| json!({"id": id, "version": v}))
-            .unwrap_or(Value::Null),
-    );
-    out.insert("format".into(), Value::String(format.as_str().into()));
-    out.insert(
-        "run_id".into(),
-        run_id.map(Value::String).unwrap_or(Value::Null),
-    );
-    let ty = connector(state, &c.connector_type)?;
-    if format == Format::Json {
-        out.insert(
-            "settings".into(),
-            Value::Object(std::mem::take(&mut m.settings)),
-        );
-        // The one place a resolved secret is written into a response.
-        out.insert(
-            "secrets".into(),
-            Value::Object(
-                m.secrets
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.expose_secret().to_owned())))
-                    .collect(),
-            ),
-        );
-    } else {
-        out.extend(formats::render(
-            format,
-            &formats::Input {
-                ty,
-                name: &c.name,
-                settings: &m.settings,
-                secrets: &m.secrets,
-            },
-        ));
-    }
-    Ok(Value::Object(out))
+    let material = resolve_id(state, p, &id, run_id.as_deref(), format).await?;
+    let rendered = match format {
+        Format::Json => None,
+        _ => {
+            let c = &material.connection;
+            Some(formats::render(
+                format,
+                &formats::Input {
+                    ty: connector(state, &c.connector_type)?,
+                    name: &c.name,
+                    settings: &material.settings,
+                    secrets: &material.secrets,
+                },
+            ))
+        }
+    };
+    Ok(Answer {
+        material,
+        format,
+        run_id,
+        rendered,
+    })
 }
