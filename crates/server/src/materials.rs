@@ -29,6 +29,8 @@ pub struct Entry {
     pub generation: i64,
     /// Shared with the material of each resolve served from this entry (not cloned).
     pub connection: Arc<Connection>,
+    /// Its effective non-secret settings (service::resolve::settings_of), shared likewise.
+    pub settings: Arc<serde_json::Map<String, serde_json::Value>>,
     pub stored: StoredSecrets,
 }
 

@@ -205,7 +205,7 @@ async fn hand_out(
     Ok(Some(Claimed {
         job_id: job.id,
         deadline_ms: left,
-        settings: m.settings,
+        settings: std::sync::Arc::unwrap_or_clone(m.settings),
         secrets: m.secrets,
         connection: std::sync::Arc::unwrap_or_clone(m.connection),
     }))

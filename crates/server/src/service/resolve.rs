@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use patchbay_core::model::{Connection, Principal, Project};
 use patchbay_core::permission::Permission;
+use patchbay_core::schema::ConnectorType;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
 use patchbay_store::{StoreError, UseRecord};
@@ -32,8 +33,9 @@ use crate::state::AppState;
 pub struct Material {
     pub connection: Arc<Connection>,
     /// The credential version's non-secret fields that fill the type's settings, with the
-    /// connection's own settings on top.
-    pub settings: Map<String, Value>,
+    /// connection's own settings on top ([`settings_of`]); shared with the resolve cache's
+    /// entry when it came from there.
+    pub settings: Arc<Map<String, Value>>,
     /// Secret values by the type's field names.
     pub secrets: BTreeMap<String, SecretString>,
     /// The credential (id, version) the secrets came from, if any.
@@ -44,18 +46,13 @@ pub struct Material {
 /// no audit: callers (`probes::test_saved`, agents) do both.
 pub async fn material(state: &AppState, c: Connection) -> ApiResult<Material> {
     let stored = stored_secrets(state, &c).await?;
-    assemble(state, Arc::new(c), &stored).await
+    let settings = Arc::new(settings_of(connector(state, &c.connector_type)?, &c));
+    assemble(state, Arc::new(c), settings, &stored).await
 }
 
-/// The material of a connection whose secrets' ciphertext was read into `stored` (now, or
-/// earlier by the resolve cache).
-async fn assemble(
-    state: &AppState,
-    c: Arc<Connection>,
-    stored: &StoredSecrets,
-) -> ApiResult<Material> {
-    let ty = connector(state, &c.connector_type)?;
-    let secrets = decrypt_stored(state, &c, stored).await?;
+/// A connection's effective non-secret settings: the fields of its credential's version
+/// that fill the type's settings, with the connection's own settings on top.
+fn settings_of(ty: &ConnectorType, c: &Connection) -> Map<String, Value> {
     let mut settings = c
         .credential
         .as_ref()
@@ -64,6 +61,18 @@ async fn assemble(
     for (k, v) in &c.settings {
         settings.insert(k.clone(), v.clone());
     }
+    settings
+}
+
+/// The material of a connection whose settings were assembled and whose secrets'
+/// ciphertext was read into `stored` (now, or earlier by the resolve cache).
+async fn assemble(
+    state: &AppState,
+    c: Arc<Connection>,
+    settings: Arc<Map<String, Value>>,
+    stored: &StoredSecrets,
+) -> ApiResult<Material> {
+    let secrets = decrypt_stored(state, &c, stored).await?;
     let credential = c
         .credential
         .as_ref()
@@ -110,9 +119,15 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Arc<Entry>> {
         Err(e) => return Err(e.into()),
     };
     let stored = stored_secrets(state, &connection).await?;
+    // A type the catalog lacks fails the resolve later, after the visibility and
+    // permission checks; its entry's settings are never used.
+    let settings = connector(state, &connection.connector_type)
+        .map(|ty| settings_of(ty, &connection))
+        .unwrap_or_default();
     Ok(state.materials.put(Entry {
         generation,
         connection: Arc::new(connection),
+        settings: Arc::new(settings),
         stored,
     }))
 }
@@ -146,7 +161,14 @@ async fn resolve_entry(
             ),
         ));
     }
-    let m = match assemble(state, entry.connection.clone(), &entry.stored).await {
+    let m = match assemble(
+        state,
+        entry.connection.clone(),
+        entry.settings.clone(),
+        &entry.stored,
+    )
+    .await
+    {
         Ok(m) => m,
         Err(_) if checked => return Ok(None),
         Err(e) => return Err(e),
@@ -355,7 +377,7 @@ impl Serialize for Answer {
         out.serialize_entry("run_id", &self.run_id)?;
         match &self.rendered {
             None => {
-                out.serialize_entry("settings", &m.settings)?;
+                out.serialize_entry("settings", &*m.settings)?;
                 out.serialize_entry("secrets", &Exposed(&m.secrets))?;
             }
             Some(fields) => {

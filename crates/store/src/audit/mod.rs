@@ -129,9 +129,17 @@ pub fn event_hash(prev_hash: &str, seq: i64, at: i64, e: &AuditEntry, details: &
     put_str(&mut buf, details);
     let mut h = Sha256::new();
     // A hex string that does not decode (tampered) still feeds the hash: it then mismatches.
-    h.update(hex::decode(prev_hash).unwrap_or_else(|_| prev_hash.as_bytes().to_vec()));
+    // The usual 64 digits are decoded on the stack (this runs once per audit event).
+    let mut prev = [0u8; 32];
+    if prev_hash.len() == 64 && hex::decode_to_slice(prev_hash, &mut prev).is_ok() {
+        h.update(prev);
+    } else {
+        h.update(hex::decode(prev_hash).unwrap_or_else(|_| prev_hash.as_bytes().to_vec()));
+    }
     h.update(&buf);
-    hex::encode(h.finalize())
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut out).expect("64 digits for 32 bytes");
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// The chain head `(seq, hash)`, locked for this transaction on PostgreSQL (SQLite's write
@@ -434,5 +442,27 @@ mod tests {
             event_hash(ZERO_HASH, 7, 1_000, &entry("system:test", "x.y"), "{}"),
             expected
         );
+        // After another event: its hash's 32 bytes lead instead of the zeros.
+        buf[..32].copy_from_slice(&Sha256::digest(b"previous"));
+        let prev = hex::encode(Sha256::digest(b"previous"));
+        let expected = hex::encode(Sha256::digest(&buf));
+        let e = entry("system:test", "x.y");
+        assert_eq!(event_hash(&prev, 7, 1_000, &e, "{}"), expected);
+        assert_eq!(
+            event_hash(&prev.to_uppercase(), 7, 1_000, &e, "{}"),
+            expected
+        );
+        // A previous hash that is not 64 hex digits (tampered) feeds the hash as it is.
+        for tampered in [&prev[..62], "not hex at all"] {
+            let mut raw = tampered.as_bytes().to_vec();
+            if let Ok(bytes) = hex::decode(tampered) {
+                raw = bytes;
+            }
+            raw.extend_from_slice(&buf[32..]);
+            assert_eq!(
+                event_hash(tampered, 7, 1_000, &e, "{}"),
+                hex::encode(Sha256::digest(&raw))
+            );
+        }
     }
 }
