@@ -127,6 +127,7 @@ mod tests {
                 updated_at: 0,
                 dependents_count: 0,
             }),
+            settings: Default::default(),
             stored: StoredSecrets::Legacy(vec![]),
         }
     }
