@@ -314,7 +314,8 @@ async fn project_by_id_or_name(
 
 /// A resolve's answer: `{connection, credential, format, run_id}` and, by format, the
 /// settings and secrets (json) or the rendered fields. Serialized straight into the response
-/// body, so no secret is copied into an intermediate document on the way; no `Debug`.
+/// body: in the json format no secret is copied into an intermediate document on the way
+/// (the other formats render theirs first). No `Debug`.
 pub struct Answer {
     material: Material,
     format: Format,
