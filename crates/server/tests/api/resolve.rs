@@ -135,13 +135,15 @@ async fn a_rotated_credential_is_seen_by_the_next_resolve() {
         .call(
             Method::POST,
             &format!("/api/v1/credentials/{cred_id}/versions"),
-            Some(json!({"secrets": {"password": "second"}})),
+            Some(json!({"secrets": {"username": "svc2", "password": "second"}})),
             &[],
         )
         .await;
     assert!(rotated.status.is_success(), "{}", rotated.text);
     let after = ok(&s, &token, &id, "json").await;
     assert_eq!(after["secrets"]["password"], "second");
+    // The settings a cache entry assembled from the old version are not served either.
+    assert_eq!(after["settings"]["username"], "svc2");
     assert_eq!(after["credential"]["version"], 2);
     let env = ok(&s, &token, &id, "env").await;
     assert_eq!(env["env"]["PGPASSWORD"], "second");
