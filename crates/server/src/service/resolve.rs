@@ -346,7 +346,8 @@ struct Exposed<'a>(&'a BTreeMap<String, SecretString>);
 
 impl Serialize for Exposed<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // The one place a resolved secret is written into a response.
+        // Where the json format writes resolved secrets into a response (the other formats
+        // do in service::formats).
         s.collect_map(self.0.iter().map(|(k, v)| (k, v.expose_secret())))
     }
 }
