@@ -452,7 +452,8 @@ mod tests {
             event_hash(&prev.to_uppercase(), 7, 1_000, &e, "{}"),
             expected
         );
-        // A previous hash that is not 64 hex digits (tampered) feeds the hash as it is.
+        // A previous hash that is not 64 hex digits (tampered) feeds the hash as before:
+        // decoded if it is hex, its bytes as they are if not.
         for tampered in [&prev[..62], "not hex at all"] {
             let mut raw = tampered.as_bytes().to_vec();
             if let Ok(bytes) = hex::decode(tampered) {
