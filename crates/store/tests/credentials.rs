@@ -34,21 +34,7 @@ async fn shared_credentials_rotate_expire_and_refuse_deletion_while_used(s: &Sto
     ));
     let mut users = Vec::new();
     for (i, pin) in [None, None, Some(1)].into_iter().enumerate() {
-        let id = patchbay_store::new_id();
-        s.create_connection(
-            &id,
-            &ws,
-            &p,
-            &write(&format!("user-{i}"), "postgresql"),
-            &CredentialLink::Shared {
-                id: cred.clone(),
-                pinned_version: pin,
-            },
-            &audit("create", &id),
-        )
-        .await
-        .unwrap();
-        users.push(id);
+        users.push(connect_shared(s, &ws, &p, &format!("user-{i}"), &cred, pin).await);
     }
     // Rotation: followers see version 2 at once; the pinned one keeps 1 until its grace ends.
     // Long enough that a loaded machine does not end it before the reads below; the
@@ -184,20 +170,7 @@ async fn a_last_use_is_rewritten_for_another_principal_at_once_and_for_the_same_
     s.create_credential(&shared(&cred, &ws, "svc", 1), &audit("cred", &cred))
         .await
         .unwrap();
-    let conn = patchbay_store::new_id();
-    s.create_connection(
-        &conn,
-        &ws,
-        &p,
-        &write("uses", "postgresql"),
-        &CredentialLink::Shared {
-            id: cred.clone(),
-            pinned_version: None,
-        },
-        &audit("create", &conn),
-    )
-    .await
-    .unwrap();
+    let conn = connect_shared(s, &ws, &p, "uses", &cred, None).await;
     let resolve = |by: &str| {
         vec![UseRecord {
             checked: None,
@@ -265,4 +238,31 @@ async fn a_last_use_is_rewritten_for_another_principal_at_once_and_for_the_same_
             .count(),
         6
     );
+}
+
+/// A new postgresql connection named `name` using shared credential `cred` (pinned to a
+/// version when `pin` is given); its id.
+async fn connect_shared(
+    s: &Store,
+    ws: &str,
+    project: &str,
+    name: &str,
+    cred: &str,
+    pin: Option<i64>,
+) -> String {
+    let id = patchbay_store::new_id();
+    s.create_connection(
+        &id,
+        ws,
+        project,
+        &write(name, "postgresql"),
+        &CredentialLink::Shared {
+            id: cred.to_owned(),
+            pinned_version: pin,
+        },
+        &audit("create", &id),
+    )
+    .await
+    .unwrap();
+    id
 }
