@@ -96,10 +96,13 @@ impl<'a> SecretAad<'a> {
                 &[self.workspace_id, self.owner_id, self.field],
             );
         }
-        let version = self.version.to_string();
+        // The version's decimal digits, written on the stack (this runs for every secret
+        // decrypted).
+        let mut digits = [0u8; 20];
+        let version = decimal(self.version, &mut digits);
         aad(
             b"patchbay/secret/v2",
-            &[self.workspace_id, self.owner_id, &version, self.field],
+            &[self.workspace_id, self.owner_id, version, self.field],
         )
     }
 }
@@ -111,8 +114,29 @@ pub const OAUTH_TOKEN_FIELD: &str = "oauth_token";
 pub const WEBHOOK_SECRET_VERSION: i64 = -2;
 pub const WEBHOOK_SECRET_FIELD: &str = "webhook_secret";
 
+/// `n` in decimal, as `n.to_string()` writes it, in `buf`.
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+}
+
 fn aad(domain: &[u8], parts: &[&str]) -> Vec<u8> {
-    let mut out = domain.to_vec();
+    let mut out =
+        Vec::with_capacity(domain.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>());
+    out.extend_from_slice(domain);
     for p in parts {
         out.extend_from_slice(&(p.len() as u32).to_be_bytes());
         out.extend_from_slice(p.as_bytes());
@@ -407,6 +431,23 @@ mod tests {
 
     fn aad<'a>(ws: &'a str, owner: &'a str, field: &'a str) -> SecretAad<'a> {
         SecretAad::credential(ws, owner, 1, field)
+    }
+
+    #[test]
+    fn versions_are_bound_as_their_decimal_digits() {
+        for n in [0, 1, 9, 10, 42, -1, -2, 1_000_000_007, i64::MAX, i64::MIN] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
+        // The bound bytes are exactly the documented layout: domain, then each part's
+        // length (u32, big-endian) and bytes.
+        let bytes = SecretAad::credential("ws", "cred", 12, "password").to_bytes();
+        let mut expected = b"patchbay/secret/v2".to_vec();
+        for part in ["ws", "cred", "12", "password"] {
+            expected.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            expected.extend_from_slice(part.as_bytes());
+        }
+        assert_eq!(bytes, expected);
     }
 
     #[test]

@@ -59,9 +59,12 @@ impl FromRequestParts<AppState> for Auth {
             .filter(|t| !t.is_empty())
             .ok_or_else(unauthenticated)?;
         // Guessing is throttled per source address and per token prefix; a blocked caller
-        // is refused before the lookup, whatever it sends.
-        let keys = failure_keys(parts, Some(token));
-        throttled(state, &keys)?;
+        // is refused before the lookup, whatever it sends. The keys are worked out only
+        // when some key may be blocked, or to count a failure.
+        let keys = || failure_keys(parts, Some(token));
+        if state.auth_failures.may_block() {
+            throttled(state, &keys())?;
+        }
         let hash = hash_token(token);
         // Read before the lookups: a change committed meanwhile makes the entry stale.
         let generation = state.store.auth_generation();
@@ -71,7 +74,7 @@ impl FromRequestParts<AppState> for Auth {
                 let record = match verify(state, &hash).await? {
                     Some(r) => r,
                     None => {
-                        failed(state, &keys);
+                        failed(state, &keys());
                         return Err(unauthenticated());
                     }
                 };
@@ -104,7 +107,7 @@ impl FromRequestParts<AppState> for Auth {
             match state.store.agent_by_token(&record.id).await {
                 Ok(a) => Some(a.zone_id),
                 Err(StoreError::NotFound) => {
-                    failed(state, &keys);
+                    failed(state, &keys());
                     return Err(unauthenticated());
                 }
                 Err(e) => return Err(e.into()),

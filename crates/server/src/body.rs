@@ -13,10 +13,11 @@ use crate::error::{ApiError, ApiResult};
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// A JSON object body (`application/json`, or `application/merge-patch+json`).
-pub struct JsonObject(pub Map<String, Value>);
+/// A JSON body's bytes (`application/json`, or `application/merge-patch+json`), at most
+/// [`MAX_BODY`].
+struct JsonBytes(Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonObject {
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
@@ -28,9 +29,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             .split(';')
             .next()
             .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if ct != "application/json" && ct != "application/merge-patch+json" {
+            .trim();
+        if !ct.eq_ignore_ascii_case("application/json")
+            && !ct.eq_ignore_ascii_case("application/merge-patch+json")
+        {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
                 "send the body as application/json (PATCH also takes application/merge-patch+json)",
@@ -43,19 +45,45 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 ApiError::new(ErrorCode::InvalidJson, "the body could not be read")
             }
         })?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("malformed JSON at line {} column {}", e.line(), e.column()),
-            )
-        })?;
-        match value {
-            Value::Object(map) => Ok(JsonObject(map)),
-            _ => Err(ApiError::new(
-                ErrorCode::InvalidJson,
-                "the body must be a JSON object",
-            )),
-        }
+        Ok(Self(bytes))
+    }
+}
+
+/// A JSON object body (`application/json`, or `application/merge-patch+json`).
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        object(&bytes).map(JsonObject)
+    }
+}
+
+/// No body at all: neither a content type nor a length (or a zero one).
+fn no_body(req: &Request) -> bool {
+    req.headers().get(CONTENT_TYPE).is_none()
+        && req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// A body's bytes as a JSON object.
+fn object(bytes: &[u8]) -> ApiResult<Map<String, Value>> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("malformed JSON at line {} column {}", e.line(), e.column()),
+        )
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body must be a JSON object",
+        )),
     }
 }
 
@@ -66,15 +94,38 @@ impl<S: Send + Sync> FromRequest<S> for OptionalJsonObject {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
-        let empty = req.headers().get(CONTENT_TYPE).is_none()
-            && req
-                .headers()
-                .get(axum::http::header::CONTENT_LENGTH)
-                .is_none_or(|v| v.as_bytes() == b"0");
-        if empty {
+        if no_body(&req) {
             return Ok(Self(None));
         }
         Ok(Self(Some(JsonObject::from_request(req, state).await?.0)))
+    }
+}
+
+/// An optional JSON object body, as [`OptionalJsonObject`] takes it, read straight into `T`
+/// when it has exactly `T`'s shape (for hot paths: no map is built). `T` must deny unknown
+/// fields and take each field as [`Fields`] would; any body it does not take is kept as an
+/// object, for [`Fields`] to read and to name what is wrong.
+pub enum Shaped<T> {
+    Empty,
+    Typed(T),
+    Object(Map<String, Value>),
+}
+
+/// The extractor of a [`Shaped`] body.
+pub struct OptionalShaped<T>(pub Shaped<T>);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for OptionalShaped<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
+        if no_body(&req) {
+            return Ok(Self(Shaped::Empty));
+        }
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        Ok(Self(match serde_json::from_slice::<T>(&bytes) {
+            Ok(typed) => Shaped::Typed(typed),
+            Err(_) => Shaped::Object(object(&bytes)?),
+        }))
     }
 }
 

@@ -183,8 +183,11 @@ impl App {
         Ok(Self { state })
     }
 
-    pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone())
+    /// The HTTP service (`api::service`): serve it with
+    /// `axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>`, as
+    /// [`serve`] does (audit records and the authentication limiter read the peer address).
+    pub fn service(&self) -> impl api::HttpService {
+        api::service(self.state.clone())
     }
 }
 
@@ -210,8 +213,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening (http)");
             axum::serve(
                 listener,
-                app.router()
-                    .into_make_service_with_connect_info::<SocketAddr>(),
+                axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>(app.service()),
             )
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -221,7 +223,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             let slot = tls::CertificateSlot::load(files).map_err(StartError::Tls)?;
             tls::reload_on_sighup(slot.clone());
             tracing::info!(%addr, backend = ?app.state.store.backend(), "patchbay listening (https)");
-            tls::serve_tls(listener, app.router(), slot, shutdown_signal())
+            tls::serve_tls(listener, app.service(), slot, shutdown_signal())
                 .await
                 .map_err(StartError::Tls)?;
         }

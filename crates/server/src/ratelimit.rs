@@ -5,6 +5,7 @@
 //! is refused until its window ends.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,11 @@ pub struct WindowLimiter {
     limit: u32,
     window: Duration,
     counts: Mutex<HashMap<String, (Instant, u32)>>,
+    /// When the last window in which some key reached its limit ends, in nanoseconds after
+    /// `origin` (0: none yet). Before then a key may be blocked; after it none is, which
+    /// [`WindowLimiter::may_block`] answers without the lock.
+    blocking_until: AtomicU64,
+    origin: Instant,
 }
 
 impl WindowLimiter {
@@ -25,7 +31,19 @@ impl WindowLimiter {
             limit,
             window,
             counts: Mutex::new(HashMap::new()),
+            blocking_until: AtomicU64::new(0),
+            origin: Instant::now(),
         }
+    }
+
+    /// Whether any key may be blocked now: `false` means [`WindowLimiter::blocked`] is
+    /// `None` for every key, so callers need not work out their keys.
+    pub fn may_block(&self) -> bool {
+        self.nanos(Instant::now()) < self.blocking_until.load(Ordering::Acquire)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// `Some(retry_after)` when `key` used up its window.
@@ -41,6 +59,10 @@ impl WindowLimiter {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let entry = self.window_of(&mut counts, key, Instant::now());
         entry.1 = entry.1.saturating_add(1);
+        if entry.1 >= self.limit {
+            let until = self.nanos(entry.0 + self.window);
+            self.blocking_until.fetch_max(until, Ordering::AcqRel);
+        }
     }
 
     /// Counts one event for `key` unless its window is used up: then nothing is counted
@@ -55,6 +77,10 @@ impl WindowLimiter {
             return Err(window.saturating_sub(now.duration_since(entry.0)));
         }
         entry.1 += 1;
+        if entry.1 >= limit {
+            let until = self.nanos(entry.0 + window);
+            self.blocking_until.fetch_max(until, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -93,11 +119,14 @@ mod tests {
             l.record("a");
         }
         assert!(l.blocked("a").is_none());
+        assert!(!l.may_block(), "no key reached its limit");
         l.record("a");
         assert!(l.blocked("a").is_some());
+        assert!(l.may_block());
         assert!(l.blocked("b").is_none(), "keys are independent");
         std::thread::sleep(Duration::from_millis(220));
         assert!(l.blocked("a").is_none(), "the window ended");
+        assert!(!l.may_block(), "the only blocking window ended");
         l.record("a");
         assert!(l.blocked("a").is_none(), "a new window starts at one");
     }

@@ -1,6 +1,7 @@
 //! Per-request context: the request id (`X-Request-Id`, taken from the caller when short and
 //! printable, else generated, and echoed on every response), the peer address, and the
-//! audit record of a refused attempt (403). A 401 has no actor and is only logged.
+//! audit record of a refused attempt (403). A 401 has no actor and is only logged. The layer
+//! wraps the whole router; the route layers tell it the matched route ([`remember_route`]).
 //!
 //! The source address is the TCP peer (`ConnectInfo`), unless that peer is one of the
 //! trusted proxies (`PATCHBAY_TRUSTED_PROXIES`): then it is the right-most address of
@@ -30,17 +31,50 @@ const MAX_REQUEST_ID: usize = 64;
 #[derive(Clone, Debug)]
 pub struct DeniedPermission(pub String);
 
-/// Where the auth extractor leaves the principal, so the layer can attribute a refusal.
+/// What the layers inside the router learn about a request, for the request layer: it
+/// wraps the router, so it starts before routing and reads these after the response.
 #[derive(Clone, Default)]
-struct PrincipalSlot(Arc<Mutex<Option<Principal>>>);
+struct Slot(Arc<Mutex<Seen>>);
+
+#[derive(Default)]
+struct Seen {
+    /// The matched route and its path parameters, left by the route layers (the access
+    /// layer, and [`note_route`] on the routes it does not cover).
+    route: Option<(MatchedPath, Option<RawPathParams>)>,
+    /// The authenticated principal, left by the auth extractor, to attribute a refusal.
+    principal: Option<Principal>,
+}
+
+fn seen(extensions: &axum::http::Extensions) -> Option<std::sync::MutexGuard<'_, Seen>> {
+    extensions.get::<Slot>()?.0.lock().ok()
+}
 
 /// Called by the auth extractor.
 pub(crate) fn remember_principal(parts: &Parts, p: &Principal) {
-    if let Some(slot) = parts.extensions.get::<PrincipalSlot>() {
-        if let Ok(mut g) = slot.0.lock() {
-            *g = Some(p.clone());
-        }
+    if let Some(mut seen) = seen(&parts.extensions) {
+        seen.principal = Some(p.clone());
     }
+}
+
+/// Called by the route layers: the route `req` matched, and its path parameters.
+pub(crate) fn remember_route(req: &Request, params: Option<RawPathParams>) {
+    if let (Some(route), Some(mut seen)) = (
+        req.extensions().get::<MatchedPath>(),
+        seen(req.extensions()),
+    ) {
+        seen.route = Some((route.clone(), params));
+    }
+}
+
+/// A route layer that only remembers the route, for routes without the access layer (which
+/// does it too).
+pub(crate) async fn note_route(
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    remember_route(&req, params.ok());
+    next.run(req).await
 }
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -89,12 +123,8 @@ fn accepted_id(v: &HeaderValue) -> Option<String> {
         .then(|| s.to_owned())
 }
 
-pub async fn context(
-    State(state): State<AppState>,
-    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The request layer, around the whole router (`api::service`).
+pub async fn context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
         .get(&REQUEST_ID)
@@ -104,40 +134,47 @@ pub async fn context(
         let forwarded = req.headers().get_all(&X_FORWARDED_FOR).iter();
         client_address(c.0.ip(), forwarded, &state.settings.trusted_proxies).to_string()
     });
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
-    let params: Vec<(String, String)> = params
-        .map(|p| {
-            p.iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
     req.extensions_mut().insert(RequestMeta {
         request_id: Some(request_id.clone()),
         source_address: source_address.clone(),
     });
-    let slot = PrincipalSlot::default();
+    let slot = Slot::default();
     req.extensions_mut().insert(slot.clone());
 
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
-    crate::api::request_log(&method, route.as_deref(), resp.status(), start);
+    let Seen {
+        route: matched,
+        principal,
+    } = slot
+        .0
+        .lock()
+        .map(|mut g| std::mem::take(&mut *g))
+        .unwrap_or_default();
+    let (route, params) = match &matched {
+        Some((route, params)) => (Some(route.as_str()), params.as_ref()),
+        None => (None, None),
+    };
+    crate::api::request_log(&method, route, resp.status(), start);
     let mut resp = crate::api::security_headers(resp);
 
     match resp.status() {
         StatusCode::FORBIDDEN => {
-            let principal = slot.0.lock().ok().and_then(|mut g| g.take());
             let permission = resp.extensions().get::<DeniedPermission>().cloned();
             if let (Some(p), Some(permission)) = (principal, permission) {
+                let params: Vec<(String, String)> = params
+                    .map(|p| {
+                        p.iter()
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 crate::service::audit::record_denied(
                     &state,
                     &p,
                     method.as_str(),
-                    route.as_deref().unwrap_or("(unmatched)"),
+                    route.unwrap_or("(unmatched)"),
                     &params,
                     &permission.0,
                 )
@@ -148,7 +185,7 @@ pub async fn context(
             tracing::info!(
                 request_id,
                 source = source_address.as_deref().unwrap_or("-"),
-                route = route.as_deref().unwrap_or("(unmatched)"),
+                route = route.unwrap_or("(unmatched)"),
                 "request without a valid token"
             );
         }

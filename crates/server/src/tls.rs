@@ -132,12 +132,12 @@ pub fn reload_on_sighup(slot: Arc<CertificateSlot>) {
 #[cfg(not(unix))]
 pub fn reload_on_sighup(_slot: Arc<CertificateSlot>) {}
 
-/// Serves `router` over HTTPS on `listener` until `shutdown` completes, then lets open
+/// Serves `service` over HTTPS on `listener` until `shutdown` completes, then lets open
 /// requests finish (at most 10 s). Every response carries HSTS. Handshakes that take longer
 /// than 10 s are dropped, so idle sockets cannot pin tasks.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
-    router: axum::Router,
+    service: impl crate::api::HttpService,
     slot: Arc<CertificateSlot>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
@@ -147,10 +147,13 @@ pub async fn serve_tls(
     use std::time::Duration;
     use tower::ServiceExt;
 
-    let router = router.layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
-        header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=31536000"),
-    ));
+    let service = tower::Layer::layer(
+        &tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ),
+        service,
+    );
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(slot.server_config()?));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -168,7 +171,7 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let service = service.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls =
@@ -183,7 +186,7 @@ pub async fn serve_tls(
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(req)
+                    service.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );
             let conn = hyper::server::conn::http1::Builder::new()

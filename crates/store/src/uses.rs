@@ -328,10 +328,15 @@ const AT_ONCE: &str = "WITH g AS (SELECT n FROM material_generation WHERE id = 1
 /// anything else writes or deletes last-use rows, and when it grows past
 /// [`RECENT_USES_KEPT`] rows.
 #[derive(Clone, Default)]
-pub(crate) struct RecentUses(std::sync::Arc<std::sync::Mutex<HashMap<UsePair, (i64, String)>>>);
+pub(crate) struct RecentUses(std::sync::Arc<std::sync::Mutex<Recent>>);
 
-/// `(credential id, connection id)`.
-type UsePair = (String, String);
+/// Credential id → connection id → (when, by whom): nested so that a row is looked up by
+/// borrowed ids, without building a key.
+#[derive(Default)]
+struct Recent {
+    uses: HashMap<String, HashMap<String, (i64, String)>>,
+    rows: usize,
+}
 
 /// How stale a credential's recorded last use may be, in milliseconds.
 pub const LAST_USE_PRECISION_MS: i64 = 1000;
@@ -350,7 +355,7 @@ impl RecentUses {
             return last;
         };
         last.retain(|((cred, conn), principal)| {
-            match recent.get(&((*cred).to_owned(), (*conn).to_owned())) {
+            match recent.uses.get(*cred).and_then(|c| c.get(*conn)) {
                 Some((at, by)) => by != principal || now - at >= LAST_USE_PRECISION_MS,
                 None => true,
             }
@@ -364,14 +369,29 @@ impl RecentUses {
             return;
         }
         if let Ok(mut recent) = self.0.lock() {
-            if recent.len() + rows.len() > RECENT_USES_KEPT {
-                recent.clear();
+            let recent = &mut *recent;
+            if recent.rows + rows.len() > RECENT_USES_KEPT {
+                *recent = Recent::default();
             }
             for ((cred, conn), principal) in rows {
-                recent.insert(
-                    ((*cred).to_owned(), (*conn).to_owned()),
-                    (now, (*principal).to_owned()),
-                );
+                if !recent.uses.contains_key(*cred) {
+                    recent.uses.insert((*cred).to_owned(), HashMap::new());
+                }
+                let Some(by_connection) = recent.uses.get_mut(*cred) else {
+                    continue;
+                };
+                match by_connection.get_mut(*conn) {
+                    Some(row) => {
+                        row.0 = now;
+                        if row.1 != *principal {
+                            row.1 = (*principal).to_owned();
+                        }
+                    }
+                    None => {
+                        by_connection.insert((*conn).to_owned(), (now, (*principal).to_owned()));
+                        recent.rows += 1;
+                    }
+                }
             }
         }
     }
@@ -379,7 +399,7 @@ impl RecentUses {
     /// Someone else wrote last-use rows: write the next ones whatever was remembered.
     pub(crate) fn forget(&self) {
         if let Ok(mut recent) = self.0.lock() {
-            recent.clear();
+            *recent = Recent::default();
         }
     }
 }
@@ -562,5 +582,57 @@ mod tests {
             "($1, $2, $3), ($4, $5, $6)"
         );
         assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
+
+    #[test]
+    fn recent_uses_leave_out_only_a_fresh_row_by_the_same_principal() {
+        let recent = RecentUses::default();
+        let t = 1_000_000;
+        let rows = vec![
+            (("cred-a", "conn-1"), "token:r"),
+            (("cred-a", "conn-2"), "token:r"),
+        ];
+        assert_eq!(
+            recent.to_write(rows.clone(), t),
+            rows,
+            "nothing remembered yet"
+        );
+        recent.wrote(&rows, t);
+        let next = vec![
+            (("cred-a", "conn-1"), "token:r"), // same principal, fresh: left out
+            (("cred-a", "conn-2"), "token:other"), // another principal: written
+            (("cred-b", "conn-1"), "token:r"), // never written: written
+        ];
+        assert_eq!(
+            recent.to_write(next.clone(), t + LAST_USE_PRECISION_MS - 1),
+            next[1..].to_vec()
+        );
+        assert_eq!(
+            recent.to_write(next.clone(), t + LAST_USE_PRECISION_MS),
+            next,
+            "a remembered use as old as the precision is written again"
+        );
+        // Writing again moves the time and the principal on.
+        recent.wrote(&next[1..2], t + 10);
+        assert_eq!(
+            recent.to_write(vec![(("cred-a", "conn-2"), "token:r")], t + 20),
+            vec![(("cred-a", "conn-2"), "token:r")],
+            "the principal remembered is the last one written"
+        );
+        recent.forget();
+        assert_eq!(recent.to_write(rows.clone(), t + 1), rows);
+    }
+
+    #[test]
+    fn recent_uses_stay_bounded() {
+        let recent = RecentUses::default();
+        let ids: Vec<String> = (0..RECENT_USES_KEPT + 1).map(|i| i.to_string()).collect();
+        for id in &ids {
+            recent.wrote(&[(("cred", id.as_str()), "token:r")], 1);
+        }
+        let kept = recent.0.lock().unwrap().rows;
+        assert!((1..=RECENT_USES_KEPT).contains(&kept), "{kept} rows kept");
+        let inner = recent.0.lock().unwrap();
+        assert_eq!(inner.uses.values().map(HashMap::len).sum::<usize>(), kept);
     }
 }

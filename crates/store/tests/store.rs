@@ -396,7 +396,7 @@ async fn tokens_are_found_by_hash_only(s: &Store) {
             name: "ci".into(),
             token_hash: vec![5; 32],
             workspace_id: None,
-            permissions: perms.clone(),
+            permissions: perms,
             expires_at: None,
             kind: "personal".into(),
             created_by: None,

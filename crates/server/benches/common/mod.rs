@@ -39,11 +39,11 @@ pub async fn start(database_url: Option<String>, settings: Settings) -> Service 
         .to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = app.router();
+    let service = app.service();
     tokio::spawn(async move {
         axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            axum::ServiceExt::into_make_service_with_connect_info::<std::net::SocketAddr>(service),
         )
         .await
         .unwrap()

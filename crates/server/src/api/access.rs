@@ -4,7 +4,9 @@
 //! the permission again in the workspace of the resource (`Principal::can_in`), which the
 //! table cannot know.
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -365,21 +367,24 @@ pub fn declared(method: &Method, path: &str) -> Option<Access> {
     } else {
         method.as_str()
     };
-    ROUTES
-        .iter()
-        .find(|(m, p, _)| *m == method && *p == path)
-        .map(|(_, _, a)| *a)
+    static BY_ROUTE: std::sync::LazyLock<HashMap<(&str, &str), Access>> =
+        std::sync::LazyLock::new(|| ROUTES.iter().map(|&(m, p, a)| ((m, p), a)).collect());
+    BY_ROUTE.get(&(method, path)).copied()
 }
 
 /// The route layer: authenticate, check the declared permission, hand the principal on to
-/// the handler (which then does not look the token up again).
-pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let access = match declared(req.method(), &path) {
+/// the handler (which then does not look the token up again). It also tells the request
+/// layer which route matched (`request::remember_route`).
+pub async fn enforce(
+    State(state): State<AppState>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    crate::request::remember_route(&req, params.ok());
+    let path = req.extensions().get::<MatchedPath>().cloned();
+    let path = path.as_ref().map_or("", MatchedPath::as_str);
+    let access = match declared(req.method(), path) {
         Some(a) => a,
         None => {
             tracing::error!(method = %req.method(), route = path, "route has no access declaration; denied");

@@ -327,23 +327,104 @@ pub fn router(state: AppState) -> Router {
             access::enforce,
         ))
         .with_state(state.clone());
-    api.merge(crate::ui::router(state.clone()))
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/api/docs")
-                .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
-        )
+    let docs = Router::from(
+        utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+            .config(utoipa_swagger_ui::Config::from("/api/openapi.json")),
+    )
+    .route_layer(middleware::from_fn(crate::request::note_route));
+    api.merge(crate::ui::router(state))
+        .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
-        // One layer for the request's context, its log line and the security headers: each
-        // `from_fn` layer costs a clone of the router and a boxed future per request.
-        .layer(middleware::from_fn_with_state(
-            state,
-            crate::request::context,
-        ))
+}
+
+/// The whole HTTP service: [`router`] inside the layers that treat every request alike,
+/// which wrap it once. (A `Router::layer` wraps each route instead, at a boxed clone of the
+/// route's service and a boxed future per layer and request.) From the outside in:
+/// - the request's context, its log line and the security headers (`request::context`);
+/// - a JSON 500 for a panic;
+/// - the body limit.
+pub fn service(state: AppState) -> impl HttpService {
+    use tower::Layer;
+    let inner =
+        CatchPanic(axum::extract::DefaultBodyLimit::max(MAX_BODY).layer(router(state.clone())));
+    middleware::from_fn_with_state(state, crate::request::context).layer(inner)
+}
+
+/// What [`service`] is: a cloneable HTTP service that always answers.
+pub trait HttpService:
+    tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Answers a request whose handler panicked with a JSON 500 ([`panic_response`]), like
+/// tower-http's `CatchPanic` but keeping the response's body type.
+#[derive(Clone)]
+pub struct CatchPanic<S>(S);
+
+type Answered = Result<Response, std::convert::Infallible>;
+
+impl<S> tower::Service<axum::extract::Request> for CatchPanic<S>
+where
+    S: tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+    >,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::Map<
+            futures_util::future::CatchUnwind<std::panic::AssertUnwindSafe<S::Future>>,
+            fn(std::thread::Result<Answered>) -> Answered,
+        >,
+        std::future::Ready<Answered>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        use futures_util::future::Either;
+        use futures_util::FutureExt;
+        let answered: fn(std::thread::Result<Answered>) -> Answered =
+            |r| r.unwrap_or_else(|payload| Ok(panic_response(payload)));
+        // A panic while the call is set up is caught as well as one while it runs.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.call(req))) {
+            Ok(future) => Either::Left(
+                std::panic::AssertUnwindSafe(future)
+                    .catch_unwind()
+                    .map(answered),
+            ),
+            Err(payload) => Either::Right(std::future::ready(Ok(panic_response(payload)))),
+        }
+    }
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
@@ -424,4 +505,63 @@ pub(crate) fn security_headers(mut resp: Response) -> Response {
         return ApiError::new(ErrorCode::PayloadTooLarge, "the body exceeds 1 MiB").into_response();
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn answer_of(svc: impl HttpService) -> (StatusCode, serde_json::Value) {
+        let req = axum::extract::Request::new(axum::body::Body::empty());
+        let resp = svc.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// A service whose handler panics while it runs, or while the call is set up.
+    #[derive(Clone)]
+    struct Panics {
+        in_call: bool,
+    }
+
+    impl tower::Service<axum::extract::Request> for Panics {
+        type Response = Response;
+        type Error = std::convert::Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: axum::extract::Request) -> Self::Future {
+            assert!(!self.in_call, "panic in call: payload-42");
+            Box::pin(async { panic!("panic in the handler: payload-42") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_answers_a_json_500_that_quotes_nothing() {
+        for in_call in [false, true] {
+            let (status, body) = answer_of(CatchPanic(Panics { in_call })).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(body["code"], "internal", "{body}");
+            assert!(!body.to_string().contains("payload-42"), "{body}");
+        }
+        let fine = tower::service_fn(|_: axum::extract::Request| async {
+            Ok::<_, std::convert::Infallible>(Json(json!({"ok": true})).into_response())
+        });
+        assert_eq!(
+            answer_of(CatchPanic(fine)).await,
+            (StatusCode::OK, json!({"ok": true}))
+        );
+    }
 }

@@ -11,7 +11,7 @@ use patchbay_core::ErrorCode;
 use utoipa::ToSchema;
 
 use crate::auth::Auth;
-use crate::body::OptionalJsonObject;
+use crate::body::OptionalShaped;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::service::resolve::{self as svc, Target};
 use crate::state::AppState;
@@ -53,7 +53,7 @@ pub async fn by_id(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    OptionalJsonObject(body): OptionalJsonObject,
+    OptionalShaped(body): OptionalShaped<svc::Body>,
 ) -> ApiResult<Response> {
     let v = svc::answer(&state, &auth.0, Target::Id(&id), body).await?;
     Ok(no_store(v))
@@ -78,7 +78,7 @@ pub async fn by_name(
     auth: Auth,
     Path((project, name)): Path<(String, String)>,
     query: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
-    OptionalJsonObject(body): OptionalJsonObject,
+    OptionalShaped(body): OptionalShaped<svc::Body>,
 ) -> ApiResult<Response> {
     let Query(q) =
         query.map_err(|_| ApiError::new(ErrorCode::InvalidQuery, "malformed query string"))?;

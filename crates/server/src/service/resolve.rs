@@ -15,7 +15,7 @@ use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
 use patchbay_store::{StoreError, UseRecord};
 use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::connection_secrets::{decrypt_stored, provided_settings, stored_secrets, StoredSecrets};
@@ -23,7 +23,7 @@ use super::connections::connector;
 use super::formats::{self, Format};
 use super::resolve_log::Logged;
 use super::{audit, require_in, workspaces};
-use crate::body::Fields;
+use crate::body::{Fields, Shaped};
 use crate::error::{ApiError, ApiResult};
 use crate::materials::Entry;
 use crate::state::AppState;
@@ -230,23 +230,27 @@ pub enum Target<'a> {
 /// Longest accepted run id.
 pub const MAX_RUN_ID: usize = 200;
 
-/// The body of a resolve call: `{format?: json|env|uri|jdbc|airflow_uri, run_id?}`.
-fn read_body(body: Option<Map<String, Value>>) -> ApiResult<(Format, Option<String>)> {
-    let Some(body) = body else {
-        return Ok((Format::Json, None));
+/// The body of a resolve call: `{format?: json|env|uri|jdbc|airflow_uri, run_id?}`, in
+/// the shape [`Shaped`] reads straight from the bytes (a string or null each); any other body
+/// is read by [`Fields`], which names what is wrong with it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    format: Option<String>,
+    run_id: Option<String>,
+}
+
+/// The format and run id a resolve call asks for.
+fn read_body(body: Shaped<Body>) -> ApiResult<(Format, Option<String>)> {
+    let (format, run_id) = match body {
+        Shaped::Empty => return Ok((Format::Json, None)),
+        Shaped::Typed(b) => (format_of(b.format)?, b.run_id),
+        Shaped::Object(body) => {
+            let mut f = Fields::new(body, &["format", "run_id"], &[])?;
+            let format = format_of(f.optional_string("format")?)?;
+            (format, f.optional_string("run_id")?)
+        }
     };
-    let mut f = Fields::new(body, &["format", "run_id"], &[])?;
-    let format = match f.optional_string("format")? {
-        None => Format::Json,
-        Some(s) => Format::parse(&s).ok_or_else(|| {
-            ApiError::field(
-                ErrorCode::InvalidField,
-                "/format",
-                "must be one of json, env, uri, jdbc, airflow_uri",
-            )
-        })?,
-    };
-    let run_id = f.optional_string("run_id")?;
     if let Some(r) = &run_id {
         if r.is_empty() || r.chars().count() > MAX_RUN_ID || r.chars().any(char::is_control) {
             return Err(ApiError::field(
@@ -257,6 +261,20 @@ fn read_body(body: Option<Map<String, Value>>) -> ApiResult<(Format, Option<Stri
         }
     }
     Ok((format, run_id))
+}
+
+/// The format a body names (json when it names none).
+fn format_of(name: Option<String>) -> ApiResult<Format> {
+    match name {
+        None => Ok(Format::Json),
+        Some(s) => Format::parse(&s).ok_or_else(|| {
+            ApiError::field(
+                ErrorCode::InvalidField,
+                "/format",
+                "must be one of json, env, uri, jdbc, airflow_uri",
+            )
+        }),
+    }
 }
 
 /// The id of the connection a call names (a name is looked up in its project).
@@ -398,7 +416,7 @@ pub async fn answer(
     state: &AppState,
     p: &Principal,
     target: Target<'_>,
-    body: Option<Map<String, Value>>,
+    body: Shaped<Body>,
 ) -> ApiResult<Answer> {
     let (format, run_id) = read_body(body)?;
     let id = target_id(state, p, target).await?;

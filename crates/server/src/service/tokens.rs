@@ -163,7 +163,7 @@ pub async fn create(
         (None, own) => own.clone(),
     };
     let permissions = match f.optional_string_list("permissions")? {
-        None => p.permissions.clone(),
+        None => p.permissions,
         Some(list) => {
             let mut set = PermissionSet::default();
             for (i, name) in list.iter().enumerate() {

@@ -326,11 +326,11 @@ pub async fn replica(
 async fn serve_on_loopback(app: &App) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = app.router();
+    let service = app.service();
     tokio::spawn(async move {
         axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            axum::ServiceExt::into_make_service_with_connect_info::<std::net::SocketAddr>(service),
         )
         .await
         .unwrap()

@@ -291,6 +291,43 @@ async fn by_name_finds_the_connection_in_a_project_given_by_id_or_name() {
     }
 }
 
+/// Bodies the typed reading of the hot path does not take (nulls aside) still resolve as
+/// the field-by-field reading does: a repeated field counts its last value.
+#[tokio::test]
+async fn unusual_but_valid_bodies_resolve() {
+    let s = Service::start().await;
+    let id = canary_postgres(&s, "db").await;
+    let (token, _) = runner(&s, None).await;
+    for (body, format, run_id) in [
+        (
+            &br#"{"format": null, "run_id": null}"#[..],
+            "json",
+            Value::Null,
+        ),
+        (
+            br#"{"format": "json", "format": "env"}"#,
+            "env",
+            Value::Null,
+        ),
+        (br#"{"run_id": "a", "run_id": "b"}"#, "json", json!("b")),
+        (b"{}", "json", Value::Null),
+    ] {
+        let r = s
+            .raw(
+                Method::POST,
+                &format!("/api/v1/connections/{id}/resolve"),
+                Some(&token),
+                &[("content-type", "Application/JSON; charset=utf-8")],
+                Some(body.to_vec()),
+            )
+            .await;
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(r.status, StatusCode::OK, "{shown}: {}", r.text);
+        assert_eq!(r.body["format"], format, "{shown}");
+        assert_eq!(r.body["run_id"], run_id, "{shown}");
+    }
+}
+
 #[tokio::test]
 async fn bad_bodies_answer_400_naming_the_field_and_record_nothing() {
     let s = Service::start().await;
@@ -304,6 +341,8 @@ async fn bad_bodies_answer_400_naming_the_field_and_record_nothing() {
         (json!({"run_id": ""}), "/run_id"),
         (json!({"run_id": 42}), "/run_id"),
         (json!({"formats": "json"}), "/formats"),
+        // Two faults: the format is named first, as the body's fields are read in order.
+        (json!({"format": "xml", "run_id": 5}), "/format"),
     ] {
         let r = resolve(&s, &token, &id, Some(body.clone())).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
