@@ -220,7 +220,7 @@ pub(crate) async fn emit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
         "actor": e.actor,
         "request_id": e.request_id,
         "target": {"kind": e.target_kind, "id": e.target_id},
-        "details": e.details,
+        "details": &*e.details,
     });
     enqueue(tx, ws, kind, data, &wanted).await?;
     Ok(())

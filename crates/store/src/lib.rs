@@ -28,7 +28,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::{
-    event_hash, zero_hash, AuditEntry, AuditFilter, AuditRecord, ChainBreak, Outcome, Verification,
+    event_hash, zero_hash, AuditEntry, AuditFilter, AuditRecord, ChainBreak, Details, Outcome,
+    Verification,
 };
 pub use connections::{
     ConnectionFilter, ConnectionPage, ConnectionWrite, CredentialLink, LinkChange,

@@ -127,7 +127,7 @@ impl Store {
         let target = text(|r| &r.1.target_id);
         let request = optional(|r| r.1.request_id.as_deref());
         let source = optional(|r| r.1.source_address.as_deref());
-        let details = text(|r| &r.2);
+        let details = text(|r| r.2);
         let prev_hashes = text(|r| &r.3);
         let hashes = text(|r| &r.4);
         let uses = self.recent_uses.to_write(last_uses(batch.iter()), at);
@@ -521,14 +521,14 @@ async fn append_all(tx: &mut WriteTx<'_>, entries: &[&AuditEntry]) -> Result<()>
 }
 
 /// `(seq, entry, details, prev_hash, hash)` of each entry after head `(seq, prev)`.
-type Row<'a> = (i64, &'a AuditEntry, String, String, String);
+type Row<'a> = (i64, &'a AuditEntry, &'a str, String, String);
 
 fn chain<'a>(mut seq: i64, mut prev: String, entries: &[&'a AuditEntry], at: i64) -> Vec<Row<'a>> {
     let mut rows = Vec::with_capacity(entries.len());
     for e in entries {
         seq += 1;
-        let details = e.details.to_string();
-        let hash = event_hash(&prev, seq, at, e, &details);
+        let details = e.details.as_json();
+        let hash = event_hash(&prev, seq, at, e, details);
         rows.push((seq, *e, details, prev, hash.clone()));
         prev = hash;
     }
@@ -562,7 +562,7 @@ async fn insert_rows(tx: &mut WriteTx<'_>, rows: &[Row<'_>], at: i64) -> Result<
                 .bind(e.target_id.as_str())
                 .bind(e.request_id.clone())
                 .bind(e.source_address.clone())
-                .bind(details.as_str())
+                .bind(*details)
                 .bind(prev_hash.as_str())
                 .bind(hash.as_str());
         }

@@ -57,7 +57,7 @@ impl From<AuditRecord> for AuditEventOut {
             target_id: r.entry.target_id,
             request_id: r.entry.request_id,
             source_address: r.entry.source_address,
-            details: r.entry.details,
+            details: r.entry.details.into_value(),
             prev_hash: r.prev_hash,
             hash: r.hash,
         }

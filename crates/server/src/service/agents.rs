@@ -271,7 +271,8 @@ pub async fn report(state: &AppState, p: &Principal, job_id: &str, body: Value) 
             "zone": zone.name,
             "job": job.id,
             "agent": agent.name,
-        }),
+        })
+        .into(),
     };
     if !state
         .store

@@ -27,7 +27,7 @@ pub mod zones;
 
 use patchbay_core::model::Principal;
 use patchbay_core::permission::Permission;
-use patchbay_store::{AuditEntry, Outcome};
+use patchbay_store::{AuditEntry, Details, Outcome};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -48,7 +48,7 @@ pub(crate) fn audit(
     workspace_id: Option<&str>,
     target_kind: &str,
     target_id: &str,
-    details: serde_json::Value,
+    details: impl Into<Details>,
 ) -> AuditEntry {
     AuditEntry {
         actor: principal.actor(),
@@ -59,6 +59,6 @@ pub(crate) fn audit(
         target_id: target_id.to_owned(),
         request_id: principal.request.request_id.clone(),
         source_address: principal.request.source_address.clone(),
-        details,
+        details: details.into(),
     }
 }

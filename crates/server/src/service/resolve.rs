@@ -13,10 +13,10 @@ use patchbay_core::permission::Permission;
 use patchbay_core::schema::ConnectorType;
 use patchbay_core::ErrorCode;
 use patchbay_crypto::SecretString;
-use patchbay_store::{StoreError, UseRecord};
+use patchbay_store::{Details, StoreError, UseRecord};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::connection_secrets::{decrypt_stored, provided_settings, stored_secrets, StoredSecrets};
 use super::connections::connector;
@@ -180,11 +180,14 @@ async fn resolve_entry(
         Some(&c.workspace_id),
         "connection",
         &c.id,
-        json!({
-            "run_id": run_id,
-            "format": format.as_str(),
-            "version": c.version,
-            "credential": m.credential.as_ref().map(|(id, v)| json!({"id": id, "version": v})),
+        Details::of(&ResolveDetails {
+            run_id,
+            format: format.as_str(),
+            version: c.version,
+            credential: m.credential.as_ref().map(|(id, version)| CredentialRef {
+                id,
+                version: *version,
+            }),
         }),
     );
     // Committed (with the credential's last use) before the secrets leave: no record, no
@@ -351,6 +354,16 @@ struct ConnectionRef<'a> {
     version: i64,
     workspace_id: &'a str,
     project_id: &'a str,
+}
+
+/// A `connection.resolve` event's details, serialized straight into the event's JSON text:
+/// `{run_id, format, version, credential: {id, version} | null}`.
+#[derive(Serialize)]
+struct ResolveDetails<'a> {
+    run_id: Option<&'a str>,
+    format: &'a str,
+    version: i64,
+    credential: Option<CredentialRef<'a>>,
 }
 
 #[derive(Serialize)]

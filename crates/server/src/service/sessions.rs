@@ -85,7 +85,7 @@ pub async fn sign_in(
         target_id: session.id.clone(),
         request_id: request.request_id,
         source_address: request.source_address,
-        details: json!({"username": user.username}),
+        details: json!({"username": user.username}).into(),
     };
     state
         .store

@@ -53,6 +53,86 @@ impl Outcome {
     }
 }
 
+/// An audit event's details: a JSON object, held as the JSON text that is stored and hashed
+/// (so an event built from a typed value is serialized once, where it is built, and never
+/// goes through a `serde_json::Value`). Dereferences to the parsed value, parsed at first
+/// use. Never secret values (see [`AuditEntry::details`]), so `Debug` shows the text.
+#[derive(Clone)]
+pub struct Details {
+    text: String,
+    value: std::sync::OnceLock<serde_json::Value>,
+}
+
+impl Details {
+    /// The details `value` serializes to: a typed value (a struct, a map) whose
+    /// serialization cannot fail.
+    pub fn of(value: &impl serde::Serialize) -> Self {
+        Self {
+            text: serde_json::to_string(value).expect("audit details serialize to JSON"),
+            value: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Details stored as `text`, if it is JSON.
+    pub fn from_stored(text: String) -> std::result::Result<Self, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Self {
+            text,
+            value: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The JSON text: what is stored and hashed.
+    pub fn as_json(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed value.
+    pub fn into_value(mut self) -> serde_json::Value {
+        match self.value.take() {
+            Some(v) => v,
+            None => serde_json::from_str(&self.text).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<serde_json::Value> for Details {
+    fn from(value: serde_json::Value) -> Self {
+        Self {
+            text: value.to_string(),
+            value: value.into(),
+        }
+    }
+}
+
+impl std::ops::Deref for Details {
+    type Target = serde_json::Value;
+
+    fn deref(&self) -> &serde_json::Value {
+        // The text is JSON (built by serde_json, or checked when read back), so this parses.
+        self.value
+            .get_or_init(|| serde_json::from_str(&self.text).unwrap_or_default())
+    }
+}
+
+impl PartialEq for Details {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl std::fmt::Debug for Details {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::fmt::Display for Details {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// One audit record to write.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -68,7 +148,7 @@ pub struct AuditEntry {
     /// The peer address of the request, `None` for system events.
     pub source_address: Option<String>,
     /// Never secret values: field names, versions, counts, non-secret old/new values.
-    pub details: serde_json::Value,
+    pub details: Details,
 }
 
 impl AuditEntry {
@@ -79,7 +159,7 @@ impl AuditEntry {
         workspace_id: Option<&str>,
         target_kind: &str,
         target_id: &str,
-        details: serde_json::Value,
+        details: impl Into<Details>,
     ) -> Self {
         Self {
             actor: actor.to_owned(),
@@ -90,7 +170,7 @@ impl AuditEntry {
             target_id: target_id.to_owned(),
             request_id: None,
             source_address: None,
-            details,
+            details: details.into(),
         }
     }
 }
@@ -170,8 +250,8 @@ async fn append(
 ) -> Result<(i64, String)> {
     let (head_seq, head_hash) = head;
     let seq = head_seq + 1;
-    let details = e.details.to_string();
-    let hash = event_hash(&head_hash, seq, at, e, &details);
+    let details = e.details.as_json();
+    let hash = event_hash(&head_hash, seq, at, e, details);
     insert_row(tx, seq, at, e, details, &head_hash, &hash).await?;
     Ok((seq, hash))
 }
@@ -181,7 +261,7 @@ async fn insert_row(
     seq: i64,
     at: i64,
     e: &AuditEntry,
-    details: String,
+    details: &str,
     prev_hash: &str,
     hash: &str,
 ) -> Result<()> {
@@ -238,8 +318,8 @@ async fn append_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
         // Triggers check that the event extends the head and move it (migration 0006).
         if let Some((head_seq, head_hash)) = hint {
             let seq = head_seq + 1;
-            let details = e.details.to_string();
-            let hash = event_hash(&head_hash, seq, at, e, &details);
+            let details = e.details.as_json();
+            let hash = event_hash(&head_hash, seq, at, e, details);
             match insert_row(tx, seq, at, e, details, &head_hash, &hash).await {
                 Ok(()) => {
                     remember(tx, seq, &hash);
@@ -258,8 +338,8 @@ async fn append_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
     }
     if let Some((head_seq, head_hash)) = hint {
         let seq = head_seq + 1;
-        let details = e.details.to_string();
-        let hash = event_hash(&head_hash, seq, at, e, &details);
+        let details = e.details.as_json();
+        let hash = event_hash(&head_hash, seq, at, e, details);
         let moved = sqlx::query(
             "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
              WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
@@ -310,7 +390,8 @@ pub(crate) async fn chain_unchained(store: &Store) -> Result<u64> {
             target_id: r.try_get("target_id")?,
             request_id: r.try_get("request_id")?,
             source_address: r.try_get("source_address")?,
-            details: serde_json::Value::Null,
+            // Not read: the stored text below is what is hashed.
+            details: serde_json::Value::Null.into(),
         };
         seq += 1;
         let hash = event_hash(&prev, seq, at, &e, &details);
@@ -366,10 +447,12 @@ impl Store {
             .execute(&mut *tx.tx)
             .await?;
         let mut e = event.clone();
-        if let Some(d) = e.details.as_object_mut() {
+        let mut details = e.details.into_value();
+        if let Some(d) = details.as_object_mut() {
             d.insert("deleted".into(), deleted.into());
             d.insert("new_origin_seq".into(), first_seq.into());
         }
+        e.details = details.into();
         let (seq, hash) = append(&mut tx, head, &e, now_millis()).await?;
         set_head(&mut tx, seq, &hash).await?;
         tx.commit().await?;
@@ -385,6 +468,37 @@ pub fn zero_hash() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_keep_their_json_text_and_read_as_a_value() {
+        #[derive(serde::Serialize)]
+        struct Typed<'a> {
+            run_id: Option<&'a str>,
+            format: &'a str,
+            version: i64,
+        }
+        let typed = Details::of(&Typed {
+            run_id: None,
+            format: "json",
+            version: 3,
+        });
+        let built: Details =
+            serde_json::json!({"run_id": null, "format": "json", "version": 3}).into();
+        // The same text, so the same stored row and the same chain hash.
+        assert_eq!(
+            typed.as_json(),
+            r#"{"run_id":null,"format":"json","version":3}"#
+        );
+        assert_eq!(typed, built);
+        assert_eq!(typed["version"], 3);
+        assert_eq!(typed.to_string(), typed.as_json());
+        assert_eq!(format!("{typed:?}"), typed.as_json());
+        assert_eq!(typed.clone().into_value(), *built);
+        let stored = Details::from_stored(typed.as_json().to_owned()).unwrap();
+        assert_eq!(stored, typed);
+        assert_eq!(stored.into_value()["format"], "json");
+        assert!(Details::from_stored("{not json".into()).is_err());
+    }
 
     fn entry(actor: &str, action: &str) -> AuditEntry {
         AuditEntry::system(

@@ -98,7 +98,7 @@ fn row_to_record(r: &sqlx::any::AnyRow) -> Result<AuditRecord> {
             target_id: r.try_get("target_id")?,
             request_id: r.try_get("request_id")?,
             source_address: r.try_get("source_address")?,
-            details: serde_json::from_str(&details)
+            details: super::Details::from_stored(details)
                 .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
         },
     })
