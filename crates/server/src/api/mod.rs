@@ -454,7 +454,9 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(req: axum::extract::Request) -> ApiError {
+    // The path matched a route (whose layers did not run): the log line names it.
+    crate::request::remember_route(&req, None);
     ApiError::new(
         ErrorCode::MethodNotAllowed,
         "this resource does not support that method",
