@@ -59,10 +59,7 @@ impl WindowLimiter {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let entry = self.window_of(&mut counts, key, Instant::now());
         entry.1 = entry.1.saturating_add(1);
-        if entry.1 >= self.limit {
-            let until = self.nanos(entry.0 + self.window);
-            self.blocking_until.fetch_max(until, Ordering::AcqRel);
-        }
+        self.counted(*entry);
     }
 
     /// Counts one event for `key` unless its window is used up: then nothing is counted
@@ -77,11 +74,17 @@ impl WindowLimiter {
             return Err(window.saturating_sub(now.duration_since(entry.0)));
         }
         entry.1 += 1;
-        if entry.1 >= limit {
-            let until = self.nanos(entry.0 + window);
+        self.counted(*entry);
+        Ok(())
+    }
+
+    /// A key's window `(start, count)` after counting: if it reached the limit, keys may be
+    /// blocked until that window ends.
+    fn counted(&self, (start, n): (Instant, u32)) {
+        if n >= self.limit {
+            let until = self.nanos(start + self.window);
             self.blocking_until.fetch_max(until, Ordering::AcqRel);
         }
-        Ok(())
     }
 
     /// `key`'s current window (a fresh one when it ended), keeping the map bounded.

@@ -42,6 +42,17 @@ pub struct Material {
     pub credential: Option<(String, i64)>,
 }
 
+impl Material {
+    /// `{id, version}` of the credential the secrets came from, as the answer and the audit
+    /// event name it.
+    fn credential_ref(&self) -> Option<CredentialRef<'_>> {
+        self.credential.as_ref().map(|(id, version)| CredentialRef {
+            id,
+            version: *version,
+        })
+    }
+}
+
 /// Assembles a connection's material, read from the database now. No permission check and
 /// no audit: callers (`probes::test_saved`, agents) do both.
 pub async fn material(state: &AppState, c: Connection) -> ApiResult<Material> {
@@ -184,10 +195,7 @@ async fn resolve_entry(
             run_id,
             format: format.as_str(),
             version: c.version,
-            credential: m.credential.as_ref().map(|(id, version)| CredentialRef {
-                id,
-                version: *version,
-            }),
+            credential: m.credential_ref(),
         }),
     );
     // Committed (with the credential's last use) before the secrets leave: no record, no
@@ -399,13 +407,7 @@ impl Serialize for Answer {
                 project_id: &c.project_id,
             },
         )?;
-        out.serialize_entry(
-            "credential",
-            &m.credential.as_ref().map(|(id, version)| CredentialRef {
-                id,
-                version: *version,
-            }),
-        )?;
+        out.serialize_entry("credential", &m.credential_ref())?;
         out.serialize_entry("format", self.format.as_str())?;
         out.serialize_entry("run_id", &self.run_id)?;
         match &self.rendered {

@@ -67,19 +67,27 @@ impl Details {
     /// The details `value` serializes to: a typed value (a struct, a map) whose
     /// serialization cannot fail.
     pub fn of(value: &impl serde::Serialize) -> Self {
-        Self {
-            text: serde_json::to_string(value).expect("audit details serialize to JSON"),
-            value: std::sync::OnceLock::new(),
-        }
+        Self::unparsed(serde_json::to_string(value).expect("audit details serialize to JSON"))
     }
 
     /// Details stored as `text`, if it is JSON.
     pub fn from_stored(text: String) -> std::result::Result<Self, serde_json::Error> {
         serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
-        Ok(Self {
+        Ok(Self::unparsed(text))
+    }
+
+    /// `text`, which is JSON, not parsed yet.
+    fn unparsed(text: String) -> Self {
+        Self {
             text,
             value: std::sync::OnceLock::new(),
-        })
+        }
+    }
+
+    /// The text parsed. It is JSON (built by serde_json, or checked when read back), so this
+    /// parses.
+    fn parse(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_default()
     }
 
     /// The JSON text: what is stored and hashed.
@@ -91,7 +99,7 @@ impl Details {
     pub fn into_value(mut self) -> serde_json::Value {
         match self.value.take() {
             Some(v) => v,
-            None => serde_json::from_str(&self.text).unwrap_or_default(),
+            None => self.parse(),
         }
     }
 }
@@ -109,9 +117,7 @@ impl std::ops::Deref for Details {
     type Target = serde_json::Value;
 
     fn deref(&self) -> &serde_json::Value {
-        // The text is JSON (built by serde_json, or checked when read back), so this parses.
-        self.value
-            .get_or_init(|| serde_json::from_str(&self.text).unwrap_or_default())
+        self.value.get_or_init(|| self.parse())
     }
 }
 
