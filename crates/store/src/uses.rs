@@ -52,11 +52,15 @@ impl Store {
     /// checked records whose material generation moved, which are left out and reported.
     /// Events are appended to the chain in the order given.
     pub async fn record_uses(&self, batch: &[UseRecord]) -> Result<Recorded> {
-        if self.backend == Backend::Postgres {
-            if let Some(done) = self.record_uses_at_once(batch).await? {
-                return Ok(done);
-            }
+        if let Some(done) = self.record_uses_at_once(batch).await? {
+            return Ok(done);
         }
+        self.record_uses_in_transaction(batch).await
+    }
+
+    /// [`Store::record_uses`] without the one-statement path: a transaction through the
+    /// pool, which decides record by record.
+    pub async fn record_uses_in_transaction(&self, batch: &[UseRecord]) -> Result<Recorded> {
         let mut tx = self.write().await?;
         let mut recorded = Recorded::default();
         if batch.iter().any(|u| u.checked.is_some()) {
@@ -98,8 +102,14 @@ impl Store {
     /// committed before any of these resolves began is seen). `None` when that did not
     /// hold (another replica or process appended, no hint yet, some material moved, the
     /// checked records were read at different generations): nothing was written, and the
-    /// transaction path decides record by record.
-    async fn record_uses_at_once(&self, batch: &[UseRecord]) -> Result<Option<Recorded>> {
+    /// transaction path decides record by record. Always `None` on SQLite.
+    ///
+    /// It touches only connections of its own, never the pool, so it can run on a runtime
+    /// other than the pool's: service::resolve_log runs it on a thread of its own.
+    pub async fn record_uses_at_once(&self, batch: &[UseRecord]) -> Result<Option<Recorded>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
         let mut generations = batch.iter().filter_map(|u| u.checked);
         let expected = generations.next();
         if batch.is_empty() || generations.any(|g| Some(g) != expected) {
@@ -159,15 +169,11 @@ impl Store {
         let (moved, generation) = match self.batch.fetch(query).await? {
             Sent::Answered(row) => row,
             Sent::NoConnection => return Ok(None),
-            Sent::Broken => {
+            Sent::Broken(options) => {
                 // Whether it committed: the head names its last event's hash, which no other
                 // batch can have written. FOR UPDATE waits for the statement if the server
                 // is still running it (a connection can break under a running statement).
-                let (head_seq, head_hash): (i64, String) = sqlx::query_as(
-                    "SELECT head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE",
-                )
-                .fetch_one(&self.pool)
-                .await?;
+                let (head_seq, head_hash) = BatchConnection::read_head(&options).await?;
                 if (head_seq, &head_hash) != (last_seq, &last_hash) {
                     return Ok(None);
                 }
@@ -226,7 +232,8 @@ enum Sent {
     /// Not sent: no connection (SQLite, or it could not be opened).
     NoConnection,
     /// The connection broke on the way: the statement may or may not have committed.
-    Broken,
+    /// Carries the options to open another connection with.
+    Broken(Box<PgConnectOptions>),
 }
 
 type BatchQuery<'q> =
@@ -239,6 +246,18 @@ impl BatchConnection {
             options,
             state: Default::default(),
         }
+    }
+
+    /// The chain head, read (`FOR UPDATE`) on a connection opened for it: not the pool's,
+    /// see [`Store::record_uses_at_once`].
+    async fn read_head(options: &PgConnectOptions) -> Result<(i64, String)> {
+        let mut c = PgConnection::connect_with(options).await?;
+        let head =
+            sqlx::query_as("SELECT head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut c)
+                .await?;
+        let _ = c.close().await;
+        Ok(head)
     }
 
     /// Runs `query` on the connection, opening it first if needed. An error from the
@@ -285,7 +304,7 @@ impl BatchConnection {
             Err(e) => {
                 tracing::warn!(error = %e, "resolve batch connection dropped; using the pool");
                 state.conn = None;
-                Ok(Sent::Broken)
+                Ok(Sent::Broken(Box::new(options.clone())))
             }
         }
     }

@@ -7,13 +7,23 @@
 //! commits it, and wakes every caller of that batch. If a batch fails, its records are
 //! retried one by one, so one bad record fails only its own resolve.
 //!
+//! On PostgreSQL the task runs on a thread of its own, with a single-threaded runtime: a
+//! batch's answer is on the critical path of every resolve waiting behind it, and on the
+//! service's runtime the task that reads it waits for a busy worker to poll the socket and
+//! then queues behind the requests in hand (measured: median round 0.20-0.22 of the bare
+//! route there, 0.26-0.30 on its own thread; docs/run-time.md). Only the one-statement path
+//! runs there, on connections of its own; the transaction path (the pool's connections)
+//! is handed back to the service's runtime. SQLite has no one-statement path, and the task
+//! runs on the service's runtime.
+//!
 //! A resolve served from the resolve cache (crate::materials) sends its record *checked*:
 //! the batch's transaction reads the material generation, leaves out each checked record
 //! whose material is older, and answers it [`Logged::Stale`], so that resolve reads the
 //! database and records again.
 
 use patchbay_core::Error;
-use patchbay_store::{Recorded, Store, UseRecord};
+use patchbay_store::{Backend, Recorded, Store, UseRecord};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ApiResult};
@@ -43,26 +53,38 @@ pub struct ResolveLog {
 }
 
 impl ResolveLog {
-    /// Starts the committing task (it ends when the last handle is dropped).
+    /// Starts the committing task (it ends when the last handle is dropped). Call from
+    /// within the service's runtime.
     pub fn start(store: Store) -> Self {
-        let (queue, mut rx) = mpsc::unbounded_channel::<Pending>();
-        tokio::spawn(async move {
-            let mut records: Vec<UseRecord> = Vec::with_capacity(MAX_BATCH);
-            let mut waiting: Vec<Done> = Vec::with_capacity(MAX_BATCH);
-            while let Some(first) = rx.recv().await {
-                let mut next = Some(first);
-                while let Some(p) = next {
-                    records.push(p.record);
-                    waiting.push(p.done);
-                    next = if records.len() < MAX_BATCH {
-                        rx.try_recv().ok()
-                    } else {
-                        None
-                    };
-                }
-                commit(&store, &mut records, &mut waiting).await;
+        let (queue, rx) = mpsc::unbounded_channel::<Pending>();
+        let service = tokio::runtime::Handle::current();
+        if store.backend() != Backend::Postgres {
+            service.spawn(drain(store, None, rx));
+            return Self { queue };
+        }
+        // Handed over once the thread runs, so that if it cannot be started the task runs
+        // on the service's runtime instead.
+        let handover = std::sync::Arc::new(std::sync::Mutex::new(Some((store, rx))));
+        let theirs = handover.clone();
+        let own = service.clone();
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|rt| {
+                std::thread::Builder::new()
+                    .name("patchbay-resolve-log".into())
+                    .spawn(move || {
+                        if let Some((store, rx)) = theirs.lock().ok().and_then(|mut h| h.take()) {
+                            rt.block_on(drain(store, Some(own), rx));
+                        }
+                    })
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "resolve log thread not started; committing on the service's runtime");
+            if let Some((store, rx)) = handover.lock().ok().and_then(|mut h| h.take()) {
+                service.spawn(drain(store, None, rx));
             }
-        });
+        }
         Self { queue }
     }
 
@@ -97,27 +119,78 @@ fn outcomes(recorded: &Recorded, len: usize) -> Vec<Logged> {
     out
 }
 
-async fn commit(store: &Store, records: &mut Vec<UseRecord>, waiting: &mut Vec<Done>) {
-    match store.record_uses(records).await {
+/// Takes what is waiting (up to [`MAX_BATCH`]) and commits it, until every handle is
+/// dropped. `service`: the service's runtime, when this runs on another one.
+async fn drain(store: Store, service: Option<Handle>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut records: Vec<UseRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut waiting: Vec<Done> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(p) = next {
+            records.push(p.record);
+            waiting.push(p.done);
+            next = if records.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        commit(&store, service.as_ref(), &mut records, &mut waiting).await;
+    }
+}
+
+/// Records `batch`: in one statement if it can, else in a transaction through the pool,
+/// run on the service's runtime (`service`) when this is not it.
+async fn record(
+    store: &Store,
+    service: Option<&Handle>,
+    batch: &[UseRecord],
+) -> Result<Recorded, Error> {
+    let at_once = store.record_uses_at_once(batch).await;
+    match (at_once, service) {
+        (Ok(Some(recorded)), _) => Ok(recorded),
+        (Err(e), _) => Err(ApiError::from(e).0),
+        (Ok(None), None) => store
+            .record_uses_in_transaction(batch)
+            .await
+            .map_err(|e| ApiError::from(e).0),
+        (Ok(None), Some(service)) => {
+            let (store, batch) = (store.clone(), batch.to_vec());
+            match service
+                .spawn(async move { store.record_uses_in_transaction(&batch).await })
+                .await
+            {
+                Ok(r) => r.map_err(|e| ApiError::from(e).0),
+                // The service's runtime is shutting down.
+                Err(_) => Err(Error::internal()),
+            }
+        }
+    }
+}
+
+async fn commit(
+    store: &Store,
+    service: Option<&Handle>,
+    records: &mut Vec<UseRecord>,
+    waiting: &mut Vec<Done>,
+) {
+    match record(store, service, records).await {
         Ok(recorded) => {
             for (done, logged) in waiting.drain(..).zip(outcomes(&recorded, records.len())) {
                 let _ = done.send(Ok(logged));
             }
         }
         Err(e) if records.len() == 1 => {
-            let e = ApiError::from(e).0;
             for done in waiting.drain(..) {
                 let _ = done.send(Err(e.clone()));
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, events = records.len(), "resolve audit batch failed; recording one by one");
-            for (record, done) in records.iter().zip(waiting.drain(..)) {
-                let r = store
-                    .record_uses(std::slice::from_ref(record))
+            for (record_, done) in records.iter().zip(waiting.drain(..)) {
+                let r = record(store, service, std::slice::from_ref(record_))
                     .await
-                    .map(|recorded| outcomes(&recorded, 1)[0])
-                    .map_err(|e| ApiError::from(e).0);
+                    .map(|recorded| outcomes(&recorded, 1)[0]);
                 let _ = done.send(r);
             }
         }

@@ -1,7 +1,8 @@
 //! The resolve cache (`patchbay_server::materials`) on two replicas of one PostgreSQL
 //! deployment: B serves resolves from its cache, and every change made through A is seen by
 //! B's next resolve — a rotation, a settings edit, a pin to an old version, its revocation,
-//! the deletion — with exactly one audit event per answered resolve.
+//! the deletion — with exactly one audit event per answered resolve. Concurrent resolves
+//! on both replicas each leave one event, in one chain that verifies.
 
 use std::path::Path;
 
@@ -202,4 +203,97 @@ async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
         answered.get(),
         "{events}"
     );
+}
+
+/// Resolves on two replicas at once: each replica's batches (committed on a thread of its
+/// own, service::resolve_log) find the chain head moved by the other's, fall back to the
+/// transaction path on the service's runtime, and every answered resolve has its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resolves_on_two_replicas_each_leave_one_event_in_one_chain() {
+    let Some(url) = crate::kit::postgres_url("concurrent").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("master.key");
+    let a = replica(&tmp.path().join("a"), &key, &url).await;
+    let b = replica(&tmp.path().join("b"), &key, &url).await;
+    let admin = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (_, ws) = call(&a, &admin, Method::GET, "/api/v1/workspaces", None).await;
+    let ws = ws["items"][0]["id"].as_str().unwrap().to_owned();
+    let (_, ps) = call(
+        &a,
+        &admin,
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/projects"),
+        None,
+    )
+    .await;
+    let project = ps["items"][0]["id"].as_str().unwrap().to_owned();
+    let mut ids = vec![];
+    for i in 0..4 {
+        let (st, conn) = call(
+            &a,
+            &admin,
+            Method::POST,
+            &format!("/api/v1/projects/{project}/connections"),
+            Some(json!({"name": format!("dw-{i}"), "type": "postgresql",
+                        "settings": {"host": "db1", "database": "dw", "username": "svc"},
+                        "secrets": {"password": format!("pw-{i}")}})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{conn}");
+        ids.push(conn["id"].as_str().unwrap().to_owned());
+    }
+    let (st, runner) = call(
+        &a,
+        &admin,
+        Method::POST,
+        &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+        Some(json!({"ttl_seconds": 600})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{runner}");
+    let runner = runner["token"].as_str().unwrap().to_owned();
+
+    const ROUNDS: usize = 3;
+    const CALLS: usize = 48;
+    for round in 0..ROUNDS {
+        let calls = (0..CALLS).map(|i| {
+            let (r, runner, n) = (if i % 2 == 0 { &a } else { &b }, &runner, i % ids.len());
+            let path = format!("/api/v1/connections/{}/resolve", ids[n]);
+            async move {
+                let body = json!({"format": "json", "run_id": format!("r{round}-{i}")});
+                let (st, v) = call(r, runner, Method::POST, &path, Some(body)).await;
+                assert_eq!(st, StatusCode::OK, "{v}");
+                assert_eq!(v["secrets"]["password"], format!("pw-{n}"));
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    }
+
+    let (_, events) = call(
+        &a,
+        &admin,
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/audit?action=connection.resolve&limit=500"),
+        None,
+    )
+    .await;
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), ROUNDS * CALLS, "{events}");
+    let mut runs: Vec<&str> = items
+        .iter()
+        .map(|e| e["details"]["run_id"].as_str().unwrap())
+        .collect();
+    runs.sort_unstable();
+    runs.dedup();
+    assert_eq!(runs.len(), ROUNDS * CALLS, "one event per run");
+    for r in [&a, &b] {
+        let (st, v) = call(r, &admin, Method::GET, "/api/v1/audit/verify", None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+    }
 }
