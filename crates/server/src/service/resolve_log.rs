@@ -28,6 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, ApiResult};
 
+/// The name of the thread the task runs on with PostgreSQL, as `top -H` and
+/// `/proc/PID/task/*/comm` show it (at most 15 bytes on Linux).
+pub const THREAD_NAME: &str = "pb-resolve-log";
+
 /// Most events committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
@@ -72,7 +76,7 @@ impl ResolveLog {
             .build()
             .and_then(|rt| {
                 std::thread::Builder::new()
-                    .name("patchbay-resolve-log".into())
+                    .name(THREAD_NAME.into())
                     .spawn(move || {
                         if let Some((store, rx)) = theirs.lock().ok().and_then(|mut h| h.take()) {
                             rt.block_on(drain(store, Some(own), rx));

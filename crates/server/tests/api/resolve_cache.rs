@@ -257,6 +257,16 @@ async fn concurrent_resolves_on_two_replicas_each_leave_one_event_in_one_chain()
     .await;
     assert_eq!(st, StatusCode::CREATED, "{runner}");
     let runner = runner["token"].as_str().unwrap().to_owned();
+    // Both replicas commit on threads of their own.
+    #[cfg(target_os = "linux")]
+    {
+        let named = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == patchbay_server::service::resolve_log::THREAD_NAME)
+            .count();
+        assert_eq!(named, 2, "one resolve log thread per replica");
+    }
 
     const ROUNDS: usize = 3;
     const CALLS: usize = 48;
