@@ -20,6 +20,61 @@ async fn replica(dir: &Path, key: &Path, url: &str) -> Replica {
     Replica { base, state }
 }
 
+/// Two replicas of one fresh PostgreSQL deployment, the initial admin's token, a runner
+/// token, the default workspace and project. `None` when PostgreSQL is absent (SKIPPED; a failure
+/// under CI=true).
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    a: Replica,
+    b: Replica,
+    admin: String,
+    runner: String,
+    ws: String,
+    project: String,
+}
+
+async fn deployment(tag: &str) -> Option<Deployment> {
+    let url = crate::kit::postgres_url(tag).await?;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("master.key");
+    let a = replica(&tmp.path().join("a"), &key, &url).await;
+    let b = replica(&tmp.path().join("b"), &key, &url).await;
+    let admin = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (_, ws) = call(&a, &admin, Method::GET, "/api/v1/workspaces", None).await;
+    let ws = ws["items"][0]["id"].as_str().unwrap().to_owned();
+    let (_, ps) = call(
+        &a,
+        &admin,
+        Method::GET,
+        &format!("/api/v1/workspaces/{ws}/projects"),
+        None,
+    )
+    .await;
+    let project = ps["items"][0]["id"].as_str().unwrap().to_owned();
+    let (st, runner) = call(
+        &a,
+        &admin,
+        Method::POST,
+        &format!("/api/v1/workspaces/{ws}/runner-tokens"),
+        Some(json!({"ttl_seconds": 600})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{runner}");
+    let runner = runner["token"].as_str().unwrap().to_owned();
+    Some(Deployment {
+        _tmp: tmp,
+        a,
+        b,
+        admin,
+        runner,
+        ws,
+        project,
+    })
+}
+
 async fn call(
     r: &Replica,
     token: &str,
@@ -41,29 +96,18 @@ async fn call(
 
 #[tokio::test]
 async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
-    let Some(url) = crate::kit::postgres_url("cache").await else {
+    let Some(Deployment {
+        _tmp,
+        a,
+        b,
+        admin: admin_token,
+        runner,
+        ws,
+        project,
+    }) = deployment("cache").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("master.key");
-    let a = replica(&tmp.path().join("a"), &key, &url).await;
-    let b = replica(&tmp.path().join("b"), &key, &url).await;
-    let admin_token = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-
-    let (_, ws) = call(&a, &admin_token, Method::GET, "/api/v1/workspaces", None).await;
-    let ws = ws["items"][0]["id"].as_str().unwrap().to_owned();
-    let (_, ps) = call(
-        &a,
-        &admin_token,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/projects"),
-        None,
-    )
-    .await;
-    let project = ps["items"][0]["id"].as_str().unwrap().to_owned();
     let (st, cred) = call(
         &a,
         &admin_token,
@@ -87,16 +131,6 @@ async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
     .await;
     assert_eq!(st, StatusCode::CREATED, "{conn}");
     let id = conn["id"].as_str().unwrap().to_owned();
-    let (st, runner) = call(
-        &a,
-        &admin_token,
-        Method::POST,
-        &format!("/api/v1/workspaces/{ws}/runner-tokens"),
-        Some(json!({"ttl_seconds": 600})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::CREATED, "{runner}");
-    let runner = runner["token"].as_str().unwrap().to_owned();
     let resolve_path = format!("/api/v1/connections/{id}/resolve");
     let answered = std::cell::Cell::new(0);
     let resolve_on_b = || async {
@@ -210,28 +244,18 @@ async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
 /// transaction path on the service's runtime, and every answered resolve has its event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_resolves_on_two_replicas_each_leave_one_event_in_one_chain() {
-    let Some(url) = crate::kit::postgres_url("concurrent").await else {
+    let Some(Deployment {
+        _tmp,
+        a,
+        b,
+        admin,
+        runner,
+        ws,
+        project,
+    }) = deployment("concurrent").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("master.key");
-    let a = replica(&tmp.path().join("a"), &key, &url).await;
-    let b = replica(&tmp.path().join("b"), &key, &url).await;
-    let admin = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let (_, ws) = call(&a, &admin, Method::GET, "/api/v1/workspaces", None).await;
-    let ws = ws["items"][0]["id"].as_str().unwrap().to_owned();
-    let (_, ps) = call(
-        &a,
-        &admin,
-        Method::GET,
-        &format!("/api/v1/workspaces/{ws}/projects"),
-        None,
-    )
-    .await;
-    let project = ps["items"][0]["id"].as_str().unwrap().to_owned();
     let mut ids = vec![];
     for i in 0..4 {
         let (st, conn) = call(
@@ -247,16 +271,6 @@ async fn concurrent_resolves_on_two_replicas_each_leave_one_event_in_one_chain()
         assert_eq!(st, StatusCode::CREATED, "{conn}");
         ids.push(conn["id"].as_str().unwrap().to_owned());
     }
-    let (st, runner) = call(
-        &a,
-        &admin,
-        Method::POST,
-        &format!("/api/v1/workspaces/{ws}/runner-tokens"),
-        Some(json!({"ttl_seconds": 600})),
-    )
-    .await;
-    assert_eq!(st, StatusCode::CREATED, "{runner}");
-    let runner = runner["token"].as_str().unwrap().to_owned();
     // Both replicas commit on threads of their own.
     #[cfg(target_os = "linux")]
     {
