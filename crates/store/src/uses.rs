@@ -222,6 +222,23 @@ struct BatchState {
 /// How long after a failed open the batch connection is not tried again.
 const BATCH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long opening a connection of the batch's own may take (the pool's acquire timeout
+/// does not cover them): a database host that drops packets fails the batch's resolves
+/// after this, not after the operating system's TCP timeout.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a connection of the batch's own, within [`CONNECT_TIMEOUT`].
+async fn connect(options: &PgConnectOptions) -> std::result::Result<PgConnection, sqlx::Error> {
+    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting to PostgreSQL timed out",
+            ))
+        })?
+}
+
 /// The batch connection's `application_name`, as `pg_stat_activity` shows it.
 pub const BATCH_APPLICATION_NAME: &str = "patchbay-resolve-batch";
 
@@ -251,7 +268,7 @@ impl BatchConnection {
     /// The chain head, read (`FOR UPDATE`) on a connection opened for it: not the pool's,
     /// see [`Store::record_uses_at_once`].
     async fn read_head(options: &PgConnectOptions) -> Result<(i64, String)> {
-        let mut c = PgConnection::connect_with(options).await?;
+        let mut c = connect(options).await?;
         let head =
             sqlx::query_as("SELECT head_seq, head_hash FROM audit_chain WHERE id = 1 FOR UPDATE")
                 .fetch_one(&mut c)
@@ -274,7 +291,7 @@ impl BatchConnection {
             {
                 return Ok(Sent::NoConnection);
             }
-            match PgConnection::connect_with(options).await {
+            match connect(options).await {
                 Ok(c) => {
                     state.conn = Some(c);
                     state.retry_at = None;

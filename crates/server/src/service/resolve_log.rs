@@ -10,8 +10,8 @@
 //! On PostgreSQL the task runs on a thread of its own, with a single-threaded runtime: a
 //! batch's answer is on the critical path of every resolve waiting behind it, and on the
 //! service's runtime the task that reads it waits for a busy worker to poll the socket and
-//! then queues behind the requests in hand (measured: median round 0.20-0.22 of the bare
-//! route there, 0.26-0.30 on its own thread; docs/run-time.md). Only the one-statement path
+//! then queues behind the requests in hand (measured on one machine: the median run at
+//! 0.223 of the bare route there, 0.269 on its own thread; docs/run-time.md). Only the one-statement path
 //! runs there, on connections of its own; the transaction path (the pool's connections)
 //! is handed back to the service's runtime. SQLite has no one-statement path, and the task
 //! runs on the service's runtime.
