@@ -11,10 +11,10 @@
 //! batch's answer is on the critical path of every resolve waiting behind it, and on the
 //! service's runtime the task that reads it waits for a busy worker to poll the socket and
 //! then queues behind the requests in hand (measured on one machine: the median run at
-//! 0.223 of the bare route there, 0.269 on its own thread; docs/run-time.md). Only the one-statement path
-//! runs there, on connections of its own; the transaction path (the pool's connections)
-//! is handed back to the service's runtime. SQLite has no one-statement path, and the task
-//! runs on the service's runtime.
+//! 0.223 of the bare route there, 0.269 on its own thread; docs/run-time.md). Only the
+//! one-statement path runs there, on connections of its own; the transaction path (the
+//! pool's connections) is handed back to the service's runtime. SQLite has no
+//! one-statement path, and the task runs on the service's runtime.
 //!
 //! A resolve served from the resolve cache (crate::materials) sends its record *checked*:
 //! the batch's transaction reads the material generation, leaves out each checked record

@@ -21,8 +21,7 @@ async fn replica(dir: &Path, key: &Path, url: &str) -> Replica {
 }
 
 /// Two replicas of one fresh PostgreSQL deployment, the initial admin's token, a runner
-/// token, the default workspace and project. `None` when PostgreSQL is absent (SKIPPED; a failure
-/// under CI=true).
+/// token, the default workspace and project.
 struct Deployment {
     _tmp: tempfile::TempDir,
     a: Replica,
@@ -33,6 +32,7 @@ struct Deployment {
     project: String,
 }
 
+/// A [`Deployment`]; `None` when PostgreSQL is absent (SKIPPED; a failure under CI=true).
 async fn deployment(tag: &str) -> Option<Deployment> {
     let url = crate::kit::postgres_url(tag).await?;
     let tmp = tempfile::tempdir().unwrap();
