@@ -26,8 +26,8 @@ if ! pg_up; then
 fi
 if pg_up; then
   echo "peers: PostgreSQL ready on 127.0.0.1:5432"
-  # Tests that need a fresh database create one each (pb_<tag>_<id>) and leave it behind;
-  # drop those an earlier run left that nobody is connected to.
+  # Tests that need a fresh database create one each (pb_<tag>_<id>) and drop it when they
+  # end; a run that was killed leaves its own behind: drop those nobody is connected to.
   stale=$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database d \
     WHERE datname LIKE 'pb\_%' AND NOT EXISTS \
     (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)" 2>/dev/null || true)

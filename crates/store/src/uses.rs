@@ -659,6 +659,49 @@ mod tests {
         assert_eq!(recent.to_write(rows.clone(), t + 1), rows);
     }
 
+    /// A server that accepts TCP and never answers (the kernel completes the handshake; nobody
+    /// reads): the batch's own connections give up after [`CONNECT_TIMEOUT`] instead of
+    /// waiting for the operating system, the batch connection answers `NoConnection` (so the
+    /// batch goes through the pool) and waits [`BATCH_RETRY`] before trying again, and reading
+    /// the head after a break fails. On tokio's paused clock: no test waits 10 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_batchs_own_connections_give_up_on_a_silent_server() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("patchbay")
+            .database("patchbay");
+        // Far longer than CONNECT_TIMEOUT: reached only if nothing bounds the open.
+        let bound = std::time::Duration::from_secs(600);
+
+        let batch = BatchConnection::new(Some(options.clone()));
+        let started = tokio::time::Instant::now();
+        let sent = tokio::time::timeout(
+            bound,
+            batch.fetch(sqlx::query_as("SELECT 1::BIGINT, 1::BIGINT")),
+        )
+        .await
+        .expect("the batch connection's open is bounded")
+        .unwrap();
+        assert!(matches!(sent, Sent::NoConnection), "falls back to the pool");
+        assert_eq!(started.elapsed().as_secs(), CONNECT_TIMEOUT.as_secs());
+        assert!(
+            batch.state.lock().await.retry_at.is_some(),
+            "not tried again at once"
+        );
+
+        let started = tokio::time::Instant::now();
+        let head = tokio::time::timeout(bound, BatchConnection::read_head(&options))
+            .await
+            .expect("reading the head after a break is bounded");
+        let err = head.expect_err("a silent server gives no head").to_string();
+        assert!(err.contains("timed out"), "{err}");
+        assert_eq!(started.elapsed().as_secs(), CONNECT_TIMEOUT.as_secs());
+        drop(silent);
+    }
+
     #[test]
     fn recent_uses_stay_bounded() {
         let recent = RecentUses::default();

@@ -191,24 +191,28 @@ async fn resolve_batches_and_reveals_of_one_credential_never_deadlock(s: &Store)
 
 // ---- The audit chain, on both backends, with raw access to tamper with rows. ----
 
+/// What keeps a backend's data for the test: SQLite's directory, PostgreSQL's database.
+enum Kept {
+    Dir(tempfile::TempDir),
+    /// Held, to be dropped after the test.
+    Database {
+        _db: common::TestDatabase,
+    },
+}
+
 /// A fresh store plus a raw pool on the same database: SQLite, then PostgreSQL when
 /// reachable (SKIPPED otherwise, a failure under CI=true).
-async fn chain_backends() -> Vec<(
-    &'static str,
-    Store,
-    sqlx::AnyPool,
-    Option<tempfile::TempDir>,
-)> {
+async fn chain_backends() -> Vec<(&'static str, Store, sqlx::AnyPool, Kept)> {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
     let s = Store::connect(&url).await.unwrap();
     let raw = sqlx::AnyPool::connect(&url).await.unwrap();
-    let mut out = vec![("sqlite", s, raw, Some(dir))];
-    if let Some(url) = common::postgres_url("audit").await {
-        let s = Store::connect(&url).await.unwrap();
-        let raw = sqlx::AnyPool::connect(&url).await.unwrap();
-        out.push(("postgres", s, raw, None));
+    let mut out = vec![("sqlite", s, raw, Kept::Dir(dir))];
+    if let Some(db) = common::TestDatabase::create("audit").await {
+        let s = Store::connect(&db.url).await.unwrap();
+        let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+        out.push(("postgres", s, raw, Kept::Database { _db: db }));
     }
     out
 }
@@ -297,7 +301,7 @@ async fn the_audit_chain_verifies_and_names_the_first_broken_seq_after_tampering
 #[tokio::test]
 async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork() {
     use patchbay_store::Verification;
-    for (backend, s, raw, dir) in chain_backends().await {
+    for (backend, s, raw, kept) in chain_backends().await {
         s.record_audit(&audit("test.event", "first")).await.unwrap();
         // Rows as an older version wrote them: no seq, no hashes.
         for i in 0..3 {
@@ -320,7 +324,7 @@ async fn rows_from_before_the_chain_are_chained_at_start_and_appends_never_fork(
         // Concurrent appends, from this store and (SQLite) from a second one on the same
         // file, as a second process would: one unbroken chain.
         let mut writers = vec![s.clone()];
-        if let Some(d) = &dir {
+        if let Kept::Dir(d) = &kept {
             let url = format!("sqlite://{}/t.db?mode=rwc", d.path().display());
             writers.push(Store::connect(&url).await.unwrap());
         } else {
@@ -433,9 +437,10 @@ async fn a_batch_after_another_process_appended_still_extends_the_real_head() {
 #[tokio::test]
 async fn a_batch_whose_connection_broke_is_recorded_once() {
     use patchbay_store::{UseRecord, Verification};
-    let Some(url) = common::postgres_url("chainbroken").await else {
+    let Some(db) = common::TestDatabase::create("chainbroken").await else {
         return;
     };
+    let url = db.url.clone();
     let s = Store::connect(&url).await.unwrap();
     let admin = sqlx::AnyPool::connect(&url).await.unwrap();
     let (ws, _) = workspace_and_project(&s).await;

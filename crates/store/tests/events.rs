@@ -330,10 +330,10 @@ async fn a_claimed_delivery_is_leased_to_one_replica_until_it_is_recorded_or_exp
 /// delivery.
 #[tokio::test]
 async fn concurrent_claims_from_several_replicas_never_overlap_on_postgres() {
-    let Some(url) = common::postgres_url("events").await else {
+    let Some(db) = common::TestDatabase::create("events").await else {
         return;
     };
-    let s = Store::connect(&url).await.unwrap();
+    let s = Store::connect(&db.url).await.unwrap();
     let (ws, p) = workspace_and_project(&s).await;
     let w = webhook(&ws, &[], true);
     s.create_webhook(&w, &entry("webhook.create", Some(&ws), "webhook", &w.id))
@@ -344,7 +344,7 @@ async fn concurrent_claims_from_several_replicas_never_overlap_on_postgres() {
     }
     let mut tasks = vec![];
     for r in 0..6 {
-        let replica = Store::connect(&url).await.unwrap();
+        let replica = Store::connect(&db.url).await.unwrap();
         tasks.push(tokio::spawn(async move {
             let mut got = vec![];
             loop {

@@ -218,7 +218,7 @@ async fn sqlite_rotation_invariants() {
 
 #[tokio::test]
 async fn postgres_rotation_invariants() {
-    if let Some(s) = common::postgres("keys").await {
+    if let Some((s, _db)) = common::postgres("keys").await {
         rotation_destroys_the_old_key_only_when_no_ciphertext_names_it(&s).await;
     }
 }

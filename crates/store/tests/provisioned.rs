@@ -121,7 +121,7 @@ async fn provisioning_markers_on_sqlite() {
 
 #[tokio::test]
 async fn provisioning_markers_on_postgres() {
-    if let Some(s) = common::postgres("prov").await {
+    if let Some((s, _db)) = common::postgres("prov").await {
         markers_are_set_listed_and_cleared(&s).await;
     }
 }

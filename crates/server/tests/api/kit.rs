@@ -274,31 +274,11 @@ impl Service {
     }
 }
 
-/// The URL of a fresh PostgreSQL database `pb_<tag>_<id>` for replica tests, or None
-/// (SKIPPED) when no server answers outside CI (under CI=true: a failure).
-pub async fn postgres_url(tag: &str) -> Option<String> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: {tag} replica test: no PostgreSQL at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_{tag}_{}", patchbay_store::new_id().replace('-', ""));
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (server, _) = admin_url.rsplit_once('/').unwrap();
-    Some(format!("{server}/{db}"))
-}
+/// A fresh PostgreSQL database for replica tests, dropped with the value (the store's tests
+/// share the helper).
+#[path = "../../../store/tests/common/test_database.rs"]
+mod test_database;
+pub use test_database::TestDatabase;
 
 /// One replica of a PostgreSQL deployment: an in-process service on `url`, its data in
 /// `dir`, the deployment's master key in the file `key`. Its base URL and state.

@@ -23,6 +23,7 @@ async fn replica(dir: &Path, key: &Path, url: &str) -> Replica {
 /// Two replicas of one fresh PostgreSQL deployment, the initial admin's token, a runner
 /// token, the default workspace and project.
 struct Deployment {
+    _db: crate::kit::TestDatabase,
     _tmp: tempfile::TempDir,
     a: Replica,
     b: Replica,
@@ -34,7 +35,8 @@ struct Deployment {
 
 /// A [`Deployment`]; `None` when PostgreSQL is absent (SKIPPED; a failure under CI=true).
 async fn deployment(tag: &str) -> Option<Deployment> {
-    let url = crate::kit::postgres_url(tag).await?;
+    let db = crate::kit::TestDatabase::create(tag).await?;
+    let url = db.url.clone();
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("master.key");
     let a = replica(&tmp.path().join("a"), &key, &url).await;
@@ -65,6 +67,7 @@ async fn deployment(tag: &str) -> Option<Deployment> {
     assert_eq!(st, StatusCode::CREATED, "{runner}");
     let runner = runner["token"].as_str().unwrap().to_owned();
     Some(Deployment {
+        _db: db,
         _tmp: tmp,
         a,
         b,
@@ -97,6 +100,7 @@ async fn call(
 #[tokio::test]
 async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
     let Some(Deployment {
+        _db,
         _tmp,
         a,
         b,
@@ -245,6 +249,7 @@ async fn a_change_through_one_replica_is_seen_by_the_next_resolve_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_resolves_on_two_replicas_each_leave_one_event_in_one_chain() {
     let Some(Deployment {
+        _db,
         _tmp,
         a,
         b,

@@ -530,9 +530,10 @@ async fn post(base: &str, token: &str, path: &str, body: Option<Value>) -> (Stat
 /// B, and A's waiting request finds the result in the table.
 #[tokio::test]
 async fn on_postgresql_the_agent_may_poll_another_replica_than_the_one_testing() {
-    let Some(url) = crate::kit::postgres_url("agents").await else {
+    let Some(db) = crate::kit::TestDatabase::create("agents").await else {
         return;
     };
+    let url = db.url.clone();
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("master.key");
     let a = replica(&tmp.path().join("a"), &key, &url).await;

@@ -1,6 +1,6 @@
 //! What the store's test binaries share: a SQLite store in a temporary directory, a fresh
 //! PostgreSQL database (PATCHBAY_TEST_POSTGRES_URL, default the local server; SKIPPED
-//! without one, a failure under CI=true), and [`on_both_backends!`], which runs a file's
+//! without one, a failure under CI=true; dropped after the test), and [`on_both_backends!`], which runs a file's
 //! `async fn name(&Store)` tests once on each.
 
 #![allow(dead_code)]
@@ -17,36 +17,14 @@ pub async fn sqlite() -> (Store, tempfile::TempDir) {
     (Store::connect(&url).await.unwrap(), dir)
 }
 
-/// The URL of a fresh database `pb_<tag>_<uuid>`, or None (SKIPPED) when no server answers
-/// outside CI.
-pub async fn postgres_url(tag: &str) -> Option<String> {
-    let admin_url = std::env::var("PATCHBAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL peer missing under CI=true: {e}");
-            }
-            eprintln!("SKIPPED: PostgreSQL {tag} tests: no server at {admin_url}: {e}");
-            return None;
-        }
-    };
-    let db = format!("pb_{tag}_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    Some(format!("{base}/{db}"))
-}
+mod test_database;
+pub use test_database::TestDatabase;
 
-/// A store on a fresh database, or None (SKIPPED) as [`postgres_url`].
-pub async fn postgres(tag: &str) -> Option<Store> {
-    let url = postgres_url(tag).await?;
-    Some(Store::connect(&url).await.unwrap())
+/// A store on a fresh database, and the database (dropped with it), or None (SKIPPED) as
+/// [`TestDatabase::create`].
+pub async fn postgres(tag: &str) -> Option<(Store, TestDatabase)> {
+    let db = TestDatabase::create(tag).await?;
+    Some((Store::connect(&db.url).await.unwrap(), db))
 }
 
 /// `on_both_backends!("tag": test_a, test_b)`: `sqlite_backend::test_a` and
@@ -64,7 +42,7 @@ macro_rules! on_both_backends {
         mod postgres_backend { $(
             #[tokio::test]
             async fn $name() {
-                if let Some(s) = $crate::common::postgres($tag).await {
+                if let Some((s, _db)) = $crate::common::postgres($tag).await {
                     super::$name(&s).await;
                 }
             }
