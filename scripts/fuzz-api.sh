@@ -41,6 +41,45 @@ for _ in $(seq 1 100); do
 done
 token=$(cat "$work/data/initial-admin-token")
 
+# Something to find: a connection, a shared credential, a webhook (to a name that cannot
+# resolve in the namespace) and a zone, whose ids the fuzzer is given for the operations
+# that take them, so that it reaches past the 404 of a random id.
+ip netns exec "$ns" python3 - "$port" "$token" >"$work/schemathesis.toml" <<'PY'
+import json, sys, urllib.request
+
+port, token = sys.argv[1], sys.argv[2]
+def call(method, path, body=None):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+ws = call("GET", "/workspaces")["items"][0]["id"]
+project = call("GET", f"/workspaces/{ws}/projects")["items"][0]["id"]
+user = call("GET", "/users")["items"][0]["id"]
+cred = call("POST", f"/workspaces/{ws}/credentials", {"name": "fuzz-cred",
+            "kind": "username_password", "secrets": {"username": "u", "password": "p"}})["id"]
+conn = call("POST", f"/projects/{project}/connections", {"name": "fuzz-pg", "type": "postgresql",
+            "settings": {"host": "db.internal", "database": "d"}, "credential": {"id": cred}})["id"]
+hook = call("POST", f"/workspaces/{ws}/webhooks", {"url": "https://hooks.invalid/patchbay"})["id"]
+zone = call("POST", f"/workspaces/{ws}/zones", {"name": "fuzz-zone"})["id"]
+ops = [
+    ("^/api/v1/connections/", {"id": conn}),
+    ("^/api/v1/credentials/", {"id": cred, "version": "1"}),
+    ("^/api/v1/webhooks/", {"id": hook}),
+    ("^/api/v1/zones/", {"id": zone}),
+    ("^/api/v1/workspaces/", {"ws": ws, "zone": zone, "user": user}),
+    ("^/api/v1/projects/", {"project": project, "name": "fuzz-pg"}),
+]
+for regex, params in ops:
+    print("[[operations]]")
+    print(f"include-path-regex = {json.dumps(regex)}")
+    print("parameters = {" + ", ".join(f'"path.{k}" = {json.dumps(v)}' for k, v in params.items()) + "}")
+    print()
+PY
+
 seed_args=()
 if [ -n "${SCHEMATHESIS_SEED:-}" ]; then
   seed_args=(--seed "$SCHEMATHESIS_SEED")
@@ -48,7 +87,7 @@ fi
 # Signing out (DELETE /sessions/current) or deleting tokens would revoke the fuzzer's own
 # token and leave the rest of the run at 401; the throttle is lifted for the same reason.
 status=0
-ip netns exec "$ns" "$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/openapi.json" \
+ip netns exec "$ns" "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "http://127.0.0.1:$port/api/openapi.json" \
   -H "Authorization: Bearer $token" --checks not_a_server_error --max-time "$secs" -w 2 \
   --phases fuzzing,stateful --exclude-path /api/v1/sessions/current \
   --exclude-path '/api/v1/tokens/{id}' "${seed_args[@]}" | tee "$work/schemathesis.log" ||
