@@ -139,6 +139,7 @@ pub struct ConnectionList {
 #[allow(dead_code)]
 pub struct ConnectionInput {
     /// Unique in the project; `[a-z0-9][a-z0-9._-]{0,62}`, e.g. `prod-postgres-finance`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
     /// Connector type id from the catalog.
     #[schema(rename = "type")]

@@ -145,7 +145,8 @@ pub struct UsageList {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct CredentialInput {
-    /// Unique in the workspace.
+    /// Unique in the workspace; `[a-z0-9][a-z0-9._-]{0,62}`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
     /// A credential kind id (GET /api/v1/credential-kinds).
     kind: String,

@@ -63,6 +63,8 @@ pub struct ProjectList {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct NameInput {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
 }
 

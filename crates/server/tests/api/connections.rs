@@ -476,6 +476,16 @@ async fn the_catalog_openapi_and_health_endpoints_answer() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from OpenAPI");
     }
+    // The name rule the server enforces is the one the document states (a client generated
+    // from it validates names as the server does).
+    let rule = format!("^{}$", patchbay_core::names::NAME_RULE);
+    for schema in ["ConnectionInput", "CredentialInput", "NameInput"] {
+        assert_eq!(
+            openapi.body["components"]["schemas"][schema]["properties"]["name"]["pattern"],
+            rule.as_str(),
+            "{schema}.name"
+        );
+    }
     let docs = s.raw(Method::GET, "/api/docs/", None, &[], None).await;
     assert_eq!(docs.status, StatusCode::OK);
     assert!(docs.text.contains("swagger"), "Swagger UI page");
