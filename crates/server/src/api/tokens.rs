@@ -78,8 +78,33 @@ fn minted(m: Minted) -> Response {
     super::no_store((StatusCode::CREATED, Json(out)).into_response())
 }
 
+/// Documents the API token body (read field by field).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokenInput {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    name: String,
+    /// Seconds until it expires, 60 to ten years; none: it does not expire.
+    #[schema(minimum = 60, maximum = 315_360_000)]
+    expires_in: Option<i64>,
+    /// Limits the token to one workspace (a workspace-scoped caller's own by default).
+    workspace_id: Option<String>,
+    /// A subset of the caller's permissions; none: all of them.
+    permissions: Option<Vec<String>>,
+}
+
+/// Documents the runner token body (optional).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RunnerTokenInput {
+    /// Seconds the token lives: default 900, at most 3600.
+    #[schema(minimum = 1, maximum = 3600)]
+    ttl_seconds: Option<i64>,
+}
+
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens",
-    request_body(content = Object, description = "{name, expires_in? (seconds), workspace_id?, permissions? (subset of the caller's)}"),
+    request_body = TokenInput,
     responses((status = 201, body = MintedOut, description = "The token is shown this once"),
         (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -117,7 +142,7 @@ pub async fn revoke(
 
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runner-tokens", tag = "tokens",
     params(("ws" = String, Path, description = "Workspace id or name")),
-    request_body(content = Option<Object>, description = "{ttl_seconds?}: default 900, at most 3600"),
+    request_body(content = Option<RunnerTokenInput>, description = "Optional"),
     responses((status = 201, body = MintedOut, description = "A token for one workspace: connections:resolve and connections:test only"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]

@@ -99,8 +99,42 @@ pub struct RoleList {
     pub items: Vec<RoleOut>,
 }
 
+/// Documents the create body (read field by field).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UserInput {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    username: String,
+    /// 12 to 1024 characters.
+    #[schema(min_length = 12, max_length = 1024)]
+    password: String,
+    /// Instance administrator (default false).
+    is_admin: Option<bool>,
+}
+
+/// Documents the body that adds a member or changes their role.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MemberInput {
+    /// A built-in or custom role of the workspace, no wider than the caller's own.
+    role: String,
+}
+
+/// Documents the custom role body.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RoleInput {
+    /// `[a-z0-9][a-z0-9._-]{0,62}`, not a built-in role's.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    name: String,
+    /// Permissions (e.g. `connections:read`), each held by the caller.
+    permissions: Vec<String>,
+    description: Option<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/users", tag = "users",
-    request_body(content = Object, description = "{username, password (12 to 1024 characters), is_admin?}"),
+    request_body = UserInput,
     responses((status = 201, body = UserOut), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -142,7 +176,7 @@ pub async fn list_members(
 #[utoipa::path(put, path = "/api/v1/workspaces/{ws}/members/{user}", tag = "members",
     params(("ws" = String, Path, description = "Workspace id or name"),
         ("user" = String, Path, description = "User id or username")),
-    request_body(content = Object, description = "{role}: a built-in or custom role of the workspace, no wider than the caller's own"),
+    request_body = MemberInput,
     responses((status = 201, body = MemberOut, description = "Added"),
         (status = 200, body = MemberOut, description = "Role changed"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -195,7 +229,7 @@ pub async fn list_roles(
 
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/roles", tag = "members",
     params(("ws" = String, Path, description = "Workspace id or name")),
-    request_body(content = Object, description = "{name, permissions: [...], description?}"),
+    request_body = RoleInput,
     responses((status = 201, body = RoleOut), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),

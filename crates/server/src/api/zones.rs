@@ -110,9 +110,29 @@ pub async fn list(
     }))
 }
 
+/// Documents the zone body (read field by field).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ZoneInput {
+    /// Unique in the workspace; `[a-z0-9][a-z0-9._-]{0,62}`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    name: String,
+    description: Option<String>,
+}
+
+/// Documents the agent token body (optional).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AgentTokenInput {
+    /// The agent's name, unique in the zone; `[a-z0-9][a-z0-9._-]{0,62}` (default
+    /// `agent-<id>`).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    name: Option<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/zones", tag = "zones",
     params(("ws" = String, Path, description = "Workspace id or name")),
-    request_body(content = Object, description = "{name, description?}"),
+    request_body = ZoneInput,
     responses((status = 201, body = ZoneOut), (status = 400, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "name_taken")),
     security(("bearer" = [])))]
@@ -170,7 +190,7 @@ pub struct AgentTokenOut {
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/zones/{zone}/agent-tokens", tag = "zones",
     params(("ws" = String, Path, description = "Workspace id or name"),
         ("zone" = String, Path, description = "Zone id or name")),
-    request_body(content = Option<Object>, description = "{name?}: the agent's name, unique in the zone"),
+    request_body(content = Option<AgentTokenInput>, description = "Optional"),
     responses((status = 201, body = AgentTokenOut, description = "The token is shown this once; it calls the agent endpoints of this zone and nothing else"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "name_taken")),

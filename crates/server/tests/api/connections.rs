@@ -479,13 +479,27 @@ async fn the_catalog_openapi_and_health_endpoints_answer() {
     // The name rule the server enforces is the one the document states (a client generated
     // from it validates names as the server does).
     let rule = format!("^{}$", patchbay_core::names::NAME_RULE);
-    for schema in ["ConnectionInput", "CredentialInput", "NameInput"] {
+    let schemas = &openapi.body["components"]["schemas"];
+    for (schema, field) in [
+        ("ConnectionInput", "name"),
+        ("CredentialInput", "name"),
+        ("NameInput", "name"),
+        ("UserInput", "username"),
+        ("RoleInput", "name"),
+        ("TokenInput", "name"),
+        ("ZoneInput", "name"),
+        ("AgentTokenInput", "name"),
+    ] {
         assert_eq!(
-            openapi.body["components"]["schemas"][schema]["properties"]["name"]["pattern"],
+            schemas[schema]["properties"][field]["pattern"],
             rule.as_str(),
-            "{schema}.name"
+            "{schema}.{field}"
         );
     }
+    assert_eq!(
+        schemas["UserInput"]["properties"]["password"]["minLength"],
+        patchbay_crypto::MIN_PASSWORD_LEN
+    );
     let docs = s.raw(Method::GET, "/api/docs/", None, &[], None).await;
     assert_eq!(docs.status, StatusCode::OK);
     assert!(docs.text.contains("swagger"), "Swagger UI page");
