@@ -23,7 +23,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install -q 'schemathesis==4.32.5'
 fi
 cargo build --locked -q -p patchbay
-bin="${CARGO_TARGET_DIR:-target}/debug/patchbay"
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/patchbay"
 
 if ! ip netns list | awk '{print $1}' | grep -qx "$ns"; then
   ip netns add "$ns"
@@ -87,6 +87,7 @@ fi
 # Signing out (DELETE /sessions/current) or deleting tokens would revoke the fuzzer's own
 # token and leave the rest of the run at 401; the throttle is lifted for the same reason.
 status=0
+cd "$work" # schemathesis keeps a cache (.schemathesis/) in its working directory
 ip netns exec "$ns" "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "http://127.0.0.1:$port/api/openapi.json" \
   -H "Authorization: Bearer $token" --checks not_a_server_error --max-time "$secs" -w 2 \
   --phases fuzzing,stateful --exclude-path /api/v1/sessions/current \
@@ -103,6 +104,7 @@ if grep -qE 'status=5[0-9][0-9]|panicked' <<<"$log"; then
 fi
 if [ "$status" -eq 0 ]; then
   echo "fuzz-api: no 5xx, no panic"
+  cd / && rm -rf "$work"
 else
   echo "fuzz-api: FAILED (files in $work)" >&2
 fi

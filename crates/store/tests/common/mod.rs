@@ -1,7 +1,7 @@
 //! What the store's test binaries share: a SQLite store in a temporary directory, a fresh
 //! PostgreSQL database (PATCHBAY_TEST_POSTGRES_URL, default the local server; SKIPPED
-//! without one, a failure under CI=true; dropped after the test), and [`on_both_backends!`], which runs a file's
-//! `async fn name(&Store)` tests once on each.
+//! without one, a failure under CI=true; dropped after the test), and
+//! [`on_both_backends!`], which runs a file's `async fn name(&Store)` tests once on each.
 
 #![allow(dead_code)]
 
