@@ -34,7 +34,15 @@ mkdir -p "$work/data"
 ip netns exec "$ns" env PATCHBAY_DATA_DIR="$work/data" PATCHBAY_LISTEN="127.0.0.1:$port" \
   PATCHBAY_AUTH_FAILURE_LIMIT=100000000 NO_COLOR=1 "$bin" serve >"$work/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; ip netns delete "$ns" 2>/dev/null || true' EXIT
+status=1
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  ip netns delete "$ns" 2>/dev/null || true
+  # A clean run leaves nothing; a failed one keeps its logs.
+  if [ "$status" -eq 0 ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
 for _ in $(seq 1 100); do
   [ -s "$work/data/initial-admin-token" ] && break
   sleep 0.1
@@ -104,7 +112,6 @@ if grep -qE 'status=5[0-9][0-9]|panicked' <<<"$log"; then
 fi
 if [ "$status" -eq 0 ]; then
   echo "fuzz-api: no 5xx, no panic"
-  cd / && rm -rf "$work"
 else
   echo "fuzz-api: FAILED (files in $work)" >&2
 fi
