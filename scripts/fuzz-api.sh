@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the REST API from its own OpenAPI document with schemathesis: random and
 # schema-shaped requests to every operation, as the initial administrator, asserting that
-# none is answered with a 5xx; then reads the server's log for 5xx answers and panics.
+# none is answered with a 5xx and that every answer is one the document describes (status,
+# content type, body schema); then reads the server's log for 5xx answers and panics.
 #
 #   bash scripts/fuzz-api.sh [SECONDS]      default 300; needs root and `ip` (iproute2)
 #
@@ -17,6 +18,9 @@ ns=pb-fuzz
 work=$(mktemp -d /tmp/pb-fuzz.XXXXXX)
 venv=${PATCHBAY_FUZZ_VENV:-$HOME/.cache/patchbay-fuzz-venv}
 port=18080
+# What each answer is checked for: not a 5xx, a status the operation documents, the
+# documented content type, and a body matching the documented schema.
+checks=${PATCHBAY_FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance}
 
 if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
@@ -97,7 +101,7 @@ fi
 status=0
 cd "$work" # schemathesis keeps a cache (.schemathesis/) in its working directory
 ip netns exec "$ns" "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "http://127.0.0.1:$port/api/openapi.json" \
-  -H "Authorization: Bearer $token" --checks not_a_server_error --max-time "$secs" -w 2 \
+  -H "Authorization: Bearer $token" --checks "$checks" --max-time "$secs" -w 2 \
   --phases fuzzing,stateful --exclude-path /api/v1/sessions/current \
   --exclude-path '/api/v1/tokens/{id}' "${seed_args[@]}" | tee "$work/schemathesis.log" ||
   status=$?

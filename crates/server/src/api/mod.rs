@@ -62,7 +62,7 @@ use crate::state::AppState;
         health, ready,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &StandardErrors),
 )]
 pub struct ApiDoc;
 
@@ -75,6 +75,71 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Lists, on every operation whose own annotation does not, the answers it can give by its
+/// kind, in the error envelope ([`ErrorBody`]): with a bearer token, 401 (no token, or an
+/// unknown, expired or revoked one), 403 (a permission missing) and 429 (too many failed
+/// authentications from the source or for the token); with parameters or a body, 400 (the
+/// error's `field` names the offending input); with a path parameter, 404 (what it names does
+/// not exist, or the caller may not see it); with an `If-Match` header, 412 (the version
+/// moved on). A client generated from the document then knows every status it may meet.
+struct StandardErrors;
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let takes_input = op.request_body.is_some() || !params.is_empty();
+                let if_match = params.iter().any(|p| p.name == "If-Match");
+                let names_resource = params
+                    .iter()
+                    .any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Path);
+                let mut standard = vec![];
+                if takes_input {
+                    standard.push(("400", "Invalid input: `field` names it"));
+                }
+                if secured {
+                    standard.push(("401", "No token, or an unknown, expired or revoked one"));
+                    standard.push(("403", "A permission the token lacks"));
+                    standard.push(("429", "Too many failed authentications"));
+                }
+                if names_resource {
+                    standard.push(("404", "What the path names does not exist or is not yours"));
+                }
+                if if_match {
+                    standard.push(("412", "If-Match names another version"));
+                }
+                for (status, description) in standard {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description));
+                }
+            }
+        }
     }
 }
 

@@ -500,6 +500,25 @@ async fn the_catalog_openapi_and_health_endpoints_answer() {
         schemas["UserInput"]["properties"]["password"]["minLength"],
         patchbay_crypto::MIN_PASSWORD_LEN
     );
+    // Every operation lists the statuses its kind can answer (api::StandardErrors).
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        let responses = paths[path][method]["responses"].as_object().unwrap();
+        responses.keys().cloned().collect()
+    };
+    let got = statuses("/api/v1/connections/{id}", "get");
+    for status in ["200", "400", "401", "403", "404", "429"] {
+        assert!(
+            got.iter().any(|s| s == status),
+            "GET connection: {status} in {got:?}"
+        );
+    }
+    let got = statuses("/api/v1/credentials/{id}", "delete");
+    assert!(got.iter().any(|s| s == "412"), "If-Match: 412 in {got:?}");
+    assert_eq!(
+        statuses("/api/v1/health", "get"),
+        ["200"],
+        "public, no input"
+    );
     let docs = s.raw(Method::GET, "/api/docs/", None, &[], None).await;
     assert_eq!(docs.status, StatusCode::OK);
     assert!(docs.text.contains("swagger"), "Swagger UI page");
