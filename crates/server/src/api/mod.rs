@@ -127,7 +127,10 @@ impl Modify for StandardErrors {
                     standard.push(("429", "Too many failed authentications"));
                 }
                 if names_resource {
-                    standard.push(("404", "What the path names does not exist or is not yours"));
+                    standard.push((
+                        "404",
+                        "What the path names does not exist, or the caller may not see it",
+                    ));
                 }
                 if if_match {
                     standard.push(("412", "If-Match names another version"));
