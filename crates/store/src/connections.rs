@@ -494,7 +494,7 @@ impl Store {
 /// Deletes a connection with what it owns (its own credential, tags, test results, the
 /// registrations of its dependents) inside the caller's transaction.
 pub(crate) async fn delete_connection_in(tx: &mut WriteTx<'_>, id: &str) -> Result<()> {
-    // The chain head before any last-use row (see uses.rs): this transaction appends its
+    // The chain head before any last-use row (see uses/mod.rs): this transaction appends its
     // audit event anyway, and a resolve batch holding the head may be upserting these rows.
     crate::audit::locked_head(tx, tx.backend).await?;
     if let Some(owned) = owned_credential(tx, id).await? {

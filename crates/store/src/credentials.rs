@@ -259,7 +259,7 @@ pub(crate) async fn add_version(
 
 /// Deletes a credential with every version, ciphertext, use record and OAuth token.
 pub(crate) async fn remove_credential(tx: &mut WriteTx<'_>, id: &str) -> Result<()> {
-    // The chain head before any last-use row (see uses.rs and delete_connection_in).
+    // The chain head before any last-use row (see uses/mod.rs and delete_connection_in).
     crate::audit::locked_head(tx, tx.backend).await?;
     tx.recent_uses.forget();
     for sql in [
@@ -546,7 +546,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write().await?;
         // The chain head before the last-use row, as every writer of both takes them
-        // (uses.rs), so none waits for the other in a cycle.
+        // (uses/mod.rs), so none waits for the other in a cycle.
         insert_audit(&mut tx, audit).await?;
         upsert_use(&mut tx, credential_id, connection_id, principal).await?;
         tx.commit().await

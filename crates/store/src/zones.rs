@@ -382,7 +382,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        // The chain head before the last-use row, as every writer of both (uses.rs).
+        // The chain head before the last-use row, as every writer of both (uses/mod.rs).
         insert_audit(&mut tx, audit).await?;
         if let Some((credential_id, connection_id, actor)) = credential_use {
             crate::credentials::upsert_use(&mut tx, credential_id, connection_id, actor).await?;
