@@ -280,14 +280,55 @@ impl Service {
 mod test_database;
 pub use test_database::TestDatabase;
 
-/// One replica of a PostgreSQL deployment: an in-process service on `url`, its data in
-/// `dir`, the deployment's master key in the file `key`. Its base URL and state.
-pub async fn replica(
+/// One replica of a PostgreSQL deployment: its base URL and state.
+pub struct Replica {
+    pub base: String,
+    pub state: patchbay_server::state::AppState,
+}
+
+/// Two replicas of one fresh PostgreSQL deployment (one database, one master key), and the
+/// initial administrator's token (made by A's first start). The database and the data
+/// directory live as long as this value.
+pub struct TwoReplicas {
+    pub db: TestDatabase,
+    pub dir: tempfile::TempDir,
+    pub a: Replica,
+    pub b: Replica,
+    pub admin: String,
+}
+
+/// [`TwoReplicas`] with `settings`; None when PostgreSQL is absent (SKIPPED; a failure under
+/// CI=true).
+pub async fn two_replicas(
+    tag: &str,
+    settings: patchbay_server::state::Settings,
+) -> Option<TwoReplicas> {
+    let db = TestDatabase::create(tag).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let a = replica(&dir.path().join("a"), &key, &db.url, settings.clone()).await;
+    let b = replica(&dir.path().join("b"), &key, &db.url, settings).await;
+    let admin = std::fs::read_to_string(dir.path().join("a/initial-admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Some(TwoReplicas {
+        db,
+        dir,
+        a,
+        b,
+        admin,
+    })
+}
+
+/// One replica: an in-process service on `url`, its data in `dir`, the deployment's master
+/// key in the file `key`.
+async fn replica(
     dir: &std::path::Path,
     key: &std::path::Path,
     url: &str,
     settings: patchbay_server::state::Settings,
-) -> (String, patchbay_server::state::AppState) {
+) -> Replica {
     let config = Config {
         tls: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -298,7 +339,10 @@ pub async fn replica(
     };
     let app = App::start(&config).await.unwrap();
     let addr = serve_on_loopback(&app).await;
-    (format!("http://{addr}"), app.state.clone())
+    Replica {
+        base: format!("http://{addr}"),
+        state: app.state.clone(),
+    }
 }
 
 /// Serves `app` on a fresh loopback port in the background (with the peer address, as

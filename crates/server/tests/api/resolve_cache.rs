@@ -4,21 +4,10 @@
 //! the deletion — with exactly one audit event per answered resolve. Concurrent resolves
 //! on both replicas each leave one event, in one chain that verifies.
 
-use std::path::Path;
-
-use patchbay_server::state::AppState;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-struct Replica {
-    base: String,
-    state: AppState,
-}
-
-async fn replica(dir: &Path, key: &Path, url: &str) -> Replica {
-    let (base, state) = crate::kit::replica(dir, key, url, Default::default()).await;
-    Replica { base, state }
-}
+use crate::kit::{two_replicas, Replica, TwoReplicas};
 
 /// Two replicas of one fresh PostgreSQL deployment, the initial admin's token, a runner
 /// token, the default workspace and project.
@@ -35,16 +24,13 @@ struct Deployment {
 
 /// A [`Deployment`]; `None` when PostgreSQL is absent (SKIPPED; a failure under CI=true).
 async fn deployment(tag: &str) -> Option<Deployment> {
-    let db = crate::kit::TestDatabase::create(tag).await?;
-    let url = db.url.clone();
-    let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("master.key");
-    let a = replica(&tmp.path().join("a"), &key, &url).await;
-    let b = replica(&tmp.path().join("b"), &key, &url).await;
-    let admin = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let TwoReplicas {
+        db,
+        dir,
+        a,
+        b,
+        admin,
+    } = two_replicas(tag, Default::default()).await?;
     let (_, ws) = call(&a, &admin, Method::GET, "/api/v1/workspaces", None).await;
     let ws = ws["items"][0]["id"].as_str().unwrap().to_owned();
     let (_, ps) = call(
@@ -68,7 +54,7 @@ async fn deployment(tag: &str) -> Option<Deployment> {
     let runner = runner["token"].as_str().unwrap().to_owned();
     Some(Deployment {
         _db: db,
-        _tmp: tmp,
+        _tmp: dir,
         a,
         b,
         admin,

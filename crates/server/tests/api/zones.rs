@@ -505,14 +505,6 @@ async fn a_zoned_test_runs_on_the_agent_that_claims_it_and_is_recorded_like_a_lo
     assert_eq!(zv.body["healthy"], false, "{}", zv.text);
 }
 
-/// One replica of a PostgreSQL deployment (kit::replica), polling agents every 2 s.
-async fn replica(dir: &std::path::Path, key: &std::path::Path, url: &str) -> String {
-    let mut settings = patchbay_server::state::Settings::default();
-    settings.probes.agent_poll = Duration::from_secs(2);
-    settings.probes.deadline = Duration::from_secs(5);
-    crate::kit::replica(dir, key, url, settings).await.0
-}
-
 async fn post(base: &str, token: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{base}{path}"))
@@ -530,18 +522,21 @@ async fn post(base: &str, token: &str, path: &str, body: Option<Value>) -> (Stat
 /// B, and A's waiting request finds the result in the table.
 #[tokio::test]
 async fn on_postgresql_the_agent_may_poll_another_replica_than_the_one_testing() {
-    let Some(db) = crate::kit::TestDatabase::create("agents").await else {
+    // Agents poll every 2 s.
+    let mut settings = patchbay_server::state::Settings::default();
+    settings.probes.agent_poll = Duration::from_secs(2);
+    settings.probes.deadline = Duration::from_secs(5);
+    let Some(crate::kit::TwoReplicas {
+        db: _db,
+        dir: _dir,
+        a,
+        b,
+        admin: token,
+    }) = crate::kit::two_replicas("agents", settings).await
+    else {
         return;
     };
-    let url = db.url.clone();
-    let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("master.key");
-    let a = replica(&tmp.path().join("a"), &key, &url).await;
-    let b = replica(&tmp.path().join("b"), &key, &url).await;
-    let token = std::fs::read_to_string(tmp.path().join("a/initial-admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let (a, b) = (a.base, b.base);
 
     let (st, z) = post(
         &a,
