@@ -239,6 +239,27 @@ pub(crate) async fn locked_head(tx: &mut WriteTx<'_>, backend: Backend) -> Resul
     row.ok_or_else(|| StoreError::Corrupt("audit_chain has no state row".into()))
 }
 
+/// Moves the chain head from `from` to `to` only if it is still `from` (PostgreSQL's
+/// compare-and-set from a remembered head): whether it moved.
+pub(crate) async fn move_head(
+    tx: &mut WriteTx<'_>,
+    from: (i64, &str),
+    to: (i64, &str),
+) -> Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
+         WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
+    )
+    .bind(to.0)
+    .bind(to.1)
+    .bind(from.0)
+    .bind(from.1)
+    .execute(&mut *tx.tx)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
 pub(crate) async fn set_head(tx: &mut WriteTx<'_>, seq: i64, hash: &str) -> Result<()> {
     sqlx::query("UPDATE audit_chain SET head_seq = $1, head_hash = $2 WHERE id = 1")
         .bind(seq)
@@ -346,18 +367,7 @@ async fn append_audit(tx: &mut WriteTx<'_>, e: &AuditEntry) -> Result<()> {
         let seq = head_seq + 1;
         let details = e.details.as_json();
         let hash = event_hash(&head_hash, seq, at, e, details);
-        let moved = sqlx::query(
-            "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
-             WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
-        )
-        .bind(seq)
-        .bind(&hash)
-        .bind(head_seq)
-        .bind(&head_hash)
-        .execute(&mut *tx.tx)
-        .await?
-        .rows_affected();
-        if moved == 1 {
+        if move_head(tx, (head_seq, &head_hash), (seq, &hash)).await? {
             insert_row(tx, seq, at, e, details, &head_hash, &hash).await?;
             remember(tx, seq, &hash);
             return Ok(());

@@ -11,7 +11,9 @@ pub(crate) use batch::BatchConnection;
 use batch::Sent;
 pub use batch::BATCH_APPLICATION_NAME;
 
-use crate::audit::{event_hash, insert_audit, locked_head, remember, set_head, AuditEntry};
+use crate::audit::{
+    event_hash, insert_audit, locked_head, move_head, remember, set_head, AuditEntry,
+};
 use crate::{now_millis, Backend, Result, Store, WriteTx};
 
 /// One resolve to record: its audit event, and the credential it used (if any).
@@ -384,21 +386,11 @@ async fn append_all(tx: &mut WriteTx<'_>, entries: &[&AuditEntry]) -> Result<()>
         let (last_seq, last_hash) = last(&rows);
         let extended = match tx.backend {
             Backend::Postgres => {
-                let moved = sqlx::query(
-                    "UPDATE audit_chain SET head_seq = $1, head_hash = $2 \
-                     WHERE id = 1 AND head_seq = $3 AND head_hash = $4",
-                )
-                .bind(last_seq)
-                .bind(&last_hash)
-                .bind(seq)
-                .bind(&hash)
-                .execute(&mut *tx.tx)
-                .await?
-                .rows_affected();
-                if moved == 1 {
+                let moved = move_head(tx, (seq, &hash), (last_seq, &last_hash)).await?;
+                if moved {
                     insert_rows(tx, &rows, at).await?;
                 }
-                moved == 1
+                moved
             }
             // RAISE(ABORT) undoes only the statement: the transaction goes on.
             Backend::Sqlite => match insert_rows(tx, &rows, at).await {
