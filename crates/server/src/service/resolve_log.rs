@@ -61,7 +61,7 @@ impl ResolveLog {
     /// within the service's runtime.
     pub fn start(store: Store) -> Self {
         let (queue, rx) = mpsc::unbounded_channel::<Pending>();
-        let service = tokio::runtime::Handle::current();
+        let service = Handle::current();
         if store.backend() != Backend::Postgres {
             service.spawn(drain(store, None, rx));
             return Self { queue };
@@ -191,8 +191,8 @@ async fn commit(
         }
         Err(e) => {
             tracing::warn!(error = %e, events = records.len(), "resolve audit batch failed; recording one by one");
-            for (record_, done) in records.iter().zip(waiting.drain(..)) {
-                let r = record(store, service, std::slice::from_ref(record_))
+            for (one, done) in records.iter().zip(waiting.drain(..)) {
+                let r = record(store, service, std::slice::from_ref(one))
                     .await
                     .map(|recorded| outcomes(&recorded, 1)[0]);
                 let _ = done.send(r);
